@@ -1,0 +1,306 @@
+//! `lodge bench`: throughput and latency of a host serving one component.
+//!
+//! Starts a Lodge host in this process with the default plan's limits on (fuel,
+//! memory, deadline, concurrency), drives it over loopback HTTP/1.1 keep-alive
+//! connections, and reports requests/s, p50/p99 latency and the mean
+//! instantiation time per request. Given `--wasmtime`, it runs `wasmtime serve`
+//! on the same component the same way and prints the ratio.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{HostConfig, Limits};
+use crate::server::{Lodge, serve};
+
+/// Options of `lodge bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The component to serve (default: the hello example built by `cargo test`).
+    #[arg(long, default_value = "target/guests/wasm32-wasip2/guest/hello.wasm")]
+    pub component: PathBuf,
+
+    /// Connection counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub connections: Vec<usize>,
+
+    /// Seconds to measure each connection count.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+
+    /// A `wasmtime` binary (48.x) to compare against with `wasmtime serve`.
+    #[arg(long)]
+    pub wasmtime: Option<PathBuf>,
+
+    /// Data directory for the host under test (a temporary one by default).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Worker threads of the host under test (the load generator gets its own).
+    #[arg(long, default_value_t = 2)]
+    pub host_threads: usize,
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Requests answered 200 per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests answered otherwise, or failed.
+    pub errors: u64,
+}
+
+/// Runs `lodge bench`.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let wasm = std::fs::read(&args.component).with_context(|| {
+        format!(
+            "reading {} (build it with `cargo test` or `cargo build -p hello --target wasm32-wasip2 --profile guest --target-dir target/guests`)",
+            args.component.display()
+        )
+    })?;
+    let tmp = tempfile::tempdir()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let max_conns = args.connections.iter().copied().max().unwrap_or(64);
+
+    let limits = Limits {
+        // Enough permits that keep-alive clients never race a finishing request.
+        max_concurrency: (max_conns * 2) as u32,
+        ..Limits::default()
+    };
+    let config = HostConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir,
+        default_limits: limits.clone(),
+        ..HostConfig::default()
+    };
+
+    // The host gets a runtime of its own so its threads are not the load generator's.
+    let host_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.host_threads.max(1))
+        .thread_name("lodge-host")
+        .enable_all()
+        .build()?;
+    let lodge = Lodge::new(config)?;
+    let started = Instant::now();
+    let tenant = {
+        let lodge = lodge.clone();
+        host_rt
+            .spawn(async move { lodge.add_app("hello", wasm, None).await })
+            .await??
+    };
+    let compile_ms = started.elapsed().as_millis();
+    let listener = bind_in(&host_rt, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    host_rt.spawn(serve(lodge.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+
+    println!("# lodge bench");
+    println!();
+    println!(
+        "component: {} ({} bytes), loaded in {compile_ms} ms; limits: fuel {}, memory {} MiB, timeout {} ms, concurrency {}",
+        args.component.display(),
+        tenant.active().map(|a| a.size).unwrap_or_default(),
+        limits.fuel,
+        limits.memory_bytes >> 20,
+        limits.timeout.as_millis(),
+        limits.max_concurrency,
+    );
+    println!(
+        "machine: {} cores; host threads {}; {}s per run after {}s warm-up",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        args.host_threads,
+        args.seconds,
+        args.warmup
+    );
+    println!();
+
+    let mut lodge_results = Vec::new();
+    for &conns in &args.connections {
+        let stats = lodge.runtime.stats().clone();
+        let before = (
+            stats.instantiations.load(Ordering::Relaxed),
+            stats.instantiate_nanos.load(Ordering::Relaxed),
+        );
+        let sample = drive(addr, "hello.localhost", conns, &args).await?;
+        let count = stats.instantiations.load(Ordering::Relaxed) - before.0;
+        let nanos = stats.instantiate_nanos.load(Ordering::Relaxed) - before.1;
+        let inst_us = if count > 0 { nanos as f64 / count as f64 / 1000.0 } else { 0.0 };
+        lodge_results.push((conns, sample, inst_us));
+    }
+    let _ = stop.send(());
+    host_rt.shutdown_background();
+
+    let mut wasmtime_results = Vec::new();
+    if let Some(bin) = &args.wasmtime {
+        for &conns in &args.connections {
+            wasmtime_results.push(run_wasmtime(bin, &args, conns).await?);
+        }
+    }
+
+    println!("| server | connections | requests/s | p50 | p99 | errors | instantiate/request |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (conns, s, inst_us) in &lodge_results {
+        println!(
+            "| lodge | {conns} | {:.0} | {:.2} ms | {:.2} ms | {} | {inst_us:.1} µs |",
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            s.errors
+        );
+    }
+    for (conns, s) in args.connections.iter().zip(&wasmtime_results) {
+        println!(
+            "| wasmtime serve | {conns} | {:.0} | {:.2} ms | {:.2} ms | {} | — |",
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            s.errors
+        );
+    }
+    if !wasmtime_results.is_empty() {
+        println!();
+        for ((conns, l, _), w) in lodge_results.iter().zip(&wasmtime_results) {
+            println!(
+                "{conns} connections: lodge/wasmtime throughput ratio {:.2}",
+                l.rps / w.rps.max(1.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Binds inside `runtime` so the listener's I/O is driven by the host's threads.
+fn bind_in(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let _guard = runtime.enter();
+    let std = std::net::TcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(std)?)
+}
+
+async fn run_wasmtime(bin: &PathBuf, args: &BenchArgs, conns: usize) -> anyhow::Result<Sample> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let limits = Limits::default();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("serve")
+        .arg(format!("--addr={addr}"))
+        .arg(format!("-Wfuel={}", limits.fuel))
+        .arg(format!("-Wtimeout={}ms", limits.timeout.as_millis()))
+        .arg(format!("-Wmax-memory-size={}", limits.memory_bytes))
+        .arg("-Scli")
+        .arg(&args.component)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let ready = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        if ready.elapsed() > Duration::from_secs(60) {
+            bail!("wasmtime serve did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sample = drive(addr, "localhost", conns, args).await;
+    let _ = child.kill().await;
+    sample
+}
+
+/// Drives `addr` with `conns` keep-alive connections: warm-up, then a measured run.
+async fn drive(addr: SocketAddr, host: &str, conns: usize, args: &BenchArgs) -> anyhow::Result<Sample> {
+    let _ = load(addr, host, conns, Duration::from_secs(args.warmup)).await?;
+    load(addr, host, conns, Duration::from_secs(args.seconds)).await
+}
+
+async fn load(addr: SocketAddr, host: &str, conns: usize, duration: Duration) -> anyhow::Result<Sample> {
+    let deadline = Instant::now() + duration;
+    let host: Arc<str> = Arc::from(host);
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move { connection_loop(addr, &host, deadline).await }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (lat, errs) = task.await??;
+        latencies.extend(lat);
+        errors += errs;
+    }
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .map(Duration::from_nanos)
+            .unwrap_or_default()
+    };
+    Ok(Sample {
+        rps: latencies.len() as f64 / duration.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+        ok: latencies.len() as u64,
+        errors,
+    })
+}
+
+async fn connection_loop(addr: SocketAddr, host: &str, deadline: Instant) -> anyhow::Result<(Vec<u64>, u64)> {
+    let mut latencies = Vec::with_capacity(64 * 1024);
+    let mut errors = 0u64;
+    'reconnect: while Instant::now() < deadline {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        while Instant::now() < deadline {
+            let req = http::Request::get("/")
+                .header(http::header::HOST, host)
+                .body(Empty::<Bytes>::new())?;
+            let start = Instant::now();
+            let response = match sender.send_request(req).await {
+                Ok(response) => response,
+                Err(_) => {
+                    errors += 1;
+                    continue 'reconnect;
+                }
+            };
+            let status = response.status();
+            if response.into_body().collect().await.is_err() {
+                errors += 1;
+                continue 'reconnect;
+            }
+            if status == http::StatusCode::OK {
+                latencies.push(start.elapsed().as_nanos() as u64);
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    Ok((latencies, errors))
+}

@@ -1,0 +1,114 @@
+//! Stage 4 of a request: capabilities, what a guest may ask of the host.
+//!
+//! [`GuestState`] is the data of one request's `Store`: the WASI context (no
+//! filesystem, no environment, no sockets), the `wasi:http` context whose
+//! outbound requests are denied ([`outbound_http`]), a capped resource table
+//! and the memory limiter. [`add_to_linker`] links every interface a tenant's
+//! component may import; the capabilities issue adds Lodge's own here, one
+//! module each.
+
+pub mod outbound_http;
+
+use std::sync::Arc;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::limits::GuestLimiter;
+use crate::logs::{LogSink, LogStream, RequestLogBudget, TenantLogs};
+
+/// Everything one request's instance can reach.
+pub struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: outbound_http::DenyOutbound,
+    table: ResourceTable,
+    /// Memory and table limits of this instance; read back after a trap.
+    pub limiter: GuestLimiter,
+}
+
+impl std::fmt::Debug for GuestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestState")
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request's guest is given, besides the request itself.
+#[derive(Debug)]
+pub struct GuestGrant<'a> {
+    /// The tenant's log, receiving stdout and stderr.
+    pub logs: &'a Arc<TenantLogs>,
+    /// The request id tagging every log line.
+    pub request_id: &'a Arc<str>,
+    /// Bytes of output the request may log.
+    pub log_bytes: usize,
+    /// Entries the resource table may hold.
+    pub max_resources: usize,
+    /// Environment variables the tenant set (none by default; never the host's).
+    pub env: &'a [(String, String)],
+}
+
+impl GuestState {
+    /// A state granting nothing but what `grant` names: secure by default.
+    pub fn new(grant: &GuestGrant<'_>, limiter: GuestLimiter) -> Self {
+        let budget = RequestLogBudget::new(grant.log_bytes);
+        let sink = |stream| {
+            LogSink::new(
+                grant.logs.clone(),
+                grant.request_id.clone(),
+                stream,
+                budget.clone(),
+            )
+        };
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(sink(LogStream::Stdout))
+            .stderr(sink(LogStream::Stderr))
+            .envs(grant.env)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(grant.max_resources);
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            hooks: outbound_http::DenyOutbound,
+            table,
+            limiter,
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Links every interface a tenant component may import.
+///
+/// All of WASI 0.2 is linked so components built by ordinary toolchains (whose
+/// standard library imports `wasi:cli`, `wasi:filesystem` …) instantiate; the
+/// context above grants none of them anything.
+pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The `lodge` command line: `lodge serve` runs a host, `lodge bench` measures one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{HostConfig, Limits};
+use crate::server::{Lodge, serve};
+
+/// Lodge: run many tenants' WebAssembly components in one sandboxed host.
+#[derive(Debug, Parser)]
+#[command(name = "lodge", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a host serving tenants' `wasi:http/proxy` components over HTTP.
+    Serve(ServeArgs),
+    /// Measure a host serving the hello component over loopback HTTP.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Options of `lodge serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LODGE_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+
+    /// Directory for precompiled artifacts and host state.
+    #[arg(long, env = "LODGE_DATA_DIR", default_value = "./lodge-data")]
+    pub data_dir: PathBuf,
+
+    /// Serve a tenant from a local component: `SLUG=PATH.wasm` (repeatable).
+    #[arg(long = "app", value_name = "SLUG=PATH.wasm", value_parser = parse_app)]
+    pub apps: Vec<(String, PathBuf)>,
+
+    /// Route `Host: SLUG.<DOMAIN>` to tenant SLUG (`SLUG.localhost` always works).
+    #[arg(long, env = "LODGE_BASE_DOMAIN", value_name = "DOMAIN")]
+    pub base_domain: Option<String>,
+
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Limits of the default plan.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Fuel (about one per WebAssembly instruction) per request.
+    #[arg(long, env = "LODGE_FUEL", default_value_t = Limits::DEFAULT_FUEL)]
+    pub fuel: u64,
+
+    /// Linear memory per instance, in MiB.
+    #[arg(long, env = "LODGE_MEMORY_MIB", default_value_t = Limits::DEFAULT_MEMORY_MIB)]
+    pub memory_mib: usize,
+
+    /// Wall-clock time per request, in milliseconds (answered 504 past it).
+    #[arg(long, env = "LODGE_TIMEOUT_MS", default_value_t = Limits::DEFAULT_TIMEOUT_MS)]
+    pub timeout_ms: u64,
+
+    /// Concurrent requests per tenant (more are answered 503 with Retry-After).
+    #[arg(long, env = "LODGE_MAX_CONCURRENCY", default_value_t = Limits::DEFAULT_MAX_CONCURRENCY)]
+    pub max_concurrency: u32,
+
+    /// Largest request body, in bytes (answered 413 past it).
+    #[arg(long, env = "LODGE_MAX_REQUEST_BODY", default_value_t = Limits::DEFAULT_MAX_REQUEST_BODY)]
+    pub max_request_body: u64,
+}
+
+/// Host-wide limits.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// Instances alive at once across all tenants (sizes the pooling allocator).
+    #[arg(long, env = "LODGE_MAX_INSTANCES", default_value_t = 1000)]
+    pub max_instances: u32,
+
+    /// Linear memory all live instances together may hold, in MiB.
+    #[arg(long, env = "LODGE_MEMORY_BUDGET_MIB", default_value_t = 8192)]
+    pub memory_budget_mib: u64,
+
+    /// Log lines kept in memory per tenant.
+    #[arg(long, env = "LODGE_LOG_LINES", default_value_t = 1000)]
+    pub log_lines: usize,
+}
+
+impl PlanArgs {
+    /// The plan these options describe.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            fuel: self.fuel,
+            memory_bytes: self.memory_mib.saturating_mul(1024 * 1024),
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_concurrency: self.max_concurrency,
+            max_request_body: self.max_request_body,
+            ..Limits::default()
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The host configuration these options describe.
+    pub fn config(&self) -> HostConfig {
+        let limits = self.plan.limits();
+        HostConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            base_domain: self.base_domain.clone(),
+            max_memory_per_instance: limits.memory_bytes.max(HostConfig::default().max_memory_per_instance),
+            default_limits: limits,
+            max_instances: self.host.max_instances.max(1),
+            memory_budget_bytes: self.host.memory_budget_mib.saturating_mul(1024 * 1024),
+            log_lines_per_tenant: self.host.log_lines,
+            ..HostConfig::default()
+        }
+    }
+}
+
+fn parse_app(s: &str) -> Result<(String, PathBuf), String> {
+    let (slug, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SLUG=PATH.wasm, got {s:?}"))?;
+    if !crate::routing::is_valid_slug(slug) {
+        return Err(format!(
+            "invalid slug {slug:?}: use 1-63 of a-z, 0-9 and '-', not at either end"
+        ));
+    }
+    Ok((slug.to_owned(), PathBuf::from(path)))
+}
+
+/// Runs the command line; the exit code is 0 on success, 1 on a runtime error, 2 on bad usage.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => run_serve(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LODGE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let lodge = Lodge::new(config.clone())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    for (slug, path) in &args.apps {
+        let tenant = lodge.add_app_file(slug, path).await?;
+        if let Some(app) = tenant.active() {
+            eprintln!(
+                "tenant {slug}: {} ({} bytes, sha256 {}, {} in {} ms)",
+                path.display(),
+                app.size,
+                &app.digest[..12],
+                if app.from_cache { "loaded from cache" } else { "compiled" },
+                app.compile_time.as_millis()
+            );
+            eprintln!(
+                "  curl http://{slug}.localhost:{}/   or   curl http://{addr}/tenants/{slug}/",
+                addr.port()
+            );
+        }
+    }
+    eprintln!("lodge listening on http://{addr}");
+    serve(lodge, listener, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

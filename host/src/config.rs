@@ -1,0 +1,126 @@
+//! Limits and host-wide settings.
+//!
+//! [`Limits`] is one plan: what a single tenant may use per request and at once.
+//! [`HostConfig`] is what the whole process may use, and where it keeps its files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Per-tenant limits (a plan). Every request of the tenant runs under these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel (roughly, WebAssembly instructions) one request may burn.
+    pub fuel: u64,
+    /// Linear memory one instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock time one request may take, from admission to the end of its body.
+    pub timeout: Duration,
+    /// Requests of this tenant running at once; more are answered 503.
+    pub max_concurrency: u32,
+    /// Largest request body accepted, in bytes; more is answered 413.
+    pub max_request_body: u64,
+    /// Entries in one instance's resource table (streams, fields, pollables …).
+    pub max_resources: usize,
+    /// Bytes of stdout+stderr kept from one request; the rest is dropped.
+    pub log_bytes_per_request: usize,
+}
+
+impl Limits {
+    /// Default fuel per request: a few seconds of busy CPU, far above any sane handler.
+    pub const DEFAULT_FUEL: u64 = 5_000_000_000;
+    /// Default memory per instance.
+    pub const DEFAULT_MEMORY_MIB: usize = 128;
+    /// Default wall-clock timeout per request.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    /// Default concurrent requests per tenant.
+    pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
+    /// Default request-body cap.
+    pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 * 1024 * 1024;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: Self::DEFAULT_FUEL,
+            memory_bytes: Self::DEFAULT_MEMORY_MIB * 1024 * 1024,
+            timeout: Duration::from_millis(Self::DEFAULT_TIMEOUT_MS),
+            max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
+            max_request_body: Self::DEFAULT_MAX_REQUEST_BODY,
+            max_resources: 10_000,
+            log_bytes_per_request: 256 * 1024,
+        }
+    }
+}
+
+/// Host-wide settings: what the whole process may use.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Address the HTTP listener binds.
+    pub listen: SocketAddr,
+    /// Where precompiled artifacts (and, later, the database) live.
+    pub data_dir: PathBuf,
+    /// Where precompiled artifacts live, if not `<data_dir>/artifacts`.
+    pub artifacts_dir: Option<PathBuf>,
+    /// `SLUG.<base_domain>` routes to tenant `SLUG`. `localhost` always works.
+    pub base_domain: Option<String>,
+    /// Limits of the default plan.
+    pub default_limits: Limits,
+    /// Instances alive at once across all tenants; sizes the pooling allocator.
+    pub max_instances: u32,
+    /// Linear memory all live instances together may hold, in bytes.
+    pub memory_budget_bytes: u64,
+    /// Largest linear memory any plan may grant; sizes each pool slot.
+    pub max_memory_per_instance: usize,
+    /// How often the epoch ticks; the granularity of wall-clock deadlines.
+    pub epoch_tick: Duration,
+    /// Fuel between voluntary yields of a running guest to the async executor.
+    pub fuel_yield_interval: u64,
+    /// Log lines kept in memory per tenant.
+    pub log_lines_per_tenant: usize,
+    /// Tuning of the pooling allocator (see `docs/benchmarks.md`).
+    pub pool: PoolTuning,
+}
+
+/// Pooling-allocator knobs measured in `docs/benchmarks.md`.
+#[derive(Debug, Clone)]
+pub struct PoolTuning {
+    /// Bytes of each linear memory kept resident (memset instead of madvise) on reuse.
+    pub linear_memory_keep_resident: usize,
+    /// Bytes of each table kept resident on reuse.
+    pub table_keep_resident: usize,
+    /// Slots decommitted together.
+    pub decommit_batch_size: usize,
+    /// Emit native unwind info for guest code (needed only for native profilers).
+    pub native_unwind_info: bool,
+}
+
+impl Default for PoolTuning {
+    fn default() -> Self {
+        Self {
+            linear_memory_keep_resident: 2 * 1024 * 1024,
+            table_keep_resident: 64 * 1024,
+            decommit_batch_size: 1,
+            native_unwind_info: false,
+        }
+    }
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            data_dir: PathBuf::from("lodge-data"),
+            artifacts_dir: None,
+            base_domain: None,
+            default_limits: Limits::default(),
+            max_instances: 1000,
+            memory_budget_bytes: 8 * 1024 * 1024 * 1024,
+            max_memory_per_instance: 1024 * 1024 * 1024,
+            epoch_tick: Duration::from_millis(10),
+            fuel_yield_interval: 1_000_000,
+            log_lines_per_tenant: 1000,
+            pool: PoolTuning::default(),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The data plane: an end user's request, from routing to the guest's response.
+//!
+//! routing → limits (admission, body cap) → instance (fresh store, guest call)
+//! → capabilities (inside the guest call). Every failure becomes one status and
+//! the JSON error shape; the detail goes to the tenant's log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use http::header::CONTENT_LENGTH;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::error::DataPlaneError;
+use crate::instance::Invocation;
+use crate::limits::{self, CappedBody};
+use crate::logs::LogStream;
+use crate::routing::{self, Route};
+use crate::server::{Lodge, ResponseBody};
+
+/// Serves `req`, addressed to `route`, with request id `request_id`.
+pub async fn handle(
+    lodge: &Lodge,
+    route: Route,
+    request_id: Arc<str>,
+    req: http::Request<Incoming>,
+) -> http::Response<ResponseBody> {
+    let started = Instant::now();
+    let result = run(lodge, &route, &request_id, req).await;
+    let response = result.unwrap_or_else(DataPlaneError::into_response);
+    tracing::debug!(
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "served"
+    );
+    response
+}
+
+async fn run(
+    lodge: &Lodge,
+    route: &Route,
+    request_id: &Arc<str>,
+    mut req: http::Request<Incoming>,
+) -> Result<http::Response<ResponseBody>, DataPlaneError> {
+    let tenant = lodge
+        .registry
+        .get(&route.slug)
+        .ok_or(DataPlaneError::TenantNotFound)?;
+    let app = tenant.active().ok_or(DataPlaneError::NoDeployment)?;
+    let limits = &tenant.limits;
+
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_request_body) {
+        tenant.logs.push(
+            request_id,
+            LogStream::Host,
+            format!(
+                "request body of {} bytes refused: the limit is {}",
+                declared.unwrap_or_default(),
+                limits.max_request_body
+            ),
+        );
+        return Err(DataPlaneError::BodyTooLarge);
+    }
+
+    let admission = limits::admit(tenant.concurrency(), lodge.runtime.slots())?;
+
+    let id_header = http::HeaderValue::from_str(request_id).map_err(|_| DataPlaneError::Internal)?;
+    routing::prepare_for_guest(&mut req, route, &id_header);
+    let tripped = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = CappedBody::new(body, limits.max_request_body, tripped.clone());
+    let request = http::Request::from_parts(parts, body);
+
+    let call = Invocation {
+        limits,
+        logs: &tenant.logs,
+        request_id,
+        env: &tenant.env,
+        admission,
+    };
+    match lodge.runtime.invoke(&app, call, request).await {
+        Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+        Err(_) if tripped.load(Ordering::Acquire) => Err(DataPlaneError::BodyTooLarge),
+        Err(failure) => Err(failure.into()),
+    }
+}

@@ -1,0 +1,128 @@
+//! The one JSON error shape every failure answers with.
+//!
+//! `{"error":{"code","message"}}`: the code is stable for machines, the message
+//! is for people and never carries internals (traps, paths, backtraces); those
+//! go to the tenant's log and the host's traces.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::instance::GuestFailure;
+use crate::limits::Rejected;
+use crate::server::ResponseBody;
+
+/// Everything the data plane can answer instead of a guest's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DataPlaneError {
+    /// No tenant has this slug, or none was addressed.
+    #[error("no app is deployed at this address")]
+    TenantNotFound,
+    /// The tenant exists but has no active deployment.
+    #[error("this app has no active deployment")]
+    NoDeployment,
+    /// The tenant is at its concurrency limit.
+    #[error("this app is handling too many requests; retry shortly")]
+    OverConcurrency,
+    /// Every instance slot of the host is taken.
+    #[error("the host is at capacity; retry shortly")]
+    HostBusy,
+    /// The request body is larger than the plan allows.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The request ran past its wall-clock deadline.
+    #[error("the app did not answer in time")]
+    Deadline,
+    /// The request burnt its fuel budget.
+    #[error("the app ran out of its compute budget for this request")]
+    FuelExhausted,
+    /// The guest trapped or answered with an error.
+    #[error("the app failed while handling this request")]
+    AppFailed,
+    /// The guest returned without a response.
+    #[error("the app returned no response")]
+    NoResponse,
+    /// The host failed.
+    #[error("internal error")]
+    Internal,
+}
+
+impl DataPlaneError {
+    /// The HTTP status for this failure.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::TenantNotFound => StatusCode::NOT_FOUND,
+            Self::NoDeployment | Self::OverConcurrency | Self::HostBusy | Self::FuelExhausted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
+            Self::AppFailed | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoResponse => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TenantNotFound => "tenant_not_found",
+            Self::NoDeployment => "no_deployment",
+            Self::OverConcurrency => "over_concurrency",
+            Self::HostBusy => "host_busy",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Deadline => "deadline_exceeded",
+            Self::FuelExhausted => "fuel_exhausted",
+            Self::AppFailed => "app_failed",
+            Self::NoResponse => "no_response",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The response for this failure.
+    pub fn into_response(self) -> http::Response<ResponseBody> {
+        let mut response = json_error(self.status(), self.code(), &self.to_string());
+        if matches!(self, Self::OverConcurrency | Self::HostBusy) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<GuestFailure> for DataPlaneError {
+    fn from(failure: GuestFailure) -> Self {
+        match failure {
+            GuestFailure::Deadline => Self::Deadline,
+            GuestFailure::FuelExhausted => Self::FuelExhausted,
+            GuestFailure::Trap | GuestFailure::GuestError => Self::AppFailed,
+            GuestFailure::NoResponse => Self::NoResponse,
+            GuestFailure::Internal => Self::Internal,
+        }
+    }
+}
+
+impl From<Rejected> for DataPlaneError {
+    fn from(rejected: Rejected) -> Self {
+        match rejected {
+            Rejected::TenantBusy => Self::OverConcurrency,
+            Rejected::HostBusy => Self::HostBusy,
+        }
+    }
+}
+
+/// A `{"error":{"code","message"}}` response.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> http::Response<ResponseBody> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

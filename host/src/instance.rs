@@ -1,0 +1,494 @@
+//! Stage 3 of a request: the instance.
+//!
+//! One [`Runtime`] per process holds the `Engine` (pooling allocator, fuel,
+//! epoch interruption), the `Linker` with every capability, and the on-disk
+//! cache of precompiled artifacts. [`Runtime::load`] turns a `.wasm` into an
+//! [`App`]: validated, compiled once (or read back from the cache), and
+//! pre-instantiated. [`Runtime::invoke`] runs one request in a fresh `Store`
+//! under the tenant's limits and classifies whatever goes wrong.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body::Body;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, oneshot};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::capability::{self, GuestGrant, GuestState};
+use crate::config::{HostConfig, Limits};
+use crate::limits::{Admission, GrowthDenied, GuestLimiter, MemoryBudget};
+use crate::logs::{LogStream, TenantLogs};
+
+/// Interface packages the host links (at `@0.2.x`); anything else is a missing import.
+const PROVIDED_PACKAGES: &[&str] = &[
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:http",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
+
+/// Why a `.wasm` cannot be served. Each message tells the tenant what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic bytes)")]
+    NotWasm,
+    /// A core module where a component is needed.
+    #[error(
+        "this is a core WebAssembly module, not a component: build with \
+         `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// The binary does not validate or compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// The component imports interfaces this host does not provide.
+    #[error("the component imports interfaces this host does not provide: {}", .0.join(", "))]
+    MissingImports(Vec<String>),
+    /// It does not export `wasi:http/incoming-handler`.
+    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`: {0}")]
+    NotAnHttpHandler(String),
+    /// The host could not store or read the compiled artifact.
+    #[error("internal error while compiling")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// A compiled, pre-instantiated component, ready to serve requests.
+pub struct App {
+    /// SHA-256 of the `.wasm`, lowercase hex.
+    pub digest: String,
+    /// Size of the `.wasm` in bytes.
+    pub size: usize,
+    /// Time spent compiling (or loading the cached artifact).
+    pub compile_time: Duration,
+    /// Whether the precompiled artifact came from the cache.
+    pub from_cache: bool,
+    pre: ProxyPre<GuestState>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("digest", &self.digest)
+            .field("size", &self.size)
+            .field("compile_time", &self.compile_time)
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request ended, when it did not end with the guest's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestFailure {
+    /// The wall-clock deadline passed.
+    Deadline,
+    /// The fuel budget ran out.
+    FuelExhausted,
+    /// The guest trapped (panic, `unreachable`, stack overflow, memory limit …).
+    Trap,
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    GuestError,
+    /// The guest returned without setting a response.
+    NoResponse,
+    /// The host failed (a broken invariant, not the guest's doing).
+    Internal,
+}
+
+/// Counters for `lodge bench` and, later, `/metrics`.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Instances created.
+    pub instantiations: AtomicU64,
+    /// Total nanoseconds spent in `instantiate_async`.
+    pub instantiate_nanos: AtomicU64,
+}
+
+/// One per process: the engine, the linker and the artifact cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    artifacts: PathBuf,
+    compat: String,
+    budget: Arc<MemoryBudget>,
+    slots: Arc<Semaphore>,
+    fuel_yield_interval: u64,
+    epoch_tick: Duration,
+    stats: Arc<RuntimeStats>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("artifacts", &self.artifacts)
+            .field("compat", &self.compat)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one call to [`Runtime::invoke`] needs besides the request.
+#[derive(Debug)]
+pub struct Invocation<'a> {
+    /// The tenant's plan.
+    pub limits: &'a Limits,
+    /// The tenant's log.
+    pub logs: &'a Arc<TenantLogs>,
+    /// This request's id.
+    pub request_id: &'a Arc<str>,
+    /// Environment variables the tenant set.
+    pub env: &'a [(String, String)],
+    /// Permits held until the instance is gone.
+    pub admission: Admission,
+}
+
+impl Runtime {
+    /// Builds the engine and the artifact cache under `config.data_dir`.
+    pub fn new(config: &HostConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        // Sized to concurrency, not tenants: one slot per live instance.
+        let instances = config.max_instances;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
+            .max_memory_size(config.max_memory_per_instance)
+            .linear_memory_keep_resident(config.pool.linear_memory_keep_resident)
+            .table_keep_resident(config.pool.table_keep_resident)
+            .decommit_batch_size(config.pool.decommit_batch_size);
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .native_unwind_info(config.pool.native_unwind_info)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasm engine")?;
+
+        let mut linker = Linker::new(&engine);
+        capability::add_to_linker(&mut linker)?;
+
+        let artifacts = config
+            .artifacts_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("artifacts"));
+        std::fs::create_dir_all(&artifacts)
+            .with_context(|| format!("creating {}", artifacts.display()))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = format!("{:016x}", hasher.finish());
+
+        Ok(Self {
+            _ticker: EpochTicker::spawn(engine.clone(), config.epoch_tick)?,
+            engine,
+            linker,
+            artifacts,
+            compat,
+            budget: MemoryBudget::new(config.memory_budget_bytes),
+            slots: Arc::new(Semaphore::new(config.max_instances as usize)),
+            fuel_yield_interval: config.fuel_yield_interval.max(1),
+            epoch_tick: config.epoch_tick,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The host-wide instance slots, acquired at admission.
+    pub fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// The host-wide memory budget.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Instantiation counters.
+    pub fn stats(&self) -> &Arc<RuntimeStats> {
+        &self.stats
+    }
+
+    /// Validates, compiles (or loads from the cache) and pre-instantiates `wasm`.
+    ///
+    /// Blocking: compiling takes a while; call it from `spawn_blocking`.
+    pub fn load(&self, wasm: &[u8]) -> Result<App, LoadError> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        if wasmparser::Parser::is_core_wasm(wasm) {
+            return Err(LoadError::CoreModule);
+        }
+        if !wasmparser::Parser::is_component(wasm) {
+            return Err(LoadError::Invalid("unknown WebAssembly binary version".into()));
+        }
+        let started = Instant::now();
+        let digest = hex::encode(Sha256::digest(wasm));
+        let path = self.artifacts.join(format!("{digest}-{}.cwasm", self.compat));
+        let (component, from_cache) = match self.read_artifact(&path) {
+            Some(component) => (component, true),
+            None => (self.compile(wasm, &path)?, false),
+        };
+        let missing = missing_imports(&self.engine, &component);
+        if !missing.is_empty() {
+            return Err(LoadError::MissingImports(missing));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::MissingImports(vec![format!("{e:#}")]))?;
+        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotAnHttpHandler(format!("{e:#}")))?;
+        Ok(App {
+            digest,
+            size: wasm.len(),
+            compile_time: started.elapsed(),
+            from_cache,
+            pre,
+        })
+    }
+
+    /// Loads a cached artifact; a missing or unreadable one means "compile again".
+    fn read_artifact(&self, path: &Path) -> Option<Component> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `compile` below with this engine's
+        // compatibility hash in its name, in a directory only this host writes;
+        // wasmtime still checks its header and rejects incompatible artifacts.
+        #[expect(unsafe_code, reason = "loading our own precompiled artifact")]
+        let loaded = unsafe { Component::deserialize_file(&self.engine, path) };
+        match loaded {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unreadable artifact");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    fn compile(&self, wasm: &[u8], path: &Path) -> Result<Component, LoadError> {
+        let bytes = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let write = || -> anyhow::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
+            std::io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(path)?;
+            Ok(())
+        };
+        write().map_err(LoadError::Internal)?;
+        self.read_artifact(path)
+            .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("artifact vanished after writing")))
+    }
+
+    /// Runs one request in a fresh instance of `app` and returns the guest's response.
+    ///
+    /// The instance runs in its own task so the response body can stream while the
+    /// guest still writes it; that task keeps `call.admission` until the instance is
+    /// gone and writes any failure's detail to the tenant's log.
+    pub async fn invoke<B>(
+        &self,
+        app: &Arc<App>,
+        call: Invocation<'_>,
+        request: hyper::Request<B>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
+    where
+        B: Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let limits = call.limits;
+        let grant = GuestGrant {
+            logs: call.logs,
+            request_id: call.request_id,
+            log_bytes: limits.log_bytes_per_request,
+            max_resources: limits.max_resources,
+            env: call.env,
+        };
+        let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
+        let mut store = Store::new(&self.engine, GuestState::new(&grant, limiter));
+        store.limiter(|state| &mut state.limiter);
+        let ticks = limits.timeout.as_nanos().div_ceil(self.epoch_tick.as_nanos().max(1)) as u64;
+        store.set_epoch_deadline(ticks.max(1));
+        store.epoch_deadline_trap();
+        let prepared = (|| -> wasmtime::Result<_> {
+            store.set_fuel(limits.fuel)?;
+            store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            tracing::error!(error = %e, "preparing the store");
+            return Err(GuestFailure::Internal);
+        }
+
+        let (sender, receiver) = oneshot::channel();
+        let resources = (|| -> wasmtime::Result<_> {
+            let mut http = store.data_mut().http();
+            let req = http.new_incoming_request(Scheme::Http, request)?;
+            let out = http.new_response_outparam(sender)?;
+            Ok((req, out))
+        })();
+        let (req, out) = match resources {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "creating the request resources");
+                return Err(GuestFailure::Internal);
+            }
+        };
+
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let pre = app.pre.clone();
+        let stats = self.stats.clone();
+        let logs = call.logs.clone();
+        let request_id = call.request_id.clone();
+        let admission = call.admission;
+        let task = tokio::spawn(async move {
+            let run = async {
+                let started = Instant::now();
+                let proxy = pre.instantiate_async(&mut store).await?;
+                stats.instantiations.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .instantiate_nanos
+                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = tokio::time::timeout_at(deadline, run).await;
+            let denied = store.data().limiter.denied;
+            drop(store);
+            drop(admission);
+            let failure = classify(result, denied);
+            if let Some((_, detail)) = &failure {
+                logs.push(&request_id, LogStream::Host, detail.clone());
+            }
+            failure.map(|(kind, _)| kind)
+        });
+
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => {
+                call.logs.push(
+                    call.request_id,
+                    LogStream::Host,
+                    format!("the app answered with an error instead of a response: {code:?}"),
+                );
+                Err(GuestFailure::GuestError)
+            }
+            Err(_) => match task.await {
+                Ok(Some(kind)) => Err(kind),
+                Ok(None) => {
+                    call.logs.push(
+                        call.request_id,
+                        LogStream::Host,
+                        "the app returned without setting a response".to_owned(),
+                    );
+                    Err(GuestFailure::NoResponse)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "guest task failed");
+                    Err(GuestFailure::Internal)
+                }
+            },
+        }
+    }
+}
+
+/// Maps how a guest call ended to a failure kind and the detail for the tenant's log.
+fn classify(
+    result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+    denied: Option<GrowthDenied>,
+) -> Option<(GuestFailure, String)> {
+    let error = match result {
+        Ok(Ok(())) => return None,
+        Err(_) => {
+            let detail = "request deadline exceeded while the app was waiting".to_owned();
+            return Some((GuestFailure::Deadline, detail));
+        }
+        Ok(Err(error)) => error,
+    };
+    let why = match denied {
+        Some(GrowthDenied::InstanceMemory) => " (a memory growth was refused: plan memory limit)",
+        Some(GrowthDenied::HostBudget) => " (a memory growth was refused: host memory budget)",
+        Some(GrowthDenied::Table) => " (a table growth was refused: table limit)",
+        None => "",
+    };
+    let kind = match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => GuestFailure::FuelExhausted,
+        Some(Trap::Interrupt) => GuestFailure::Deadline,
+        // Any other trap, or an instantiation the limiter refused.
+        _ => GuestFailure::Trap,
+    };
+    let label = match kind {
+        GuestFailure::FuelExhausted => "fuel exhausted",
+        GuestFailure::Deadline => "request deadline exceeded",
+        _ => "app trapped",
+    };
+    Some((kind, format!("{label}{why}: {error:?}")))
+}
+
+/// Lists the imports of `component` outside [`PROVIDED_PACKAGES`].
+fn missing_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    let ty = component.component_type();
+    let mut missing = BTreeSet::new();
+    for (name, _) in ty.imports(engine) {
+        let (package, version) = match name.split_once('@') {
+            Some((path, version)) => (path.split('/').next().unwrap_or(path), Some(version)),
+            None => (name.split('/').next().unwrap_or(name), None),
+        };
+        let provided = PROVIDED_PACKAGES.contains(&package)
+            && version.is_some_and(|v| v.starts_with("0.2."));
+        if !provided {
+            missing.insert(name.to_owned());
+        }
+    }
+    missing.into_iter().collect()
+}
+
+/// Advances the engine's epoch every tick; stops when dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn spawn(engine: Engine, tick: Duration) -> anyhow::Result<Self> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("lodge-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .context("starting the epoch thread")?;
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

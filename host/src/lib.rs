@@ -1,0 +1,24 @@
+//! Lodge: a WebAssembly-sandboxed multi-tenant host.
+//!
+//! A request travels through one module per stage:
+//! [`routing`] (which tenant) → [`limits`] (admission, body cap, memory) →
+//! [`instance`] (a fresh store from a pre-instantiated component) →
+//! [`capability`] (what the guest may call). [`server`] accepts connections,
+//! [`dataplane`] ties the stages together, [`logs`] keeps each tenant's output,
+//! [`registry`] holds the tenants, and [`cli`] is the `lodge` binary.
+
+pub mod bench;
+pub mod capability;
+pub mod cli;
+pub mod config;
+pub mod dataplane;
+pub mod error;
+pub mod instance;
+pub mod limits;
+pub mod logs;
+pub mod registry;
+pub mod routing;
+pub mod server;
+
+pub use config::{HostConfig, Limits};
+pub use server::{Lodge, serve};

@@ -1,0 +1,360 @@
+//! Tenant logs: guest stdout/stderr and the host's notes about a tenant's requests.
+//!
+//! Sits beside the instance stage: every request's WASI stdout and stderr are
+//! [`LogSink`]s that split output into lines, tag them with the request id, keep
+//! the last N lines per tenant in memory ([`TenantLogs`]) and emit each through
+//! `tracing`. Both ends are bounded, so a guest printing gigabytes costs the host
+//! a fixed amount of memory and a counter.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::AsyncWrite;
+use tokio::sync::broadcast;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Longest line kept; longer lines are cut and marked with `…`.
+const MAX_LINE_BYTES: usize = 4096;
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+    /// A note from the host about the request (a trap, a limit hit).
+    Host,
+}
+
+/// One line of a tenant's log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// Position in this tenant's log, increasing from 1.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The request that produced the line.
+    pub request_id: String,
+    /// Where the line came from.
+    pub stream: LogStream,
+    /// The text, without its trailing newline.
+    pub message: String,
+}
+
+/// The last N log lines of one tenant.
+#[derive(Debug)]
+pub struct TenantLogs {
+    tenant: String,
+    capacity: usize,
+    next_seq: AtomicU64,
+    lines: Mutex<VecDeque<LogLine>>,
+    live: broadcast::Sender<LogLine>,
+}
+
+impl TenantLogs {
+    /// An empty log for `tenant` keeping at most `capacity` lines.
+    pub fn new(tenant: impl Into<String>, capacity: usize) -> Self {
+        let (live, _) = broadcast::channel(256);
+        Self {
+            tenant: tenant.into(),
+            capacity: capacity.max(1),
+            next_seq: AtomicU64::new(1),
+            lines: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 1024))),
+            live,
+        }
+    }
+
+    /// Appends a line, dropping the oldest when full, and emits it through `tracing`.
+    pub fn push(&self, request_id: &str, stream: LogStream, message: String) {
+        let line = LogLine {
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+            request_id: request_id.to_owned(),
+            stream,
+            message,
+        };
+        tracing::info!(
+            target: "lodge::guest",
+            tenant = %self.tenant,
+            request_id = %line.request_id,
+            stream = ?line.stream,
+            "{}",
+            line.message
+        );
+        let _ = self.live.send(line.clone());
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() == self.capacity {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// Lines with `seq > since`, oldest first, at most `limit` of the newest.
+    pub fn since(&self, since: u64, limit: usize) -> Vec<LogLine> {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let matching: Vec<&LogLine> = lines.iter().filter(|l| l.seq > since).collect();
+        let skip = matching.len().saturating_sub(limit);
+        matching.into_iter().skip(skip).cloned().collect()
+    }
+
+    /// All lines currently kept, oldest first.
+    pub fn snapshot(&self) -> Vec<LogLine> {
+        self.since(0, usize::MAX)
+    }
+
+    /// A receiver of every line pushed from now on (for `logs --follow`).
+    pub fn subscribe(&self) -> broadcast::Receiver<LogLine> {
+        self.live.subscribe()
+    }
+}
+
+/// The byte budget one request has for stdout and stderr together.
+#[derive(Debug)]
+pub struct RequestLogBudget {
+    remaining: Mutex<usize>,
+    truncated: std::sync::atomic::AtomicBool,
+}
+
+impl RequestLogBudget {
+    /// A budget of `bytes` for one request.
+    pub fn new(bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: Mutex::new(bytes),
+            truncated: Default::default(),
+        })
+    }
+
+    /// Takes up to `want` bytes; returns how many may be kept.
+    fn take(&self, want: usize) -> usize {
+        let mut remaining = self.remaining.lock().unwrap_or_else(PoisonError::into_inner);
+        let granted = want.min(*remaining);
+        *remaining -= granted;
+        granted
+    }
+
+    /// Marks the budget as exhausted; true the first time only.
+    fn mark_truncated(&self) -> bool {
+        !self.truncated.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Guest stdout or stderr for one request, writing into the tenant's log.
+///
+/// Cloned freely: WASI asks for a fresh stream each time the guest calls
+/// `get-stdout`; all clones share one line buffer, flushed when the last drops.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    inner: Arc<Mutex<SinkState>>,
+}
+
+#[derive(Debug)]
+struct SinkState {
+    logs: Arc<TenantLogs>,
+    request_id: Arc<str>,
+    stream: LogStream,
+    budget: Arc<RequestLogBudget>,
+    partial: Vec<u8>,
+}
+
+impl LogSink {
+    /// A sink for `stream` of request `request_id`, charged to `budget`.
+    pub fn new(
+        logs: Arc<TenantLogs>,
+        request_id: Arc<str>,
+        stream: LogStream,
+        budget: Arc<RequestLogBudget>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(SinkState {
+                logs,
+                request_id,
+                stream,
+                budget,
+                partial: Vec::new(),
+            })),
+        }
+    }
+
+    /// Accepts all of `bytes` (the guest never sees a failure), keeping what fits.
+    fn write_bytes(&self, bytes: &[u8]) {
+        let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = state.budget.take(bytes.len());
+        state.append(&bytes[..kept]);
+        if kept < bytes.len() && state.budget.mark_truncated() {
+            state.flush_partial();
+            let note = "log output truncated: this request reached its log limit".to_owned();
+            state.logs.push(&state.request_id, LogStream::Host, note);
+        }
+    }
+}
+
+impl SinkState {
+    fn append(&mut self, mut bytes: &[u8]) {
+        while let Some(pos) = bytes.iter().position(|b| *b == b'\n') {
+            self.extend_partial(&bytes[..pos]);
+            self.flush_partial();
+            bytes = &bytes[pos + 1..];
+        }
+        self.extend_partial(bytes);
+    }
+
+    fn extend_partial(&mut self, bytes: &[u8]) {
+        let room = (MAX_LINE_BYTES + 1).saturating_sub(self.partial.len());
+        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn flush_partial(&mut self) {
+        if self.partial.is_empty() {
+            return;
+        }
+        let mut message = String::from_utf8_lossy(&self.partial).into_owned();
+        if self.partial.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        self.partial.clear();
+        let message = message.strip_suffix('\r').map(str::to_owned).unwrap_or(message);
+        self.logs.push(&self.request_id, self.stream, message);
+    }
+}
+
+impl Drop for SinkState {
+    fn drop(&mut self) {
+        self.flush_partial();
+    }
+}
+
+impl IsTerminal for LogSink {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogSink {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for LogSink {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogSink {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for LogSink {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(logs: &Arc<TenantLogs>, budget: usize) -> LogSink {
+        LogSink::new(
+            logs.clone(),
+            Arc::from("req-1"),
+            LogStream::Stdout,
+            RequestLogBudget::new(budget),
+        )
+    }
+
+    #[test]
+    fn splits_lines_and_flushes_the_tail_on_drop() {
+        let logs = Arc::new(TenantLogs::new("t", 10));
+        let s = sink(&logs, 1024);
+        s.write_bytes(b"one\ntw");
+        s.write_bytes(b"o\r\nthree");
+        assert_eq!(logs.snapshot().len(), 2);
+        drop(s);
+        let msgs: Vec<_> = logs.snapshot().into_iter().map(|l| l.message).collect();
+        assert_eq!(msgs, ["one", "two", "three"]);
+        assert!(logs.snapshot().iter().all(|l| l.request_id == "req-1"));
+    }
+
+    #[test]
+    fn keeps_only_the_newest_lines() {
+        let logs = Arc::new(TenantLogs::new("t", 3));
+        let s = sink(&logs, 1 << 20);
+        for i in 0..10 {
+            s.write_bytes(format!("{i}\n").as_bytes());
+        }
+        let msgs: Vec<_> = logs.snapshot().into_iter().map(|l| l.message).collect();
+        assert_eq!(msgs, ["7", "8", "9"]);
+        assert_eq!(logs.since(8, 10).len(), 2);
+        assert_eq!(logs.since(0, 1)[0].message, "9");
+    }
+
+    #[test]
+    fn stops_at_the_request_budget_and_says_so_once() {
+        let logs = Arc::new(TenantLogs::new("t", 100));
+        let s = sink(&logs, 10);
+        for _ in 0..1000 {
+            s.write_bytes(b"0123456789abcdef\n");
+        }
+        drop(s);
+        let lines = logs.snapshot();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0].message, "0123456789");
+        assert_eq!(lines[1].stream, LogStream::Host);
+    }
+
+    #[test]
+    fn cuts_overlong_lines() {
+        let logs = Arc::new(TenantLogs::new("t", 10));
+        let s = sink(&logs, 1 << 20);
+        s.write_bytes(&vec![b'x'; MAX_LINE_BYTES * 3]);
+        s.write_bytes(b"\n");
+        let line = &logs.snapshot()[0].message;
+        assert!(line.ends_with('…'));
+        assert_eq!(line.len(), MAX_LINE_BYTES + '…'.len_utf8());
+    }
+}

@@ -1,0 +1,187 @@
+//! Shared helpers for Lodge's end-to-end tests.
+//!
+//! [`guests`] names every guest component `build.rs` built; [`TestHost`] runs a
+//! real Lodge host in-process on a loopback port; [`LodgeProcess`] runs the
+//! real `lodge` binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lodge_host::{HostConfig, Limits, Lodge};
+
+/// Paths of the guest components, one constant per guest.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// Reads a guest component.
+pub fn wasm(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// The directory where tests share precompiled artifacts (compiling is the slow part).
+pub fn shared_artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts")
+}
+
+/// A Lodge host running in this process on `127.0.0.1:<random>`.
+#[derive(Debug)]
+pub struct TestHost {
+    /// The host itself, to inspect tenants, logs and the memory budget.
+    pub lodge: Arc<Lodge>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client with no connection limit and no proxy.
+    pub client: reqwest::Client,
+    _data: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TestHost {
+    /// Starts a host configured by `configure`, with no tenants.
+    pub async fn start_with(configure: impl FnOnce(&mut HostConfig)) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = HostConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data.path().to_owned(),
+            artifacts_dir: Some(shared_artifacts()),
+            ..HostConfig::default()
+        };
+        configure(&mut config);
+        let lodge = Lodge::new(config).expect("host starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(lodge_host::serve(lodge.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        Self { lodge, addr, client, _data: data, _stop: stop }
+    }
+
+    /// Starts a host with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Adds tenant `slug` serving the guest at `path` under `limits`.
+    pub async fn app(&self, slug: &str, path: &str, limits: Limits) -> &Self {
+        self.lodge
+            .add_app(slug, wasm(path), Some(limits))
+            .await
+            .unwrap_or_else(|e| panic!("deploying {path} as {slug}: {e:#}"));
+        self
+    }
+
+    /// `http://127.0.0.1:PORT/tenants/SLUG` + `path`.
+    pub fn path_url(&self, slug: &str, path: &str) -> String {
+        format!("http://{}/tenants/{slug}{path}", self.addr)
+    }
+
+    /// A GET to tenant `slug` by path routing.
+    pub async fn get(&self, slug: &str, path: &str) -> reqwest::Response {
+        self.client.get(self.path_url(slug, path)).send().await.expect("request sent")
+    }
+
+    /// The tenant's log messages, oldest first.
+    pub fn log_messages(&self, slug: &str) -> Vec<String> {
+        self.lodge
+            .registry
+            .get(slug)
+            .map(|t| t.logs.snapshot().into_iter().map(|l| l.message).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Asserts `response` is Lodge's JSON error with `status` and `code`.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "status of {}", response.url());
+    assert_eq!(
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    body
+}
+
+/// Path of the `lodge` binary that `cargo test` built.
+pub fn lodge_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug").join("lodge");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests from the workspace root with `cargo test`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `lodge serve` process, killed on drop.
+#[derive(Debug)]
+pub struct LodgeProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its stderr, captured.
+    pub stderr_path: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl LodgeProcess {
+    /// Runs `lodge serve --listen 127.0.0.1:<free port> --data-dir <temp> ARGS…` and waits until it answers.
+    pub fn serve(args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let stderr_path = data.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(lodge_bin())
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .args(args)
+            .env("LODGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("lodge starts");
+        let mut process = Self { child, addr, stderr_path, _data: data };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("lodge exited with {status}: {}", process.stderr());
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "lodge did not listen: {}", process.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    /// What the process printed to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for LodgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
