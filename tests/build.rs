@@ -10,7 +10,10 @@ use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets this"));
-    let root = manifest.parent().expect("tests/ lives in the workspace").to_owned();
+    let root = manifest
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_owned();
     let target_dir = std::env::var_os("LODGE_GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target").join("guests"));
@@ -27,7 +30,11 @@ fn main() {
         entries.sort();
         for path in entries {
             rerun_if_changed_tree(&path);
-            let name = path.file_name().and_then(|n| n.to_str()).expect("utf-8 name").to_owned();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("utf-8 name")
+                .to_owned();
             guests.push(name);
         }
     }
@@ -62,7 +69,10 @@ fn main() {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("running cargo to build the guests");
-    assert!(status.success(), "building the guest components failed: {status}");
+    assert!(
+        status.success(),
+        "building the guest components failed: {status}"
+    );
 
     let out_dir = target_dir.join("wasm32-wasip2").join("guest");
     let mut constants = String::new();
@@ -75,7 +85,8 @@ fn main() {
             wasm.display().to_string()
         ));
     }
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets this")).join("guests.rs");
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets this")).join("guests.rs");
     std::fs::write(&out, constants).expect("writing guests.rs");
 }
 

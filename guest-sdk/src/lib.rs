@@ -12,7 +12,6 @@
 //! }
 //!
 //! lodge_sdk::serve!(handle);
-//! # fn main() {}
 //! ```
 //!
 //! Everything a guest prints to stdout or stderr becomes a line of the tenant's
@@ -56,7 +55,8 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response<Body> {
 
 fn respond(status: u16, content_type: &'static str, body: Body) -> Response<Body> {
     let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
         .headers_mut()
         .insert("content-type", HeaderValue::from_static(content_type));

@@ -79,7 +79,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     })?;
     let tmp = tempfile::tempdir()?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     let max_conns = args.connections.iter().copied().max().unwrap_or(64);
 
     let limits = Limits {
@@ -129,7 +132,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     println!(
         "machine: {} cores; host threads {}; {}s per run after {}s warm-up",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         args.host_threads,
         args.seconds,
         args.warmup
@@ -146,7 +151,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let sample = drive(addr, "hello.localhost", conns, &args).await?;
         let count = stats.instantiations.load(Ordering::Relaxed) - before.0;
         let nanos = stats.instantiate_nanos.load(Ordering::Relaxed) - before.1;
-        let inst_us = if count > 0 { nanos as f64 / count as f64 / 1000.0 } else { 0.0 };
+        let inst_us = if count > 0 {
+            nanos as f64 / count as f64 / 1000.0
+        } else {
+            0.0
+        };
         lodge_results.push((conns, sample, inst_us));
     }
     let _ = stop.send(());
@@ -196,7 +205,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Binds inside `runtime` so the listener's I/O is driven by the host's threads.
-fn bind_in(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+fn bind_in(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
     let _guard = runtime.enter();
     let std = std::net::TcpListener::bind(addr)?;
     std.set_nonblocking(true)?;
@@ -204,7 +216,9 @@ fn bind_in(runtime: &tokio::runtime::Runtime, addr: SocketAddr) -> anyhow::Resul
 }
 
 async fn run_wasmtime(bin: &PathBuf, args: &BenchArgs, conns: usize) -> anyhow::Result<Sample> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let limits = Limits::default();
     let mut child = tokio::process::Command::new(bin)
@@ -233,18 +247,30 @@ async fn run_wasmtime(bin: &PathBuf, args: &BenchArgs, conns: usize) -> anyhow::
 }
 
 /// Drives `addr` with `conns` keep-alive connections: warm-up, then a measured run.
-async fn drive(addr: SocketAddr, host: &str, conns: usize, args: &BenchArgs) -> anyhow::Result<Sample> {
+async fn drive(
+    addr: SocketAddr,
+    host: &str,
+    conns: usize,
+    args: &BenchArgs,
+) -> anyhow::Result<Sample> {
     let _ = load(addr, host, conns, Duration::from_secs(args.warmup)).await?;
     load(addr, host, conns, Duration::from_secs(args.seconds)).await
 }
 
-async fn load(addr: SocketAddr, host: &str, conns: usize, duration: Duration) -> anyhow::Result<Sample> {
+async fn load(
+    addr: SocketAddr,
+    host: &str,
+    conns: usize,
+    duration: Duration,
+) -> anyhow::Result<Sample> {
     let deadline = Instant::now() + duration;
     let host: Arc<str> = Arc::from(host);
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
         let host = host.clone();
-        tasks.push(tokio::spawn(async move { connection_loop(addr, &host, deadline).await }));
+        tasks.push(tokio::spawn(async move {
+            connection_loop(addr, &host, deadline).await
+        }));
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -270,13 +296,18 @@ async fn load(addr: SocketAddr, host: &str, conns: usize, duration: Duration) ->
     })
 }
 
-async fn connection_loop(addr: SocketAddr, host: &str, deadline: Instant) -> anyhow::Result<(Vec<u64>, u64)> {
+async fn connection_loop(
+    addr: SocketAddr,
+    host: &str,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<u64>, u64)> {
     let mut latencies = Vec::with_capacity(64 * 1024);
     let mut errors = 0u64;
     'reconnect: while Instant::now() < deadline {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         while Instant::now() < deadline {
             let req = http::Request::get("/")

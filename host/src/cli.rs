@@ -115,7 +115,9 @@ impl ServeArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             base_domain: self.base_domain.clone(),
-            max_memory_per_instance: limits.memory_bytes.max(HostConfig::default().max_memory_per_instance),
+            max_memory_per_instance: limits
+                .memory_bytes
+                .max(HostConfig::default().max_memory_per_instance),
             default_limits: limits,
             max_instances: self.host.max_instances.max(1),
             memory_budget_bytes: self.host.memory_budget_mib.saturating_mul(1024 * 1024),
@@ -141,7 +143,10 @@ fn parse_app(s: &str) -> Result<(String, PathBuf), String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -189,7 +194,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 path.display(),
                 app.size,
                 &app.digest[..12],
-                if app.from_cache { "loaded from cache" } else { "compiled" },
+                if app.from_cache {
+                    "loaded from cache"
+                } else {
+                    "compiled"
+                },
                 app.compile_time.as_millis()
             );
             eprintln!(

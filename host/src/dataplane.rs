@@ -70,7 +70,8 @@ async fn run(
 
     let admission = limits::admit(tenant.concurrency(), lodge.runtime.slots())?;
 
-    let id_header = http::HeaderValue::from_str(request_id).map_err(|_| DataPlaneError::Internal)?;
+    let id_header =
+        http::HeaderValue::from_str(request_id).map_err(|_| DataPlaneError::Internal)?;
     routing::prepare_for_guest(&mut req, route, &id_header);
     let tripped = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();

@@ -237,11 +237,15 @@ impl Runtime {
             return Err(LoadError::CoreModule);
         }
         if !wasmparser::Parser::is_component(wasm) {
-            return Err(LoadError::Invalid("unknown WebAssembly binary version".into()));
+            return Err(LoadError::Invalid(
+                "unknown WebAssembly binary version".into(),
+            ));
         }
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(wasm));
-        let path = self.artifacts.join(format!("{digest}-{}.cwasm", self.compat));
+        let path = self
+            .artifacts
+            .join(format!("{digest}-{}.cwasm", self.compat));
         let (component, from_cache) = match self.read_artifact(&path) {
             Some(component) => (component, true),
             None => (self.compile(wasm, &path)?, false),
@@ -327,7 +331,10 @@ impl Runtime {
         let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
         let mut store = Store::new(&self.engine, GuestState::new(&grant, limiter));
         store.limiter(|state| &mut state.limiter);
-        let ticks = limits.timeout.as_nanos().div_ceil(self.epoch_tick.as_nanos().max(1)) as u64;
+        let ticks = limits
+            .timeout
+            .as_nanos()
+            .div_ceil(self.epoch_tick.as_nanos().max(1)) as u64;
         store.set_epoch_deadline(ticks.max(1));
         store.epoch_deadline_trap();
         let prepared = (|| -> wasmtime::Result<_> {
@@ -456,8 +463,8 @@ fn missing_imports(engine: &Engine, component: &Component) -> Vec<String> {
             Some((path, version)) => (path.split('/').next().unwrap_or(path), Some(version)),
             None => (name.split('/').next().unwrap_or(name), None),
         };
-        let provided = PROVIDED_PACKAGES.contains(&package)
-            && version.is_some_and(|v| v.starts_with("0.2."));
+        let provided =
+            PROVIDED_PACKAGES.contains(&package) && version.is_some_and(|v| v.starts_with("0.2."));
         if !provided {
             missing.insert(name.to_owned());
         }

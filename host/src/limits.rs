@@ -288,7 +288,10 @@ mod tests {
         let tripped = Arc::new(AtomicBool::new(false));
         let body = Full::new(Bytes::from(vec![0u8; 10])).map_err(never);
         let capped = CappedBody::new(body, 10, tripped.clone());
-        assert_eq!(capped.collect().await.map(|c| c.to_bytes().len()).ok(), Some(10));
+        assert_eq!(
+            capped.collect().await.map(|c| c.to_bytes().len()).ok(),
+            Some(10)
+        );
         assert!(!tripped.load(Ordering::Acquire));
     }
 }

@@ -140,7 +140,10 @@ impl RequestLogBudget {
 
     /// Takes up to `want` bytes; returns how many may be kept.
     fn take(&self, want: usize) -> usize {
-        let mut remaining = self.remaining.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut remaining = self
+            .remaining
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let granted = want.min(*remaining);
         *remaining -= granted;
         granted
@@ -214,7 +217,8 @@ impl SinkState {
 
     fn extend_partial(&mut self, bytes: &[u8]) {
         let room = (MAX_LINE_BYTES + 1).saturating_sub(self.partial.len());
-        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn flush_partial(&mut self) {
@@ -231,7 +235,10 @@ impl SinkState {
             message.push('…');
         }
         self.partial.clear();
-        let message = message.strip_suffix('\r').map(str::to_owned).unwrap_or(message);
+        let message = message
+            .strip_suffix('\r')
+            .map(str::to_owned)
+            .unwrap_or(message);
         self.logs.push(&self.request_id, self.stream, message);
     }
 }
@@ -280,7 +287,11 @@ impl Pollable for LogSink {
 }
 
 impl AsyncWrite for LogSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

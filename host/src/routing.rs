@@ -141,12 +141,21 @@ mod tests {
     #[test]
     fn host_routing() {
         assert_eq!(slug("acme.localhost", "/", None).as_deref(), Some("acme"));
-        assert_eq!(slug("Acme.LocalHost:3000", "/x", None).as_deref(), Some("acme"));
-        assert_eq!(slug("acme.apps.example.com", "/", Some("apps.example.com")).as_deref(), Some("acme"));
+        assert_eq!(
+            slug("Acme.LocalHost:3000", "/x", None).as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            slug("acme.apps.example.com", "/", Some("apps.example.com")).as_deref(),
+            Some("acme")
+        );
         assert_eq!(slug("acme.apps.example.com", "/", None), None);
         assert_eq!(slug("localhost:3000", "/", None), None);
         assert_eq!(slug("a.b.localhost", "/", None), None);
-        assert_eq!(slug("xapps.example.com", "/", Some("apps.example.com")), None);
+        assert_eq!(
+            slug("xapps.example.com", "/", Some("apps.example.com")),
+            None
+        );
         assert_eq!(slug("[::1]:3000", "/", None), None);
     }
 
@@ -174,7 +183,8 @@ mod tests {
     #[test]
     fn host_routing_wins_and_keeps_the_path() {
         let mut r = req("acme.localhost", "/tenants/other/x");
-        r.headers_mut().insert(FORWARDED_PREFIX, HeaderValue::from_static("/spoofed"));
+        r.headers_mut()
+            .insert(FORWARDED_PREFIX, HeaderValue::from_static("/spoofed"));
         let found = route(&r, None).expect("routed");
         assert_eq!(found.slug, "acme");
         prepare_for_guest(&mut r, &found, &HeaderValue::from_static("rid"));
@@ -185,9 +195,11 @@ mod tests {
     #[test]
     fn request_ids_are_kept_when_sane() {
         let mut r = req("localhost", "/");
-        r.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        r.headers_mut()
+            .insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&r), "abc-123");
-        r.headers_mut().insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        r.headers_mut()
+            .insert(REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&r), "has space");
         assert_eq!(request_id(&req("localhost", "/")).len(), 32);
     }

@@ -89,7 +89,11 @@ impl Lodge {
     }
 
     /// Adds tenant `slug` from a `.wasm` file (`lodge serve --app`).
-    pub async fn add_app_file(self: &Arc<Self>, slug: &str, path: &Path) -> anyhow::Result<Arc<Tenant>> {
+    pub async fn add_app_file(
+        self: &Arc<Self>,
+        slug: &str,
+        path: &Path,
+    ) -> anyhow::Result<Arc<Tenant>> {
         let wasm = tokio::fs::read(path)
             .await
             .with_context(|| format!("reading {}", path.display()))?;
@@ -99,13 +103,18 @@ impl Lodge {
     }
 
     /// Answers one request: a tenant's, or the host's own endpoints.
-    pub async fn dispatch(self: &Arc<Self>, req: http::Request<Incoming>) -> http::Response<ResponseBody> {
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        req: http::Request<Incoming>,
+    ) -> http::Response<ResponseBody> {
         let request_id = routing::request_id(&req);
         let id: Arc<str> = Arc::from(request_id.to_str().unwrap_or_default());
         let mut response = match routing::route(&req, self.config.base_domain.as_deref()) {
             Some(route) => {
                 let span = tracing::info_span!("request", tenant = %route.slug, request_id = %id);
-                dataplane::handle(self, route, id, req).instrument(span).await
+                dataplane::handle(self, route, id, req)
+                    .instrument(span)
+                    .await
             }
             None => self.control_plane(req).await,
         };
@@ -113,7 +122,10 @@ impl Lodge {
         response
     }
 
-    async fn control_plane(self: &Arc<Self>, req: http::Request<Incoming>) -> http::Response<ResponseBody> {
+    async fn control_plane(
+        self: &Arc<Self>,
+        req: http::Request<Incoming>,
+    ) -> http::Response<ResponseBody> {
         match self.control.clone().oneshot(req).await {
             Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
             Err(never) => match never {},
@@ -156,7 +168,9 @@ pub async fn serve(
             let lodge = lodge.clone();
             async move { Ok::<_, Infallible>(lodge.dispatch(req).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

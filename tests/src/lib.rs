@@ -52,7 +52,9 @@ impl TestHost {
         };
         configure(&mut config);
         let lodge = Lodge::new(config).expect("host starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(lodge_host::serve(lodge.clone(), listener, async {
@@ -63,7 +65,13 @@ impl TestHost {
             .pool_max_idle_per_host(256)
             .build()
             .expect("client");
-        Self { lodge, addr, client, _data: data, _stop: stop }
+        Self {
+            lodge,
+            addr,
+            client,
+            _data: data,
+            _stop: stop,
+        }
     }
 
     /// Starts a host with default settings.
@@ -87,7 +95,11 @@ impl TestHost {
 
     /// A GET to tenant `slug` by path routing.
     pub async fn get(&self, slug: &str, path: &str) -> reqwest::Response {
-        self.client.get(self.path_url(slug, path)).send().await.expect("request sent")
+        self.client
+            .get(self.path_url(slug, path))
+            .send()
+            .await
+            .expect("request sent")
     }
 
     /// The tenant's log messages, oldest first.
@@ -101,10 +113,22 @@ impl TestHost {
 }
 
 /// Asserts `response` is Lodge's JSON error with `status` and `code`.
-pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
-    assert_eq!(response.status().as_u16(), status, "status of {}", response.url());
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
     assert_eq!(
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        response.status().as_u16(),
+        status,
+        "status of {}",
+        response.url()
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
     let body: serde_json::Value = response.json().await.expect("JSON error body");
@@ -161,13 +185,22 @@ impl LodgeProcess {
             .stderr(stderr)
             .spawn()
             .expect("lodge starts");
-        let mut process = Self { child, addr, stderr_path, _data: data };
+        let mut process = Self {
+            child,
+            addr,
+            stderr_path,
+            _data: data,
+        };
         let started = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!("lodge exited with {status}: {}", process.stderr());
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "lodge did not listen: {}", process.stderr());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "lodge did not listen: {}",
+                process.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         process

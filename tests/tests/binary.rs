@@ -8,8 +8,14 @@ use lodge_tests::{LodgeProcess, guests, lodge_bin};
 fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("write");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read");
     let status = response
@@ -30,7 +36,10 @@ fn serve_runs_apps_given_on_the_command_line() {
     let (status, body) = get(lodge.addr, &format!("hello.localhost:{port}"), "/");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Hello from Lodge"), "{body}");
-    assert!(body.to_ascii_lowercase().contains("x-request-id: "), "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("x-request-id: "),
+        "{body}"
+    );
 
     let (status, body) = get(lodge.addr, "127.0.0.1", "/tenants/echo/status?code=201");
     assert_eq!(status, 201, "{body}");
@@ -47,7 +56,13 @@ fn serve_runs_apps_given_on_the_command_line() {
 #[test]
 fn serve_refuses_bad_apps_with_a_clear_message() {
     let output = Command::new(lodge_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--app", "x=/definitely/not/here.wasm"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--app",
+            "x=/definitely/not/here.wasm",
+        ])
         .env("LODGE_DATA_DIR", tempfile::tempdir().expect("tmp").path())
         .output()
         .expect("runs");
@@ -65,12 +80,24 @@ fn serve_refuses_bad_apps_with_a_clear_message() {
 
 #[test]
 fn serve_help_documents_every_limit_and_its_default() {
-    let output = Command::new(lodge_bin()).args(["serve", "--help"]).output().expect("runs");
+    let output = Command::new(lodge_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("runs");
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for needle in [
-        "--listen", "127.0.0.1:3000", "--data-dir", "./lodge-data", "--app", "--base-domain",
-        "--fuel", "--memory-mib", "--timeout-ms", "--max-concurrency", "--max-request-body",
+        "--listen",
+        "127.0.0.1:3000",
+        "--data-dir",
+        "./lodge-data",
+        "--app",
+        "--base-domain",
+        "--fuel",
+        "--memory-mib",
+        "--timeout-ms",
+        "--max-concurrency",
+        "--max-request-body",
     ] {
         assert!(help.contains(needle), "help mentions {needle}:\n{help}");
     }

@@ -33,10 +33,16 @@ async fn hello_answers_by_host_and_by_path() {
 
     let by_path = host.get("hello", "/greet").await;
     assert_eq!(by_path.status(), 200);
-    let id = by_path.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    let id = by_path.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert_eq!(id.len(), 32, "a generated id: {id}");
     let body = by_path.text().await.expect("body");
-    assert!(body.contains("You asked for /greet"), "prefix stripped: {body}");
+    assert!(
+        body.contains("You asked for /greet"),
+        "prefix stripped: {body}"
+    );
     assert!(body.contains(&id), "the guest saw the generated id: {body}");
 }
 
@@ -67,10 +73,20 @@ async fn unknown_tenants_and_unrouted_paths_are_404() {
     let host = TestHost::start().await;
     host.app("hello", guests::HELLO, limits()).await;
     assert_error(host.get("nobody", "/").await, 404, "tenant_not_found").await;
-    let unrouted = host.client.get(format!("http://{}/nothing", host.addr)).send().await.expect("sent");
+    let unrouted = host
+        .client
+        .get(format!("http://{}/nothing", host.addr))
+        .send()
+        .await
+        .expect("sent");
     assert!(unrouted.headers().contains_key("x-request-id"));
     assert_error(unrouted, 404, "tenant_not_found").await;
-    let health = host.client.get(format!("http://{}/healthz", host.addr)).send().await.expect("sent");
+    let health = host
+        .client
+        .get(format!("http://{}/healthz", host.addr))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(health.status(), 200);
 }
 
@@ -100,7 +116,10 @@ async fn a_plain_wstd_component_is_served_unchanged() {
         .await
         .expect("body");
     assert!(headers.contains("x-custom-in: hello"), "{headers}");
-    assert!(headers.contains("x-forwarded-prefix: /tenants/echo"), "{headers}");
+    assert!(
+        headers.contains("x-forwarded-prefix: /tenants/echo"),
+        "{headers}"
+    );
     assert!(headers.contains("x-request-id: "), "{headers}");
     assert!(headers.contains("path: /headers\n"), "{headers}");
     assert!(headers.contains("query: a=b"), "{headers}");
@@ -112,7 +131,9 @@ async fn a_plain_wstd_component_is_served_unchanged() {
     let failed = host.get("echo", "/fail").await;
     assert_error(failed, 500, "app_failed").await;
     assert!(
-        host.log_messages("echo").iter().any(|m| m.contains("error instead of a response")),
+        host.log_messages("echo")
+            .iter()
+            .any(|m| m.contains("error instead of a response")),
         "{:?}",
         host.log_messages("echo")
     );
@@ -137,7 +158,10 @@ async fn response_bodies_stream() {
     }
     let last_at = started.elapsed();
     let first_at = first_at.expect("a chunk arrived");
-    assert_eq!(String::from_utf8_lossy(&body), "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
+    );
     // The guest sleeps 4 × 300 ms between chunks; the first must not wait for them.
     assert!(
         last_at - first_at >= Duration::from_millis(900),
@@ -167,7 +191,11 @@ async fn a_50_mb_streamed_response_arrives_intact() {
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline_while_others_keep_answering() {
     let host = TestHost::start().await;
-    let spin = Limits { timeout: Duration::from_millis(1500), fuel: u64::MAX / 2, ..limits() };
+    let spin = Limits {
+        timeout: Duration::from_millis(1500),
+        fuel: u64::MAX / 2,
+        ..limits()
+    };
     host.app("spin", guests::HOSTILE, spin).await;
     host.app("calm", guests::HELLO, limits()).await;
     // Warm both up so compilation is not measured.
@@ -193,28 +221,65 @@ async fn an_infinite_loop_hits_the_deadline_while_others_keep_answering() {
         assert_error(response, 504, "deadline_exceeded").await;
     }
     let spin_done = started.elapsed();
-    assert!(spin_done < Duration::from_millis(1500 + 3000), "answered within the timeout plus slack: {spin_done:?}");
+    assert!(
+        spin_done < Duration::from_millis(1500 + 3000),
+        "answered within the timeout plus slack: {spin_done:?}"
+    );
     let last_calm = calm_done.last().copied().unwrap_or_default();
-    assert!(last_calm < Duration::from_millis(1500), "calm tenant answered during the loop: {calm_done:?}");
-    assert!(host.log_messages("spin").iter().any(|m| m.contains("deadline")));
+    assert!(
+        last_calm < Duration::from_millis(1500),
+        "calm tenant answered during the loop: {calm_done:?}"
+    );
+    assert!(
+        host.log_messages("spin")
+            .iter()
+            .any(|m| m.contains("deadline"))
+    );
 }
 
 #[tokio::test]
 async fn running_out_of_fuel_is_503() {
     let host = TestHost::start().await;
-    host.app("spin", guests::HOSTILE, Limits { fuel: 20_000_000, ..limits() }).await;
+    host.app(
+        "spin",
+        guests::HOSTILE,
+        Limits {
+            fuel: 20_000_000,
+            ..limits()
+        },
+    )
+    .await;
     assert_error(host.get("spin", "/loop").await, 503, "fuel_exhausted").await;
-    assert!(host.log_messages("spin").iter().any(|m| m.contains("fuel exhausted")));
-    assert_eq!(host.get("spin", "/ok").await.status(), 200, "the next request is fine");
+    assert!(
+        host.log_messages("spin")
+            .iter()
+            .any(|m| m.contains("fuel exhausted"))
+    );
+    assert_eq!(
+        host.get("spin", "/ok").await.status(),
+        200,
+        "the next request is fine"
+    );
 }
 
 #[tokio::test]
 async fn a_memory_bomb_traps_and_the_memory_comes_back() {
     let host = TestHost::start().await;
-    host.app("bomb", guests::HOSTILE, Limits { memory_bytes: 32 << 20, ..limits() }).await;
+    host.app(
+        "bomb",
+        guests::HOSTILE,
+        Limits {
+            memory_bytes: 32 << 20,
+            ..limits()
+        },
+    )
+    .await;
     assert_error(host.get("bomb", "/alloc").await, 500, "app_failed").await;
     let logs = host.log_messages("bomb");
-    assert!(logs.iter().any(|m| m.contains("plan memory limit")), "{logs:?}");
+    assert!(
+        logs.iter().any(|m| m.contains("plan memory limit")),
+        "{logs:?}"
+    );
     assert_eq!(host.get("bomb", "/ok").await.status(), 200);
     // Every instance is gone once its response is complete; the budget is whole again.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -230,7 +295,10 @@ async fn the_host_memory_budget_is_shared_by_all_tenants() {
     host.app("bomb", guests::HOSTILE, limits()).await;
     assert_error(host.get("bomb", "/alloc").await, 500, "app_failed").await;
     let logs = host.log_messages("bomb");
-    assert!(logs.iter().any(|m| m.contains("host memory budget")), "{logs:?}");
+    assert!(
+        logs.iter().any(|m| m.contains("host memory budget")),
+        "{logs:?}"
+    );
     assert_eq!(host.get("bomb", "/ok").await.status(), 200);
 }
 
@@ -241,8 +309,14 @@ async fn deep_recursion_and_panics_are_500_and_logged() {
     assert_error(host.get("hostile", "/recurse").await, 500, "app_failed").await;
     assert_error(host.get("hostile", "/panic").await, 500, "app_failed").await;
     let logs = host.log_messages("hostile");
-    assert!(logs.iter().any(|m| m.contains("panicked on purpose")), "guest stderr kept: {logs:?}");
-    assert!(logs.iter().filter(|m| m.contains("app trapped")).count() >= 2, "{logs:?}");
+    assert!(
+        logs.iter().any(|m| m.contains("panicked on purpose")),
+        "guest stderr kept: {logs:?}"
+    );
+    assert!(
+        logs.iter().filter(|m| m.contains("app trapped")).count() >= 2,
+        "{logs:?}"
+    );
     assert_eq!(host.get("hostile", "/ok").await.status(), 200);
 }
 
@@ -256,7 +330,15 @@ async fn a_guest_that_never_responds_is_502() {
 #[tokio::test]
 async fn oversized_uploads_are_413() {
     let host = TestHost::start().await;
-    host.app("hostile", guests::HOSTILE, Limits { max_request_body: 1 << 20, ..limits() }).await;
+    host.app(
+        "hostile",
+        guests::HOSTILE,
+        Limits {
+            max_request_body: 1 << 20,
+            ..limits()
+        },
+    )
+    .await;
     let declared = host
         .client
         .post(host.path_url("hostile", "/read-body"))
@@ -266,7 +348,8 @@ async fn oversized_uploads_are_413() {
         .expect("sent");
     assert_error(declared, 413, "body_too_large").await;
 
-    let chunks = futures::stream::iter((0..32).map(|_| Ok::<_, std::io::Error>(vec![1u8; 64 * 1024])));
+    let chunks =
+        futures::stream::iter((0..32).map(|_| Ok::<_, std::io::Error>(vec![1u8; 64 * 1024])));
     let streamed = host
         .client
         .post(host.path_url("hostile", "/read-body"))
@@ -283,7 +366,10 @@ async fn oversized_uploads_are_413() {
         .send()
         .await
         .expect("sent");
-    assert_eq!(fits.text().await.expect("body"), format!("read {}\n", 1 << 20));
+    assert_eq!(
+        fits.text().await.expect("body"),
+        format!("read {}\n", 1 << 20)
+    );
 }
 
 #[tokio::test]
@@ -291,12 +377,21 @@ async fn guest_output_becomes_tagged_bounded_logs() {
     let host = TestHost::start().await;
     host.app("hostile", guests::HOSTILE, limits()).await;
     let response = host.get("hostile", "/log").await;
-    let id = response.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert_eq!(response.status(), 200);
     let tenant = host.lodge.registry.get("hostile").expect("tenant");
     let lines = tenant.logs.snapshot();
-    let out = lines.iter().find(|l| l.message == "hello on stdout").expect("stdout line");
-    let err = lines.iter().find(|l| l.message == "hello on stderr").expect("stderr line");
+    let out = lines
+        .iter()
+        .find(|l| l.message == "hello on stdout")
+        .expect("stdout line");
+    let err = lines
+        .iter()
+        .find(|l| l.message == "hello on stderr")
+        .expect("stderr line");
     assert_eq!(out.request_id, id);
     assert_eq!(err.request_id, id);
     assert_eq!(format!("{:?}", out.stream), "Stdout");
@@ -307,26 +402,49 @@ async fn guest_output_becomes_tagged_bounded_logs() {
     assert_eq!(chatty.text().await.expect("body"), "printed 100000\n");
     let lines = tenant.logs.snapshot();
     assert!(lines.len() <= 1000, "per-tenant bound: {}", lines.len());
-    assert!(lines.iter().any(|l| l.message.contains("log output truncated")));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.message.contains("log output truncated"))
+    );
     let kept_bytes: usize = lines.iter().map(|l| l.message.len()).sum();
-    assert!(kept_bytes <= 256 * 1024 + 1000 * 100, "per-request bound: {kept_bytes}");
+    assert!(
+        kept_bytes <= 256 * 1024 + 1000 * 100,
+        "per-request bound: {kept_bytes}"
+    );
 }
 
 #[tokio::test]
 async fn the_sandbox_grants_nothing_by_default() {
     let host = TestHost::start().await;
     host.app("probe", guests::HOSTILE, limits()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    assert!(std::env::var_os("PATH").is_some(), "the host has environment variables");
+    assert!(
+        std::env::var_os("PATH").is_some(),
+        "the host has environment variables"
+    );
 
-    let report = host.get("probe", &format!("/secure?port={port}")).await.text().await.expect("body");
+    let report = host
+        .get("probe", &format!("/secure?port={port}"))
+        .await
+        .text()
+        .await
+        .expect("body");
     assert!(report.contains("env: []"), "no host environment: {report}");
     assert!(report.contains("fs_root: Err"), "no preopens: {report}");
     assert!(report.contains("passwd: Err"), "no filesystem: {report}");
     assert!(report.contains("tcp: Err"), "no sockets: {report}");
-    assert!(report.contains("raw_http: error ErrorCode::HttpRequestDenied"), "outbound HTTP denied: {report}");
-    assert!(report.contains("http: error"), "a client library sees a failure too: {report}");
+    assert!(
+        report.contains("raw_http: error ErrorCode::HttpRequestDenied"),
+        "outbound HTTP denied: {report}"
+    );
+    assert!(
+        report.contains("http: error"),
+        "a client library sees a failure too: {report}"
+    );
     let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
     assert!(accepted.is_err(), "nothing reached the listener");
 }
@@ -334,7 +452,15 @@ async fn the_sandbox_grants_nothing_by_default() {
 #[tokio::test]
 async fn two_hundred_concurrent_requests_succeed_or_get_the_documented_503() {
     let host = TestHost::start().await;
-    host.app("sleepy", guests::HOSTILE, Limits { max_concurrency: 64, ..limits() }).await;
+    host.app(
+        "sleepy",
+        guests::HOSTILE,
+        Limits {
+            max_concurrency: 64,
+            ..limits()
+        },
+    )
+    .await;
     assert_eq!(host.get("sleepy", "/ok").await.status(), 200);
     let requests: Vec<_> = (0..200)
         .map(|_| {
@@ -349,9 +475,10 @@ async fn two_hundred_concurrent_requests_succeed_or_get_the_documented_503() {
             })
         })
         .collect();
-    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(requests))
-        .await
-        .expect("no request hangs");
+    let results =
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(requests))
+            .await
+            .expect("no request hangs");
     let mut ok = 0;
     for result in results {
         let (status, retry, body) = result.expect("joined");
@@ -375,10 +502,18 @@ async fn precompiled_artifacts_are_reused_across_hosts() {
     let data = tempfile::tempdir().expect("tmp");
     let artifacts = data.path().join("artifacts");
     let first = TestHost::start_with(|c| c.artifacts_dir = Some(artifacts.clone())).await;
-    let app = first.lodge.load(lodge_tests::wasm(guests::HELLO)).await.expect("loads");
+    let app = first
+        .lodge
+        .load(lodge_tests::wasm(guests::HELLO))
+        .await
+        .expect("loads");
     assert!(!app.from_cache);
     let second = TestHost::start_with(|c| c.artifacts_dir = Some(artifacts.clone())).await;
-    let again = second.lodge.load(lodge_tests::wasm(guests::HELLO)).await.expect("loads");
+    let again = second
+        .lodge
+        .load(lodge_tests::wasm(guests::HELLO))
+        .await
+        .expect("loads");
     assert!(again.from_cache);
     assert_eq!(app.digest, again.digest);
 
@@ -386,23 +521,36 @@ async fn precompiled_artifacts_are_reused_across_hosts() {
     for entry in std::fs::read_dir(&artifacts).expect("dir").flatten() {
         std::fs::write(entry.path(), b"garbage").expect("corrupt");
     }
-    let rebuilt = second.lodge.load(lodge_tests::wasm(guests::HELLO)).await.expect("loads");
+    let rebuilt = second
+        .lodge
+        .load(lodge_tests::wasm(guests::HELLO))
+        .await
+        .expect("loads");
     assert!(!rebuilt.from_cache);
-    second.lodge.add_app("hello", lodge_tests::wasm(guests::HELLO), None).await.expect("deploys");
+    second
+        .lodge
+        .add_app("hello", lodge_tests::wasm(guests::HELLO), None)
+        .await
+        .expect("deploys");
     assert_eq!(second.get("hello", "/").await.status(), 200);
 }
 
 #[tokio::test]
 async fn bad_components_are_refused_with_a_precise_reason() {
     let host = TestHost::start().await;
-    let err = |r: Result<_, lodge_host::instance::LoadError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    let err = |r: Result<_, lodge_host::instance::LoadError>| {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    };
 
     let not_wasm = err(host.lodge.load(b"hello world".to_vec()).await);
     assert!(not_wasm.contains("not a WebAssembly binary"), "{not_wasm}");
 
     let core = wat::parse_str("(module (func (export \"_start\")))").expect("wat");
     let core = err(host.lodge.load(core).await);
-    assert!(core.contains("core WebAssembly module, not a component"), "{core}");
+    assert!(
+        core.contains("core WebAssembly module, not a component"),
+        "{core}"
+    );
     assert!(core.contains("wasm32-wasip2"), "{core}");
 
     let foreign = wat::parse_str(
@@ -417,9 +565,15 @@ async fn bad_components_are_refused_with_a_precise_reason() {
 
     let no_handler = wat::parse_str("(component)").expect("wat");
     let no_handler = err(host.lodge.load(no_handler).await);
-    assert!(no_handler.contains("wasi:http/incoming-handler"), "{no_handler}");
+    assert!(
+        no_handler.contains("wasi:http/incoming-handler"),
+        "{no_handler}"
+    );
 
     let truncated = lodge_tests::wasm(guests::HELLO);
-    let truncated = err(host.lodge.load(truncated[..truncated.len() / 2].to_vec()).await);
+    let truncated = err(host
+        .lodge
+        .load(truncated[..truncated.len() / 2].to_vec())
+        .await);
     assert!(truncated.contains("invalid component"), "{truncated}");
 }

@@ -6,7 +6,10 @@ async fn hello(req: Request<Body>) -> Result<Response<Body>, Error> {
     let id = lodge_sdk::request_id(&req).unwrap_or("none");
     Ok(lodge_sdk::text(
         200,
-        format!("Hello from Lodge! You asked for {} (request {id})\n", req.uri().path()),
+        format!(
+            "Hello from Lodge! You asked for {} (request {id})\n",
+            req.uri().path()
+        ),
     ))
 }
 
