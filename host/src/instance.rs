@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use http_body::Body;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, oneshot};
+use tracing::Instrument as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
@@ -368,29 +369,32 @@ impl Runtime {
         let logs = call.logs.clone();
         let request_id = call.request_id.clone();
         let admission = call.admission;
-        let task = tokio::spawn(async move {
-            let run = async {
-                let started = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                stats.instantiations.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .instantiate_nanos
-                    .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            };
-            let result = tokio::time::timeout_at(deadline, run).await;
-            let denied = store.data().limiter.denied;
-            drop(store);
-            drop(admission);
-            let failure = classify(result, denied);
-            if let Some((_, detail)) = &failure {
-                logs.push(&request_id, LogStream::Host, detail.clone());
+        let task = tokio::spawn(
+            async move {
+                let run = async {
+                    let started = Instant::now();
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    stats.instantiations.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .instantiate_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                };
+                let result = tokio::time::timeout_at(deadline, run).await;
+                let denied = store.data().limiter.denied;
+                drop(store);
+                drop(admission);
+                let failure = classify(result, denied);
+                if let Some((_, detail)) = &failure {
+                    logs.push(&request_id, LogStream::Host, detail.clone());
+                }
+                failure.map(|(kind, _)| kind)
             }
-            failure.map(|(kind, _)| kind)
-        });
+            .instrument(tracing::Span::current()),
+        );
 
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
