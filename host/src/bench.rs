@@ -53,6 +53,55 @@ pub struct BenchArgs {
     /// Worker threads of the host under test (the load generator gets its own).
     #[arg(long, default_value_t = 2)]
     pub host_threads: usize,
+
+    /// Pooling: bytes of each linear memory kept resident between uses.
+    #[arg(long)]
+    pub memory_keep_resident: Option<usize>,
+
+    /// Pooling: bytes of each table kept resident between uses.
+    #[arg(long)]
+    pub table_keep_resident: Option<usize>,
+
+    /// Pooling: slots decommitted together.
+    #[arg(long)]
+    pub decommit_batch_size: Option<usize>,
+
+    /// Pooling: reset reused slots with Linux's PAGEMAP_SCAN.
+    #[arg(long)]
+    pub pagemap_scan: Option<bool>,
+
+    /// Emit native unwind info for guest code.
+    #[arg(long)]
+    pub native_unwind_info: Option<bool>,
+
+    /// Epoch tick in milliseconds (deadline granularity).
+    #[arg(long)]
+    pub epoch_tick_ms: Option<u64>,
+
+    /// Fuel between async yields of a running guest.
+    #[arg(long)]
+    pub fuel_yield_interval: Option<u64>,
+}
+
+impl BenchArgs {
+    /// The host configuration under test: defaults, overridden by the tuning flags.
+    fn tuned(&self, mut config: HostConfig) -> HostConfig {
+        let pool = &mut config.pool;
+        pool.linear_memory_keep_resident = self
+            .memory_keep_resident
+            .unwrap_or(pool.linear_memory_keep_resident);
+        pool.table_keep_resident = self.table_keep_resident.unwrap_or(pool.table_keep_resident);
+        pool.decommit_batch_size = self.decommit_batch_size.unwrap_or(pool.decommit_batch_size);
+        pool.pagemap_scan = self.pagemap_scan.unwrap_or(pool.pagemap_scan);
+        pool.native_unwind_info = self.native_unwind_info.unwrap_or(pool.native_unwind_info);
+        if let Some(ms) = self.epoch_tick_ms {
+            config.epoch_tick = Duration::from_millis(ms.max(1));
+        }
+        config.fuel_yield_interval = self
+            .fuel_yield_interval
+            .unwrap_or(config.fuel_yield_interval);
+        config
+    }
 }
 
 /// One measurement.
@@ -90,12 +139,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_concurrency: (max_conns * 2) as u32,
         ..Limits::default()
     };
-    let config = HostConfig {
+    let config = args.tuned(HostConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir,
         default_limits: limits.clone(),
         ..HostConfig::default()
-    };
+    });
+    let tuning = format!(
+        "{:?}, epoch tick {:?}, fuel yield every {}",
+        config.pool, config.epoch_tick, config.fuel_yield_interval
+    );
 
     // The host gets a runtime of its own so its threads are not the load generator's.
     let host_rt = tokio::runtime::Builder::new_multi_thread()
@@ -130,6 +183,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         limits.timeout.as_millis(),
         limits.max_concurrency,
     );
+    println!("tuning: {tuning}");
     println!(
         "machine: {} cores; host threads {}; {}s per run after {}s warm-up",
         std::thread::available_parallelism()

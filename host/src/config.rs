@@ -93,6 +93,8 @@ pub struct PoolTuning {
     pub decommit_batch_size: usize,
     /// Emit native unwind info for guest code (needed only for native profilers).
     pub native_unwind_info: bool,
+    /// Use Linux's `PAGEMAP_SCAN` to reset only dirtied pages when a slot is reused.
+    pub pagemap_scan: bool,
 }
 
 impl Default for PoolTuning {
@@ -102,6 +104,7 @@ impl Default for PoolTuning {
             table_keep_resident: 64 * 1024,
             decommit_batch_size: 1,
             native_unwind_info: false,
+            pagemap_scan: false,
         }
     }
 }

@@ -172,7 +172,12 @@ impl Runtime {
             .max_memory_size(config.max_memory_per_instance)
             .linear_memory_keep_resident(config.pool.linear_memory_keep_resident)
             .table_keep_resident(config.pool.table_keep_resident)
-            .decommit_batch_size(config.pool.decommit_batch_size);
+            .decommit_batch_size(config.pool.decommit_batch_size)
+            .pagemap_scan(if config.pool.pagemap_scan {
+                wasmtime::Enabled::Auto
+            } else {
+                wasmtime::Enabled::No
+            });
 
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
