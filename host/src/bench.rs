@@ -156,7 +156,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .thread_name("lodge-host")
         .enable_all()
         .build()?;
-    let lodge = Lodge::new(config)?;
+    let lodge = {
+        let _guard = host_rt.enter();
+        host_rt.spawn(Lodge::open(config)).await??
+    };
     let started = Instant::now();
     let tenant = {
         let lodge = lodge.clone();
@@ -177,7 +180,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "component: {} ({} bytes), loaded in {compile_ms} ms; limits: fuel {}, memory {} MiB, timeout {} ms, concurrency {}",
         args.component.display(),
-        tenant.active().map(|a| a.size).unwrap_or_default(),
+        tenant.active().map(|a| a.app.size).unwrap_or_default(),
         limits.fuel,
         limits.memory_bytes >> 20,
         limits.timeout.as_millis(),

@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::{
+    ClientCommand, Connection, EnvCommand, KeysCommand, OrgCommand, TenantCommand,
+};
 use crate::config::{HostConfig, Limits};
 use crate::server::{Lodge, serve};
 
@@ -17,6 +20,8 @@ use crate::server::{Lodge, serve};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    conn: Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +30,43 @@ enum Command {
     Serve(ServeArgs),
     /// Measure a host serving the hello component over loopback HTTP.
     Bench(crate::bench::BenchArgs),
+    /// Manage organizations (admin token).
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Upload a component to a tenant and make it the active version.
+    Deploy {
+        /// Tenant id or slug.
+        tenant: String,
+        /// The `.wasm` component.
+        file: PathBuf,
+    },
+    /// Show a tenant's logs.
+    Logs {
+        /// Tenant id or slug.
+        tenant: String,
+        /// Keep streaming new lines (server-sent events).
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of backlog.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Set or remove a tenant's environment variables.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Make a previous version active again.
+    Rollback {
+        /// Tenant id or slug.
+        tenant: String,
+        /// The version.
+        version: i64,
+    },
+    /// Rotate keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 /// Options of `lodge serve`.
@@ -45,6 +87,14 @@ pub struct ServeArgs {
     /// Route `Host: SLUG.<DOMAIN>` to tenant SLUG (`SLUG.localhost` always works).
     #[arg(long, env = "LODGE_BASE_DOMAIN", value_name = "DOMAIN")]
     pub base_domain: Option<String>,
+
+    /// The operator's admin token (default: generated into the data dir on first start).
+    #[arg(long, env = "LODGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest component accepted by a deploy, in MiB.
+    #[arg(long, env = "LODGE_MAX_COMPONENT_MIB", default_value_t = 64)]
+    pub max_component_mib: usize,
 
     #[command(flatten)]
     pub plan: PlanArgs,
@@ -122,6 +172,8 @@ impl ServeArgs {
             max_instances: self.host.max_instances.max(1),
             memory_budget_bytes: self.host.memory_budget_mib.saturating_mul(1024 * 1024),
             log_lines_per_tenant: self.host.log_lines,
+            admin_token: self.admin_token.clone(),
+            max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
             ..HostConfig::default()
         }
     }
@@ -139,7 +191,8 @@ fn parse_app(s: &str) -> Result<(String, PathBuf), String> {
     Ok((slug.to_owned(), PathBuf::from(path)))
 }
 
-/// Runs the command line; the exit code is 0 on success, 1 on a runtime error, 2 on bad usage.
+/// Runs the command line. Exit codes: 0 success, 1 runtime error, 2 bad usage;
+/// client commands add 3 (credentials refused), 4 (not found), 5 (request rejected).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -153,12 +206,31 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => run_serve(args).await,
-            Command::Bench(args) => crate::bench::run(args).await,
+    let conn = cli.conn;
+    let client = |command| runtime.block_on(crate::client::run(conn.clone(), command));
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(run_serve(args)),
+        Command::Bench(args) => runtime.block_on(crate::bench::run(args)),
+        Command::Org(c) => return client(ClientCommand::Org(c)),
+        Command::Tenant(c) => return client(ClientCommand::Tenant(c)),
+        Command::Deploy { tenant, file } => return client(ClientCommand::Deploy { tenant, file }),
+        Command::Logs {
+            tenant,
+            follow,
+            limit,
+        } => {
+            return client(ClientCommand::Logs {
+                tenant,
+                follow,
+                limit,
+            });
         }
-    });
+        Command::Env(c) => return client(ClientCommand::Env(c)),
+        Command::Rollback { tenant, version } => {
+            return client(ClientCommand::Rollback { tenant, version });
+        }
+        Command::Keys(c) => return client(ClientCommand::Keys(c)),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -180,18 +252,32 @@ fn init_tracing() {
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config();
-    let lodge = Lodge::new(config.clone())?;
+    let mut config = args.config();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    config.listen = addr;
+    let lodge = Lodge::open(config.clone()).await?;
+    match lodge.take_generated_admin_token() {
+        Some(token) => eprintln!(
+            "admin token (saved to {}, shown once): {token}",
+            config.data_dir.join("admin-token").display()
+        ),
+        None if config.admin_token.is_none() => eprintln!(
+            "admin token: in {}",
+            config.data_dir.join("admin-token").display()
+        ),
+        None => {}
+    }
     for (slug, path) in &args.apps {
         let tenant = lodge.add_app_file(slug, path).await?;
-        if let Some(app) = tenant.active() {
+        if let Some(active) = tenant.active() {
+            let app = &active.app;
             eprintln!(
-                "tenant {slug}: {} ({} bytes, sha256 {}, {} in {} ms)",
+                "tenant {slug}: {} as version {} ({} bytes, sha256 {}, {} in {} ms)",
                 path.display(),
+                active.version,
                 app.size,
                 &app.digest[..12],
                 if app.from_cache {

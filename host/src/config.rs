@@ -54,7 +54,7 @@ impl Default for Limits {
 }
 
 /// Host-wide settings: what the whole process may use.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostConfig {
     /// Address the HTTP listener binds.
     pub listen: SocketAddr,
@@ -80,6 +80,10 @@ pub struct HostConfig {
     pub log_lines_per_tenant: usize,
     /// Tuning of the pooling allocator (see `docs/benchmarks.md`).
     pub pool: PoolTuning,
+    /// Largest component accepted by `PUT /tenant/{id}/component`, in bytes.
+    pub max_component_bytes: usize,
+    /// The operator token; generated into the data dir when `None`.
+    pub admin_token: Option<String>,
 }
 
 /// Pooling-allocator knobs measured in `docs/benchmarks.md`.
@@ -109,6 +113,23 @@ impl Default for PoolTuning {
     }
 }
 
+impl std::fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("base_domain", &self.base_domain)
+            .field("default_limits", &self.default_limits)
+            .field("max_instances", &self.max_instances)
+            .field("memory_budget_bytes", &self.memory_budget_bytes)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
@@ -124,6 +145,8 @@ impl Default for HostConfig {
             fuel_yield_interval: 1_000_000,
             log_lines_per_tenant: 1000,
             pool: PoolTuning::default(),
+            max_component_bytes: 64 * 1024 * 1024,
+            admin_token: None,
         }
     }
 }

@@ -16,8 +16,10 @@ use crate::error::DataPlaneError;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
 use crate::logs::LogStream;
+use crate::registry::Tenant;
 use crate::routing::{self, Route};
 use crate::server::{Lodge, ResponseBody};
+use crate::storage::TenantStatus;
 
 /// Serves `req`, addressed to `route`, with request id `request_id`.
 pub async fn handle(
@@ -27,7 +29,16 @@ pub async fn handle(
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
     let started = Instant::now();
-    let result = run(lodge, &route, &request_id, req).await;
+    let tenant = lodge.registry.get(&route.slug);
+    let result = match &tenant {
+        Some(tenant) => run(lodge, tenant, &route, &request_id, req).await,
+        None => Err(DataPlaneError::TenantNotFound),
+    };
+    if let Some(tenant) = &tenant {
+        tenant
+            .counters
+            .record(result.as_ref().err().map(|e| e.code()));
+    }
     let response = result.unwrap_or_else(DataPlaneError::into_response);
     tracing::debug!(
         status = response.status().as_u16(),
@@ -39,15 +50,18 @@ pub async fn handle(
 
 async fn run(
     lodge: &Lodge,
+    tenant: &Tenant,
     route: &Route,
     request_id: &Arc<str>,
     mut req: http::Request<Incoming>,
 ) -> Result<http::Response<ResponseBody>, DataPlaneError> {
-    let tenant = lodge
-        .registry
-        .get(&route.slug)
-        .ok_or(DataPlaneError::TenantNotFound)?;
-    let app = tenant.active().ok_or(DataPlaneError::NoDeployment)?;
+    let state = tenant.state();
+    let app = match (state.status, state.active) {
+        (TenantStatus::Destroyed, _) => return Err(DataPlaneError::TenantNotFound),
+        (TenantStatus::Stopped, _) => return Err(DataPlaneError::Stopped),
+        (_, None) => return Err(DataPlaneError::NoDeployment),
+        (_, Some(active)) => active.app,
+    };
     let limits = &tenant.limits;
 
     let declared = req
@@ -82,8 +96,9 @@ async fn run(
         limits,
         logs: &tenant.logs,
         request_id,
-        env: &tenant.env,
+        env: &state.env,
         admission,
+        counters: &tenant.counters,
     };
     match lodge.runtime.invoke(&app, call, request).await {
         Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),

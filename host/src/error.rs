@@ -21,6 +21,9 @@ pub enum DataPlaneError {
     /// The tenant exists but has no active deployment.
     #[error("this app has no active deployment")]
     NoDeployment,
+    /// The tenant was stopped by its owner.
+    #[error("this app is stopped")]
+    Stopped,
     /// The tenant is at its concurrency limit.
     #[error("this app is handling too many requests; retry shortly")]
     OverConcurrency,
@@ -52,9 +55,11 @@ impl DataPlaneError {
     pub fn status(self) -> StatusCode {
         match self {
             Self::TenantNotFound => StatusCode::NOT_FOUND,
-            Self::NoDeployment | Self::OverConcurrency | Self::HostBusy | Self::FuelExhausted => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoDeployment
+            | Self::Stopped
+            | Self::OverConcurrency
+            | Self::HostBusy
+            | Self::FuelExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
             Self::AppFailed | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,6 +72,7 @@ impl DataPlaneError {
         match self {
             Self::TenantNotFound => "tenant_not_found",
             Self::NoDeployment => "no_deployment",
+            Self::Stopped => "tenant_stopped",
             Self::OverConcurrency => "over_concurrency",
             Self::HostBusy => "host_busy",
             Self::BodyTooLarge => "body_too_large",

@@ -30,6 +30,7 @@ use crate::capability::{self, GuestGrant, GuestState};
 use crate::config::{HostConfig, Limits};
 use crate::limits::{Admission, GrowthDenied, GuestLimiter, MemoryBudget};
 use crate::logs::{LogStream, TenantLogs};
+use crate::registry::TenantCounters;
 
 /// Interface packages the host links (at `@0.2.x`); anything else is a missing import.
 const PROVIDED_PACKAGES: &[&str] = &[
@@ -154,6 +155,8 @@ pub struct Invocation<'a> {
     pub env: &'a [(String, String)],
     /// Permits held until the instance is gone.
     pub admission: Admission,
+    /// Where the fuel burnt is counted.
+    pub counters: &'a Arc<TenantCounters>,
 }
 
 impl Runtime {
@@ -249,13 +252,37 @@ impl Runtime {
         }
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(wasm));
-        let path = self
-            .artifacts
-            .join(format!("{digest}-{}.cwasm", self.compat));
+        let path = self.artifact_path(&digest);
         let (component, from_cache) = match self.read_artifact(&path) {
             Some(component) => (component, true),
             None => (self.compile(wasm, &path)?, false),
         };
+        self.prepare(component, digest, wasm.len(), started, from_cache)
+    }
+
+    /// Loads the app with SHA-256 `digest` from its precompiled artifact, if the
+    /// cache has a usable one: a restart's fast path, with no compilation.
+    pub fn load_cached(&self, digest: &str, size: usize) -> Option<App> {
+        let started = Instant::now();
+        let component = self.read_artifact(&self.artifact_path(digest))?;
+        self.prepare(component, digest.to_owned(), size, started, true)
+            .ok()
+    }
+
+    fn artifact_path(&self, digest: &str) -> PathBuf {
+        self.artifacts
+            .join(format!("{digest}-{}.cwasm", self.compat))
+    }
+
+    /// Checks imports and exports and pre-instantiates.
+    fn prepare(
+        &self,
+        component: Component,
+        digest: String,
+        size: usize,
+        started: Instant,
+        from_cache: bool,
+    ) -> Result<App, LoadError> {
         let missing = missing_imports(&self.engine, &component);
         if !missing.is_empty() {
             return Err(LoadError::MissingImports(missing));
@@ -267,7 +294,7 @@ impl Runtime {
         let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotAnHttpHandler(format!("{e:#}")))?;
         Ok(App {
             digest,
-            size: wasm.len(),
+            size,
             compile_time: started.elapsed(),
             from_cache,
             pre,
@@ -374,6 +401,8 @@ impl Runtime {
         let logs = call.logs.clone();
         let request_id = call.request_id.clone();
         let admission = call.admission;
+        let counters = call.counters.clone();
+        let fuel = limits.fuel;
         let task = tokio::spawn(
             async move {
                 let run = async {
@@ -390,6 +419,8 @@ impl Runtime {
                 };
                 let result = tokio::time::timeout_at(deadline, run).await;
                 let denied = store.data().limiter.denied;
+                let burnt = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));
+                counters.fuel.fetch_add(burnt, Ordering::Relaxed);
                 drop(store);
                 drop(admission);
                 let failure = classify(result, denied);

@@ -3,14 +3,20 @@
 //! A request travels through one module per stage:
 //! [`routing`] (which tenant) → [`limits`] (admission, body cap, memory) →
 //! [`instance`] (a fresh store from a pre-instantiated component) →
-//! [`capability`] (what the guest may call). [`server`] accepts connections,
+//! [`capability`] (what the guest may call) → [`storage`] (what survives a
+//! restart). [`server`] accepts connections,
 //! [`dataplane`] ties the stages together, [`logs`] keeps each tenant's output,
-//! [`registry`] holds the tenants, and [`cli`] is the `lodge` binary.
+//! [`registry`] holds the tenants, [`control`] and [`api`] are the control
+//! plane, [`auth`] its keys, and [`cli`] is the `lodge` binary.
 
+pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod capability;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod error;
 pub mod instance;
@@ -19,6 +25,7 @@ pub mod logs;
 pub mod registry;
 pub mod routing;
 pub mod server;
+pub mod storage;
 
 pub use config::{HostConfig, Limits};
 pub use server::{Lodge, serve};

@@ -25,7 +25,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 const MAX_LINE_BYTES: usize = 4096;
 
 /// Which stream a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// The guest's standard output.
@@ -36,8 +36,28 @@ pub enum LogStream {
     Host,
 }
 
+impl LogStream {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Host => "host",
+        }
+    }
+
+    /// Parses a stored name; anything unknown is a host line.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "stdout" => Self::Stdout,
+            "stderr" => Self::Stderr,
+            _ => Self::Host,
+        }
+    }
+}
+
 /// One line of a tenant's log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// Position in this tenant's log, increasing from 1.
@@ -52,6 +72,9 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// Where log lines go to be stored: `(tenant id, line)`.
+pub type ArchiveSender = tokio::sync::mpsc::Sender<(String, LogLine)>;
+
 /// The last N log lines of one tenant.
 #[derive(Debug)]
 pub struct TenantLogs {
@@ -60,6 +83,7 @@ pub struct TenantLogs {
     next_seq: AtomicU64,
     lines: Mutex<VecDeque<LogLine>>,
     live: broadcast::Sender<LogLine>,
+    archive: Option<(String, ArchiveSender)>,
 }
 
 impl TenantLogs {
@@ -72,7 +96,29 @@ impl TenantLogs {
             next_seq: AtomicU64::new(1),
             lines: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 1024))),
             live,
+            archive: None,
         }
+    }
+
+    /// A log that also sends every line to `archive` under `tenant_id`, continuing
+    /// after `history` (the lines archived before a restart).
+    pub fn archived(
+        tenant: impl Into<String>,
+        capacity: usize,
+        tenant_id: String,
+        archive: ArchiveSender,
+        history: Vec<LogLine>,
+    ) -> Self {
+        let mut logs = Self::new(tenant, capacity);
+        let next = history.last().map_or(1, |l| l.seq + 1);
+        logs.next_seq = AtomicU64::new(next);
+        {
+            let lines = logs.lines.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let skip = history.len().saturating_sub(logs.capacity);
+            lines.extend(history.into_iter().skip(skip));
+        }
+        logs.archive = Some((tenant_id, archive));
+        logs
     }
 
     /// Appends a line, dropping the oldest when full, and emits it through `tracing`.
@@ -96,6 +142,10 @@ impl TenantLogs {
             line.message
         );
         let _ = self.live.send(line.clone());
+        if let Some((tenant_id, archive)) = &self.archive {
+            // A full archive queue drops the line from storage, never blocks the guest.
+            let _ = archive.try_send((tenant_id.clone(), line.clone()));
+        }
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         if lines.len() == self.capacity {
             lines.pop_front();

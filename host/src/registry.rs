@@ -1,63 +1,161 @@
-//! The tenants this host serves, by slug.
+//! The tenants this host serves, by slug: the data plane's view of the control
+//! plane's records.
 //!
-//! Routing looks a tenant up here on every request; `--app` fills it at start,
-//! and the control plane changes it at runtime. A tenant's active [`App`] is
-//! swapped atomically: requests already running keep the `Arc` they took.
+//! Routing looks a tenant up here on every request. A tenant's state (status,
+//! active app, env) is swapped as a whole: a request takes one snapshot and
+//! keeps it, so a deploy or rollback never mixes versions within a request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::instance::App;
 use crate::logs::TenantLogs;
+use crate::storage::{TenantStatus, UsageDay};
+
+/// The deployment serving a tenant's requests.
+#[derive(Debug, Clone)]
+pub struct Active {
+    /// Its version number.
+    pub version: i64,
+    /// The compiled, pre-instantiated component.
+    pub app: Arc<App>,
+}
+
+/// What a request needs to know about its tenant, taken once per request.
+#[derive(Debug, Clone)]
+pub struct TenantState {
+    /// Life-cycle status.
+    pub status: TenantStatus,
+    /// The active deployment, if any.
+    pub active: Option<Active>,
+    /// Environment variables the guest sees.
+    pub env: Arc<[(String, String)]>,
+}
+
+/// Usage not yet written to storage.
+#[derive(Debug, Default)]
+pub struct TenantCounters {
+    /// Requests routed to this tenant.
+    pub requests: AtomicU64,
+    /// Of those, the ones Lodge answered with an error.
+    pub failures: AtomicU64,
+    /// Fuel burnt.
+    pub fuel: AtomicU64,
+    /// Requests since start (never reset; for status).
+    pub total_requests: AtomicU64,
+    /// Failures since start (never reset; for status).
+    pub total_failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl TenantCounters {
+    /// Counts one request and whether it failed (with a code for `lastError`).
+    pub fn record(&self, failure: Option<&str>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.total_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(code) = failure {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.total_failures.fetch_add(1, Ordering::Relaxed);
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(code.to_owned());
+        }
+    }
+
+    /// The most recent failure's code.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes the unflushed usage, leaving zeros.
+    pub fn take(&self, day: String) -> UsageDay {
+        UsageDay {
+            day,
+            requests: self.requests.swap(0, Ordering::Relaxed) as i64,
+            failures: self.failures.swap(0, Ordering::Relaxed) as i64,
+            fuel: self.fuel.swap(0, Ordering::Relaxed) as i64,
+        }
+    }
+}
 
 /// One tenant as the data plane sees it.
 #[derive(Debug)]
 pub struct Tenant {
+    /// Its id in storage.
+    pub id: String,
     /// The slug requests address it by.
     pub slug: String,
-    /// Its plan.
+    /// Its plan's limits.
     pub limits: Limits,
     /// Its recent logs.
     pub logs: Arc<TenantLogs>,
-    /// Environment variables its guest sees.
-    pub env: Vec<(String, String)>,
+    /// Usage not yet flushed, and totals.
+    pub counters: Arc<TenantCounters>,
+    /// Serializes deploys, rollbacks, starts and stops of this tenant.
+    pub changes: tokio::sync::Mutex<()>,
     concurrency: Arc<Semaphore>,
-    active: RwLock<Option<Arc<App>>>,
+    state: RwLock<TenantState>,
 }
 
 impl Tenant {
     /// A tenant with no deployment yet.
-    pub fn new(slug: impl Into<String>, limits: Limits, log_lines: usize) -> Self {
-        let slug = slug.into();
+    pub fn new(
+        id: impl Into<String>,
+        slug: impl Into<String>,
+        limits: Limits,
+        logs: Arc<TenantLogs>,
+    ) -> Self {
         Self {
-            logs: Arc::new(TenantLogs::new(slug.clone(), log_lines)),
+            id: id.into(),
+            slug: slug.into(),
             concurrency: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
-            slug,
             limits,
-            env: Vec::new(),
-            active: RwLock::new(None),
+            logs,
+            counters: Arc::default(),
+            changes: tokio::sync::Mutex::new(()),
+            state: RwLock::new(TenantState {
+                status: TenantStatus::Provisioning,
+                active: None,
+                env: Arc::from(Vec::new()),
+            }),
         }
     }
 
-    /// The app serving new requests, if any.
-    pub fn active(&self) -> Option<Arc<App>> {
-        self.active
+    /// The state a request runs under.
+    pub fn state(&self) -> TenantState {
+        self.state
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Makes `app` serve every request admitted from now on.
-    pub fn activate(&self, app: Arc<App>) {
-        *self.active.write().unwrap_or_else(PoisonError::into_inner) = Some(app);
+    /// Changes the state; requests already admitted keep their snapshot.
+    pub fn update(&self, change: impl FnOnce(&mut TenantState)) {
+        change(&mut self.state.write().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The app serving new requests, if any.
+    pub fn active(&self) -> Option<Active> {
+        self.state().active
     }
 
     /// Permits for this tenant's concurrent requests.
     pub fn concurrency(&self) -> &Arc<Semaphore> {
         &self.concurrency
+    }
+
+    /// Requests running now.
+    pub fn in_flight(&self) -> u64 {
+        (self.limits.max_concurrency as usize).saturating_sub(self.concurrency.available_permits())
+            as u64
     }
 }
 
@@ -93,16 +191,26 @@ impl Registry {
             .remove(slug)
     }
 
-    /// Slugs of all tenants, sorted.
-    pub fn slugs(&self) -> Vec<String> {
-        let mut slugs: Vec<String> = self
-            .tenants
+    /// Every tenant.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        self.tenants
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .keys()
+            .values()
             .cloned()
-            .collect();
-        slugs.sort();
-        slugs
+            .collect()
+    }
+
+    /// How many tenants are registered.
+    pub fn len(&self) -> usize {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no tenant is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

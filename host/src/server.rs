@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::routing::get;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -22,54 +21,95 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
+use crate::auth::AdminToken;
 use crate::config::{HostConfig, Limits};
-use crate::error::DataPlaneError;
+use crate::dataplane;
 use crate::instance::{App, LoadError, Runtime};
+use crate::logs::ArchiveSender;
 use crate::registry::{Registry, Tenant};
-use crate::routing::{self, REQUEST_ID};
-use crate::{dataplane, routing::is_valid_slug};
+use crate::routing::{self, REQUEST_ID, is_valid_slug};
+use crate::storage::Storage;
+use crate::storage::sqlite::SqliteStorage;
 
 /// Errors a response body may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response Lodge sends.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// One Lodge host: its settings, its runtime and its tenants.
+/// One Lodge host: its settings, its runtime, its storage and its tenants.
 #[derive(Debug)]
 pub struct Lodge {
     /// Host-wide settings.
     pub config: HostConfig,
     /// The engine, linker and artifact cache.
-    pub runtime: Runtime,
+    pub runtime: Arc<Runtime>,
     /// The tenants served.
     pub registry: Registry,
-    /// The host's own endpoints (health now; the control plane later).
-    control: Router,
+    /// Everything that survives a restart.
+    pub storage: Arc<dyn Storage>,
+    /// The operator's token.
+    pub admin: AdminToken,
+    /// Where tenants' log lines go to be archived.
+    pub(crate) log_archive: ArchiveSender,
+    generated_admin_token: std::sync::Mutex<Option<String>>,
 }
 
 impl Lodge {
-    /// A host with no tenants.
-    pub fn new(config: HostConfig) -> anyhow::Result<Arc<Self>> {
+    /// Opens the host: storage (created and migrated), admin token, runtime, and
+    /// every stored tenant restored with its active version.
+    pub async fn open(config: HostConfig) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let runtime = Runtime::new(&config)?;
-        Ok(Arc::new(Self {
+        let storage: Arc<dyn Storage> = Arc::new(
+            SqliteStorage::open_in(&config.data_dir)
+                .await
+                .context("opening the database")?,
+        );
+        let (admin, generated) = AdminToken::load(&config.data_dir, config.admin_token.clone())?;
+        let runtime = Arc::new(Runtime::new(&config)?);
+        let (log_archive, archive_rx) = tokio::sync::mpsc::channel(10_000);
+        tokio::spawn(archive_logs(storage.clone(), archive_rx));
+        let lodge = Arc::new(Self {
             config,
             runtime,
             registry: Registry::default(),
-            control: control_router(),
-        }))
+            storage,
+            admin,
+            log_archive,
+            generated_admin_token: std::sync::Mutex::new(generated),
+        });
+        let restored = lodge.restore().await.context("restoring tenants")?;
+        tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
+        tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
+        Ok(lodge)
     }
 
-    /// Compiles `wasm` off the async threads.
+    /// The admin token, if this start generated it (returned once).
+    pub fn take_generated_admin_token(&self) -> Option<String> {
+        self.generated_admin_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Where end users reach tenant `slug`.
+    pub fn tenant_url(&self, slug: &str) -> String {
+        match &self.config.base_domain {
+            Some(domain) => format!("http://{slug}.{}/", domain.trim_matches('.')),
+            None => format!("http://{slug}.localhost:{}/", self.config.listen.port()),
+        }
+    }
+
+    /// Compiles `wasm` off the async threads (validation only; nothing is stored).
     pub async fn load(self: &Arc<Self>, wasm: Vec<u8>) -> Result<Arc<App>, LoadError> {
-        let lodge = self.clone();
-        tokio::task::spawn_blocking(move || lodge.runtime.load(&wasm).map(Arc::new))
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
             .await
             .map_err(|e| LoadError::Internal(e.into()))?
     }
 
-    /// Adds tenant `slug` serving `wasm`, under `limits` (the default plan if `None`).
+    /// Creates (or updates) tenant `slug` in the `local` organization serving
+    /// `wasm`; `limits` overrides its plan in this process only.
     pub async fn add_app(
         self: &Arc<Self>,
         slug: &str,
@@ -80,12 +120,25 @@ impl Lodge {
             is_valid_slug(slug),
             "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', not at either end"
         );
-        let app = self.load(wasm).await?;
-        let limits = limits.unwrap_or_else(|| self.config.default_limits.clone());
-        let tenant = Arc::new(Tenant::new(slug, limits, self.config.log_lines_per_tenant));
-        tenant.activate(app);
-        self.registry.insert(tenant.clone());
-        Ok(tenant)
+        let tenant = self.ensure_local_app(slug, wasm).await?;
+        Ok(match limits {
+            Some(limits) => self.override_limits(&tenant, limits),
+            None => tenant,
+        })
+    }
+
+    /// Replaces a tenant's limits in this process (plans persist them later).
+    pub fn override_limits(&self, tenant: &Arc<Tenant>, limits: Limits) -> Arc<Tenant> {
+        let replacement = Arc::new(Tenant::new(
+            tenant.id.clone(),
+            tenant.slug.clone(),
+            limits,
+            tenant.logs.clone(),
+        ));
+        let state = tenant.state();
+        replacement.update(|s| *s = state);
+        self.registry.insert(replacement.clone());
+        replacement
     }
 
     /// Adds tenant `slug` from a `.wasm` file (`lodge serve --app`).
@@ -102,9 +155,10 @@ impl Lodge {
             .with_context(|| format!("loading {} as tenant {slug:?}", path.display()))
     }
 
-    /// Answers one request: a tenant's, or the host's own endpoints.
+    /// Answers one request: a tenant's, or the host's own endpoints in `control`.
     pub async fn dispatch(
         self: &Arc<Self>,
+        control: &Router,
         req: http::Request<Incoming>,
     ) -> http::Response<ResponseBody> {
         let request_id = routing::request_id(&req);
@@ -116,28 +170,39 @@ impl Lodge {
                     .instrument(span)
                     .await
             }
-            None => self.control_plane(req).await,
+            None => match control.clone().oneshot(req).await {
+                Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                Err(never) => match never {},
+            },
         };
         response.headers_mut().insert(REQUEST_ID, request_id);
         response
     }
+}
 
-    async fn control_plane(
-        self: &Arc<Self>,
-        req: http::Request<Incoming>,
-    ) -> http::Response<ResponseBody> {
-        match self.control.clone().oneshot(req).await {
-            Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
-            Err(never) => match never {},
+/// Writes archived log lines in batches; lines are dropped, never blocking guests, if it falls behind.
+async fn archive_logs(
+    storage: Arc<dyn Storage>,
+    mut lines: tokio::sync::mpsc::Receiver<(String, crate::logs::LogLine)>,
+) {
+    let mut batch = Vec::with_capacity(512);
+    while lines.recv_many(&mut batch, 512).await > 0 {
+        if let Err(e) = storage.append_logs(&batch).await {
+            tracing::warn!(error = %e, lines = batch.len(), "log lines not archived");
         }
+        batch.clear();
     }
 }
 
-fn control_router() -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
-        .fallback(|| async { DataPlaneError::TenantNotFound.into_response() })
+/// Flushes usage counters every few seconds while the host lives.
+async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        lodge.flush_usage().await;
+    }
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then drains for up to 10 s.
@@ -146,6 +211,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let control = crate::api::router(lodge.clone());
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -164,9 +230,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let lodge = lodge.clone();
+        let control = control.clone();
         let service = service_fn(move |req| {
             let lodge = lodge.clone();
-            async move { Ok::<_, Infallible>(lodge.dispatch(req).await) }
+            let control = control.clone();
+            async move { Ok::<_, Infallible>(lodge.dispatch(&control, req).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -178,6 +246,7 @@ pub async fn serve(
             }
         });
     }
+    lodge.flush_usage().await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(Duration::from_secs(10)) => {

@@ -17,6 +17,9 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+/// The admin token every in-process test host uses.
+pub const ADMIN_TOKEN: &str = "sk_admin_test-token";
+
 /// Reads a guest component.
 pub fn wasm(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
@@ -36,28 +39,38 @@ pub struct TestHost {
     pub addr: SocketAddr,
     /// A client with no connection limit and no proxy.
     pub client: reqwest::Client,
-    _data: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _data: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestHost {
-    /// Starts a host configured by `configure`, with no tenants.
+    /// Starts a host configured by `configure`, with no tenants, in a fresh data dir.
     pub async fn start_with(configure: impl FnOnce(&mut HostConfig)) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut config = HostConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: data.path().to_owned(),
-            artifacts_dir: Some(shared_artifacts()),
-            ..HostConfig::default()
-        };
-        configure(&mut config);
-        let lodge = Lodge::new(config).expect("host starts");
+        let mut host = Self::start_in(data.path(), configure).await;
+        host._data = Some(data);
+        host
+    }
+
+    /// Starts a host on the data dir `dir` (which may hold an earlier host's state).
+    pub async fn start_in(dir: &Path, configure: impl FnOnce(&mut HostConfig)) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let mut config = HostConfig {
+            listen: addr,
+            data_dir: dir.to_owned(),
+            artifacts_dir: Some(shared_artifacts()),
+            max_instances: 300,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            ..HostConfig::default()
+        };
+        configure(&mut config);
+        let lodge = Lodge::open(config).await.expect("host starts");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(lodge_host::serve(lodge.clone(), listener, async {
+        let server = tokio::spawn(lodge_host::serve(lodge.clone(), listener, async {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::builder()
@@ -69,8 +82,35 @@ impl TestHost {
             lodge,
             addr,
             client,
-            _data: data,
-            _stop: stop,
+            _data: None,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Stops serving and waits until the host has let go of its port and data.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    /// A request to the control plane, `path` under `/api/v1`, with `token`.
+    pub fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("http://{}/api/v1{path}", self.addr));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
         }
     }
 
@@ -159,28 +199,38 @@ pub struct LodgeProcess {
     pub addr: SocketAddr,
     /// Its stderr, captured.
     pub stderr_path: PathBuf,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl LodgeProcess {
     /// Runs `lodge serve --listen 127.0.0.1:<free port> --data-dir <temp> ARGS…` and waits until it answers.
     pub fn serve(args: &[&str]) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
+        let dir = data.path().join("data");
+        let mut process = Self::serve_in(&dir, args);
+        process._data = Some(data);
+        process
+    }
+
+    /// Like [`LodgeProcess::serve`] on the data dir `dir`, with the admin token [`ADMIN_TOKEN`].
+    pub fn serve_in(dir: &Path, args: &[&str]) -> Self {
+        let logs = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let stderr_path = data.path().join("stderr.log");
+        let stderr_path = logs.keep().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(lodge_bin())
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")
-            .arg(data.path().join("data"))
+            .arg(dir)
             .args(args)
             .env("LODGE_LOG", "info")
+            .env("LODGE_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -189,7 +239,7 @@ impl LodgeProcess {
             child,
             addr,
             stderr_path,
-            _data: data,
+            _data: None,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
@@ -209,6 +259,29 @@ impl LodgeProcess {
     /// What the process printed to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl LodgeProcess {
+    /// Kills the process (SIGKILL: no chance to clean up) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs a `lodge` client command against this host with `token`; returns (exit code, stdout, stderr).
+    pub fn cli(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(lodge_bin())
+            .args(args)
+            .env("LODGE_URL", format!("http://{}", self.addr))
+            .env("LODGE_TOKEN", token)
+            .output()
+            .expect("lodge runs");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 

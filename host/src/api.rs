@@ -1,0 +1,951 @@
+//! The control plane's REST API under `/api/v1`, its OpenAPI document, and the
+//! host's own endpoints (`/healthz`, `/readyz`, `/api-docs`).
+//!
+//! Every failure answers `{"error":{"code","message"}}` — bad JSON, unknown
+//! fields, wrong methods and unknown routes included. Tenants are found by id or
+//! slug; a tenant the caller may not see is reported exactly like one that does
+//! not exist.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::Stream;
+use http_body_util::BodyExt as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::auth::{self, AuthError, Principal};
+use crate::control::ControlError;
+use crate::instance::LoadError;
+use crate::logs::LogLine;
+use crate::registry::Tenant;
+use crate::server::Lodge;
+use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, UsageDay};
+
+/// The API's state.
+type AppState = Arc<Lodge>;
+
+/// The error body every failure answers with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a human message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `not_found`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// A failure of an API call.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    fn forbidden(message: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound(what) => Self::not_found(what),
+            ControlError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ControlError::Invalid(message) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+            }
+            ControlError::Component(LoadError::Internal(e)) => {
+                tracing::error!(error = %e, "compiling a component failed inside the host");
+                Self::internal()
+            }
+            ControlError::Component(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
+            }
+            ControlError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => Self::not_found("tenant"),
+            StorageError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", what),
+            StorageError::Backend(e) => {
+                tracing::error!(error = ?e, "storage failed");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Storage(e) => e.into(),
+            // One answer for missing, malformed, unknown and revoked keys.
+            _ => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is required (Authorization: Bearer …)",
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        match e {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            JsonRejection::BytesRejection(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large",
+            ),
+            other => Self::new(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+    }
+}
+
+/// JSON body whose rejections use the API's error shape.
+#[derive(Debug, FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+pub struct ApiJson<T>(T);
+
+/// Query string whose rejections use the API's error shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(T);
+
+/// The caller, from `Authorization: Bearer …`.
+#[derive(Debug)]
+pub struct Caller(Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, lodge: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let principal = auth::authenticate(header, &lodge.admin, lodge.storage.as_ref()).await?;
+        Ok(Self(principal))
+    }
+}
+
+/// Finds tenant `id` (or slug) if the caller may see it; 404 otherwise.
+async fn tenant_for(lodge: &Lodge, caller: &Principal, id: &str) -> Result<TenantRecord, ApiError> {
+    let record = lodge.storage.get_tenant(id).await?;
+    let allowed = match caller {
+        Principal::Admin => true,
+        Principal::Org { org_id } => *org_id == record.org_id,
+        Principal::Tenant { tenant_id, .. } => *tenant_id == record.id,
+    };
+    if allowed {
+        Ok(record)
+    } else {
+        Err(ApiError::not_found("tenant"))
+    }
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantView {
+    /// `ten_…`
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Routing name.
+    pub slug: String,
+    /// Life-cycle status.
+    pub status: TenantStatus,
+    /// Plan.
+    pub plan: String,
+    /// Where end users reach it.
+    pub url: String,
+    /// Version serving requests.
+    pub active_version: Option<i64>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// The tenant key; only in the answer to `spawn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl TenantView {
+    fn new(lodge: &Lodge, record: TenantRecord) -> Self {
+        Self {
+            url: lodge.tenant_url(&record.slug),
+            id: record.id,
+            org_id: record.org_id,
+            name: record.name,
+            slug: record.slug,
+            status: record.status,
+            plan: record.plan,
+            active_version: record.active_version,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            api_key: None,
+        }
+    }
+}
+
+/// `POST /orgs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    /// Display name.
+    pub name: String,
+    /// Plan (default `default`).
+    pub plan: Option<String>,
+}
+
+/// `POST /orgs` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgCreated {
+    /// The organization.
+    pub org: Org,
+    /// Its key, shown only here.
+    pub api_key: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = CreateOrg,
+    security(("bearer" = [])),
+    responses((status = 201, body = OrgCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create_org(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<CreateOrg>,
+) -> Result<(StatusCode, Json<OrgCreated>), ApiError> {
+    if caller != Principal::Admin {
+        return Err(ApiError::forbidden(
+            "only the operator's admin token may create organizations",
+        ));
+    }
+    let (org, api_key) = lodge.create_org(&body.name, body.plan).await?;
+    Ok((StatusCode::CREATED, Json(OrgCreated { org, api_key })))
+}
+
+/// `POST /tenant/spawn` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SpawnTenant {
+    /// Display name; the slug is derived from it.
+    pub name: String,
+    /// Plan (default: the organization's).
+    pub plan: Option<String>,
+    /// Organization, required with the admin token.
+    pub org_id: Option<String>,
+}
+
+/// Wraps a tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantEnvelope {
+    /// The tenant.
+    pub tenant: TenantView,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/spawn", tag = "tenants", request_body = SpawnTenant,
+    security(("bearer" = [])),
+    responses((status = 201, body = TenantEnvelope), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn spawn_tenant(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<SpawnTenant>,
+) -> Result<(StatusCode, Json<TenantEnvelope>), ApiError> {
+    let org_id = match (&caller, body.org_id) {
+        (Principal::Admin, Some(org_id)) => org_id,
+        (Principal::Admin, None) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "orgId is required with the admin token",
+            ));
+        }
+        (Principal::Org { org_id }, None) => org_id.clone(),
+        (Principal::Org { org_id }, Some(asked)) if asked == *org_id => asked,
+        (Principal::Org { .. }, Some(_)) => {
+            return Err(ApiError::forbidden(
+                "an organization key creates tenants in its own organization",
+            ));
+        }
+        (Principal::Tenant { .. }, _) => {
+            return Err(ApiError::forbidden("a tenant key cannot create tenants"));
+        }
+    };
+    let spawned = lodge.spawn_tenant(&org_id, &body.name, body.plan).await?;
+    let mut view = TenantView::new(&lodge, spawned.tenant);
+    view.api_key = Some(spawned.api_key);
+    Ok((StatusCode::CREATED, Json(TenantEnvelope { tenant: view })))
+}
+
+/// Pagination of `GET /tenant`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// At most this many (1-500, default 50).
+    pub limit: Option<i64>,
+    /// Skip this many.
+    pub offset: Option<i64>,
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantList {
+    /// The tenants, oldest first.
+    pub tenants: Vec<TenantView>,
+    /// Offset of the next page, if there is one.
+    pub next_offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant", tag = "tenants", params(Page),
+    security(("bearer" = [])),
+    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_tenants(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<TenantList>, ApiError> {
+    let org = match &caller {
+        Principal::Admin => None,
+        Principal::Org { org_id } => Some(org_id.as_str()),
+        Principal::Tenant { .. } => {
+            return Err(ApiError::forbidden("a tenant key sees only its own tenant"));
+        }
+    };
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let offset = page.offset.unwrap_or(0).max(0);
+    let records = lodge.storage.list_tenants(org, limit + 1, offset).await?;
+    let more = records.len() as i64 > limit;
+    let tenants = records
+        .into_iter()
+        .take(limit as usize)
+        .map(|r| TenantView::new(&lodge, r))
+        .collect();
+    Ok(Json(TenantList {
+        tenants,
+        next_offset: more.then_some(offset + limit),
+    }))
+}
+
+/// A tenant's limits.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsView {
+    /// Fuel per request.
+    pub fuel: u64,
+    /// Linear memory per instance, bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock timeout per request, ms.
+    pub timeout_ms: u64,
+    /// Concurrent requests.
+    pub max_concurrency: u32,
+    /// Request body cap, bytes.
+    pub max_request_body: u64,
+}
+
+/// Request counts since the host started.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Requests routed to the tenant.
+    pub requests: u64,
+    /// Of those, answered with a Lodge error.
+    pub failures: u64,
+    /// Running now.
+    pub in_flight: u64,
+}
+
+/// `GET /tenant/{id}/status` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatusView {
+    /// The tenant.
+    pub tenant: TenantView,
+    /// Version serving requests.
+    pub active_version: Option<i64>,
+    /// SHA-256 of the active component.
+    pub active_sha256: Option<String>,
+    /// Limits in force.
+    pub limits: LimitsView,
+    /// Counts.
+    pub counts: Counts,
+    /// The last failure: a load error, or the code of the last failed request.
+    pub last_error: Option<String>,
+    /// Names of the environment variables set (never their values).
+    pub env: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant/{id}/status", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = TenantStatusView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn tenant_status(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TenantStatusView>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let live = lodge.live(&record)?;
+    let state = live.state();
+    let active_sha256 = state.active.as_ref().map(|a| a.app.digest.clone());
+    let limits = &live.limits;
+    let view = TenantStatusView {
+        active_version: state.active.as_ref().map(|a| a.version),
+        active_sha256,
+        limits: LimitsView {
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes,
+            timeout_ms: limits.timeout.as_millis() as u64,
+            max_concurrency: limits.max_concurrency,
+            max_request_body: limits.max_request_body,
+        },
+        counts: Counts {
+            requests: live.counters.total_requests.load(Ordering::Relaxed),
+            failures: live.counters.total_failures.load(Ordering::Relaxed),
+            in_flight: live.in_flight(),
+        },
+        last_error: record
+            .last_error
+            .clone()
+            .or_else(|| live.counters.last_error()),
+        env: state.env.iter().map(|(name, _)| name.clone()).collect(),
+        tenant: TenantView::new(&lodge, record),
+    };
+    Ok(Json(view))
+}
+
+/// `GET /tenant/{id}/logs` parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only lines with `seq` above this.
+    pub since: Option<u64>,
+    /// At most this many of the newest lines (default 100, max 1000).
+    pub limit: Option<usize>,
+    /// Keep the connection open and stream new lines as server-sent events.
+    pub follow: Option<bool>,
+}
+
+/// Log lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogPage {
+    /// Oldest first.
+    pub lines: Vec<LogLine>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant/{id}/logs", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug"), LogQuery), security(("bearer" = [])),
+    responses((status = 200, body = LogPage, description = "JSON, or `text/event-stream` of `log` events with `follow=true`"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn tenant_logs(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let live = lodge.live(&record)?;
+    let since = query.since.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    if !query.follow.unwrap_or(false) {
+        let lines = live.logs.since(since, limit);
+        return Ok(Json(LogPage { lines }).into_response());
+    }
+    Ok(Sse::new(follow(live, since, limit))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// The backlog after `since`, then every new line, as `log` events with `id: seq`.
+fn follow(
+    tenant: Arc<Tenant>,
+    since: u64,
+    limit: usize,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    // Subscribe before reading the backlog so no line falls between the two.
+    let receiver = tenant.logs.subscribe();
+    let backlog = tenant.logs.since(since, limit);
+    let last = backlog.last().map_or(since, |l| l.seq);
+    let backlog = futures::stream::iter(backlog);
+    let live = futures::stream::unfold((receiver, last), |(mut receiver, last)| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(line) if line.seq <= last => continue,
+                Ok(line) => {
+                    let seq = line.seq;
+                    return Some((line, (receiver, seq)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    futures::StreamExt::map(futures::StreamExt::chain(backlog, live), |line| {
+        let event = Event::default().event("log").id(line.seq.to_string());
+        Ok(event
+            .json_data(&line)
+            .unwrap_or_else(|_| Event::default().comment("unserializable line")))
+    })
+}
+
+/// `PUT /tenant/{id}/component` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentCreated {
+    /// The new active version.
+    pub deployment: DeploymentView,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// Version number.
+    pub version: i64,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// Bytes.
+    pub size: i64,
+    /// Validation and compilation time at upload, ms.
+    pub compile_ms: i64,
+    /// RFC 3339 upload time.
+    pub created_at: String,
+    /// When it became active (now, for a deploy or rollback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<String>,
+    /// Whether it serves requests now.
+    pub active: bool,
+}
+
+impl DeploymentView {
+    fn new(d: Deployment, active: bool, activated_now: bool) -> Self {
+        Self {
+            activated_at: activated_now.then(crate::storage::now_rfc3339),
+            version: d.version,
+            sha256: d.sha256,
+            size: d.size,
+            compile_ms: d.compile_ms,
+            created_at: d.created_at,
+            active,
+        }
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/tenant/{id}/component", tag = "deployments",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component"),
+    responses((status = 201, body = DeploymentCreated), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody)))]
+async fn deploy_component(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<DeploymentCreated>), ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+    if let Some(ct) =
+        content_type.filter(|ct| ct != "application/wasm" && ct != "application/octet-stream")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type: application/wasm, got {ct}"),
+        ));
+    }
+    let max = lodge.config.max_component_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("components are limited to {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let body = http_body_util::Limited::new(request.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the upload was interrupted",
+                )
+            }
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+            "the body is empty: send the .wasm file as the request body",
+        ));
+    }
+    let deployment = lodge.deploy(&record, body.to_vec()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeploymentCreated {
+            deployment: DeploymentView::new(deployment, true, true),
+        }),
+    ))
+}
+
+/// `GET /tenant/{id}/deployments` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentList {
+    /// Version serving requests.
+    pub active_version: Option<i64>,
+    /// Newest first.
+    pub deployments: Vec<DeploymentView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant/{id}/deployments", tag = "deployments",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = DeploymentList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_deployments(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let deployments = lodge.storage.list_deployments(&record.id).await?;
+    Ok(Json(DeploymentList {
+        active_version: record.active_version,
+        deployments: deployments
+            .into_iter()
+            .map(|d| {
+                let active = Some(d.version) == record.active_version;
+                DeploymentView::new(d, active, false)
+            })
+            .collect(),
+    }))
+}
+
+/// `POST /tenant/{id}/rollback` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The version to make active again.
+    pub version: i64,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/rollback", tag = "deployments", request_body = Rollback,
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = DeploymentCreated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn rollback(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Rollback>,
+) -> Result<Json<DeploymentCreated>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let deployment = lodge.rollback(&record, body.version).await?;
+    Ok(Json(DeploymentCreated {
+        deployment: DeploymentView::new(deployment, true, true),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/stop", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = TenantEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn stop_tenant(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TenantEnvelope>, ApiError> {
+    set_running(&lodge, &caller, &id, false).await
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/start", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = TenantEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn start_tenant(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TenantEnvelope>, ApiError> {
+    set_running(&lodge, &caller, &id, true).await
+}
+
+async fn set_running(
+    lodge: &Arc<Lodge>,
+    caller: &Principal,
+    id: &str,
+    running: bool,
+) -> Result<Json<TenantEnvelope>, ApiError> {
+    let record = tenant_for(lodge, caller, id).await?;
+    lodge.set_running(&record, running).await?;
+    let record = lodge.storage.get_tenant(&record.id).await?;
+    Ok(Json(TenantEnvelope {
+        tenant: TenantView::new(lodge, record),
+    }))
+}
+
+/// `PUT /tenant/{id}/env` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvUpdate {
+    /// Variables to set; `null` removes one. Others stay as they are.
+    pub vars: BTreeMap<String, Option<String>>,
+}
+
+/// The names of a tenant's variables (values are never returned).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnvNames {
+    /// Sorted names.
+    pub names: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/api/v1/tenant/{id}/env", tag = "tenants", request_body = EnvUpdate,
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = EnvNames), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn update_env(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<EnvUpdate>,
+) -> Result<Json<EnvNames>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let names = lodge
+        .update_env(&record, body.vars.into_iter().collect())
+        .await?;
+    Ok(Json(EnvNames { names }))
+}
+
+/// A new key.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotated {
+    /// The new tenant key, shown only here; the old ones no longer work.
+    pub api_key: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/keys/rotate", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = KeyRotated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn rotate_key(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyRotated>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let api_key = lodge.rotate_key(&record).await?;
+    Ok(Json(KeyRotated { api_key }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tenant/{id}", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = TenantEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_tenant(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TenantEnvelope>, ApiError> {
+    let mut record = tenant_for(&lodge, &caller, &id).await?;
+    lodge.delete_tenant(&record).await?;
+    record.status = TenantStatus::Destroyed;
+    Ok(Json(TenantEnvelope {
+        tenant: TenantView::new(&lodge, record),
+    }))
+}
+
+/// Usage by day.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// Newest day first, at most 31.
+    pub days: Vec<UsageDay>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant/{id}/usage", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = UsageView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn tenant_usage(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UsageView>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    if let Ok(live) = lodge.live(&record) {
+        lodge.flush_usage_of(&live).await;
+    }
+    let days = lodge.storage.usage(&record.id, 31).await?;
+    Ok(Json(UsageView { days }))
+}
+
+/// The OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Lodge control plane", description = "Organizations, tenants, keys and deployments."),
+    paths(create_org, spawn_tenant, list_tenants, tenant_status, tenant_logs, deploy_component,
+        list_deployments, rollback, stop_tenant, start_tenant, update_env, rotate_key, delete_tenant, tenant_usage),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+const API_DOCS_PAGE: &str = include_str!("api_docs.html");
+
+/// The host's own routes: `/api/v1/…`, `/api-docs`, `/healthz`, `/readyz`.
+pub fn router(lodge: Arc<Lodge>) -> Router {
+    let api = Router::new()
+        .route("/orgs", post(create_org))
+        .route("/tenant", get(list_tenants))
+        .route("/tenant/spawn", post(spawn_tenant))
+        .route("/tenant/{id}", axum::routing::delete(delete_tenant))
+        .route("/tenant/{id}/status", get(tenant_status))
+        .route("/tenant/{id}/logs", get(tenant_logs))
+        .route("/tenant/{id}/component", put(deploy_component))
+        .route("/tenant/{id}/deployments", get(list_deployments))
+        .route("/tenant/{id}/rollback", post(rollback))
+        .route("/tenant/{id}/stop", post(stop_tenant))
+        .route("/tenant/{id}/start", post(start_tenant))
+        .route("/tenant/{id}/env", put(update_env))
+        .route("/tenant/{id}/keys/rotate", post(rotate_key))
+        .route("/tenant/{id}/usage", get(tenant_usage))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        });
+    Router::new()
+        .nest("/api/v1", api)
+        .route(
+            "/api-docs/openapi.json",
+            get(|| async { Json(ApiDoc::openapi()) }),
+        )
+        .route("/api-docs", get(|| async { Html(API_DOCS_PAGE) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(lodge): State<AppState>| async move {
+                match lodge.storage.list_tenants(None, 1, 0).await {
+                    Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+                    Err(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        "the database is unreachable",
+                    )
+                    .into_response(),
+                }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "tenant_not_found",
+                "no app is deployed at this address",
+            )
+        })
+        .with_state(lodge)
+}

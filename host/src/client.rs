@@ -1,0 +1,626 @@
+//! The `lodge` CLI's client side: org, tenant, deploy, logs, env, rollback and
+//! keys commands, talking to a host's REST API.
+//!
+//! Human output by default, `--json` for scripts. Exit codes: 0 success,
+//! 1 failure (network, server), 2 bad usage, 3 refused credentials (401/403),
+//! 4 not found, 5 rejected request (400, 409, 413, 415).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+/// Where the host is and who we are.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The host's URL.
+    #[arg(
+        long,
+        env = "LODGE_URL",
+        default_value = "http://127.0.0.1:3000",
+        global = true
+    )]
+    pub url: String,
+    /// An admin token, organization key or tenant key.
+    #[arg(long, env = "LODGE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `lodge org …`
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization (admin token) and print its key once.
+    Create {
+        /// Display name.
+        name: String,
+        /// Plan.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+}
+
+/// `lodge tenant …`
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its key once.
+    Create {
+        /// Display name; the slug is derived from it.
+        name: String,
+        /// Plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Organization (required with the admin token).
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// List tenants.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Skip this many.
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+    /// Show a tenant's status, active version, limits and counts.
+    Status {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Stop a tenant (its requests get 503).
+    Stop {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Start a stopped tenant.
+    Start {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Delete a tenant (soft: logs and usage are archived).
+    Delete {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+    /// Show a tenant's versions.
+    Deployments {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+}
+
+/// `lodge env …`
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Set variables: `K=V` (an empty `K=` still sets an empty value).
+    Set {
+        /// Tenant id or slug.
+        tenant: String,
+        /// `NAME=VALUE` pairs.
+        #[arg(required = true)]
+        vars: Vec<String>,
+    },
+    /// Remove variables.
+    Unset {
+        /// Tenant id or slug.
+        tenant: String,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `lodge keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Revoke a tenant's keys and print a new one.
+    Rotate {
+        /// Tenant id or slug.
+        tenant: String,
+    },
+}
+
+/// A client command.
+#[derive(Debug)]
+pub enum ClientCommand {
+    /// `lodge org …`
+    Org(OrgCommand),
+    /// `lodge tenant …`
+    Tenant(TenantCommand),
+    /// `lodge deploy TENANT FILE`
+    Deploy {
+        /// Tenant id or slug.
+        tenant: String,
+        /// The component.
+        file: PathBuf,
+    },
+    /// `lodge logs TENANT [-f]`
+    Logs {
+        /// Tenant id or slug.
+        tenant: String,
+        /// Keep streaming.
+        follow: bool,
+        /// Lines of backlog.
+        limit: usize,
+    },
+    /// `lodge env …`
+    Env(EnvCommand),
+    /// `lodge rollback TENANT VERSION`
+    Rollback {
+        /// Tenant id or slug.
+        tenant: String,
+        /// Version.
+        version: i64,
+    },
+    /// `lodge keys …`
+    Keys(KeysCommand),
+}
+
+/// A failed call, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct CallError {
+    code: u8,
+    message: String,
+}
+
+fn exit_code_for(status: reqwest::StatusCode) -> u8 {
+    match status.as_u16() {
+        401 | 403 => 3,
+        404 => 4,
+        400 | 409 | 413 | 415 | 422 => 5,
+        _ => 1,
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    conn: Connection,
+}
+
+impl Client {
+    fn new(conn: Connection) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self { http, conn })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.conn.url.trim_end_matches('/'))
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, self.url(path));
+        match &self.conn.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = builder
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the host at {}", self.conn.url))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("the host answered {status}"));
+        Err(CallError {
+            code: exit_code_for(status),
+            message,
+        }
+        .into())
+    }
+}
+
+fn tenant_path(tenant: &str, rest: &str) -> String {
+    format!("/tenant/{}{rest}", urlencode(tenant))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run(conn: Connection, command: ClientCommand) -> ExitCode {
+    match execute(conn, command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(e.downcast_ref::<CallError>().map_or(1, |c| c.code))
+        }
+    }
+}
+
+async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()> {
+    let json_out = conn.json;
+    let client = Client::new(conn)?;
+    let print = |value: &Value, human: &dyn Fn(&Value) -> String| {
+        if json_out {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else {
+            println!("{}", human(value));
+        }
+    };
+    use reqwest::Method;
+    match command {
+        ClientCommand::Org(OrgCommand::Create { name, plan }) => {
+            let body = json!({ "name": name, "plan": plan });
+            let v = client
+                .send(client.request(Method::POST, "/orgs").json(&body))
+                .await?;
+            print(&v, &|v| {
+                format!(
+                    "organization {} ({})\napi key (shown once): {}",
+                    v["org"]["name"].as_str().unwrap_or(""),
+                    v["org"]["id"].as_str().unwrap_or(""),
+                    v["apiKey"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Create { name, plan, org }) => {
+            let body = json!({ "name": name, "plan": plan, "orgId": org });
+            let v = client
+                .send(client.request(Method::POST, "/tenant/spawn").json(&body))
+                .await?;
+            print(&v, &|v| {
+                let t = &v["tenant"];
+                format!(
+                    "tenant {} ({}), status {}\nurl: {}\napi key (shown once): {}",
+                    t["slug"].as_str().unwrap_or(""),
+                    t["id"].as_str().unwrap_or(""),
+                    t["status"].as_str().unwrap_or(""),
+                    t["url"].as_str().unwrap_or(""),
+                    t["apiKey"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::List { limit, offset }) => {
+            let path = format!("/tenant?limit={limit}&offset={offset}");
+            let v = client.send(client.request(Method::GET, &path)).await?;
+            print(&v, &|v| {
+                let mut out = format!("{:<24} {:<14} {:>7}  {}", "SLUG", "STATUS", "VERSION", "ID");
+                for t in v["tenants"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<24} {:<14} {:>7}  {}",
+                        t["slug"].as_str().unwrap_or(""),
+                        t["status"].as_str().unwrap_or(""),
+                        t["activeVersion"]
+                            .as_i64()
+                            .map_or("-".to_owned(), |n| n.to_string()),
+                        t["id"].as_str().unwrap_or("")
+                    ));
+                }
+                if let Some(next) = v["nextOffset"].as_i64() {
+                    out.push_str(&format!("\n(more: --offset {next})"));
+                }
+                out
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Status { tenant }) => {
+            let v = client
+                .send(client.request(Method::GET, &tenant_path(&tenant, "/status")))
+                .await?;
+            print(&v, &|v| {
+                let t = &v["tenant"];
+                format!(
+                    "{} ({})\nstatus:   {}\nversion:  {}\nurl:      {}\nrequests: {} ({} failed, {} running)\nlimits:   {}\nenv:      {}\nlast error: {}",
+                    t["slug"].as_str().unwrap_or(""),
+                    t["id"].as_str().unwrap_or(""),
+                    t["status"].as_str().unwrap_or(""),
+                    v["activeVersion"]
+                        .as_i64()
+                        .map_or("-".to_owned(), |n| n.to_string()),
+                    t["url"].as_str().unwrap_or(""),
+                    v["counts"]["requests"],
+                    v["counts"]["failures"],
+                    v["counts"]["inFlight"],
+                    v["limits"],
+                    v["env"],
+                    v["lastError"].as_str().unwrap_or("none"),
+                )
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Stop { tenant }) => {
+            let v = client
+                .send(client.request(Method::POST, &tenant_path(&tenant, "/stop")))
+                .await?;
+            print(&v, &|v| {
+                format!(
+                    "{} is {}",
+                    v["tenant"]["slug"].as_str().unwrap_or(""),
+                    v["tenant"]["status"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Start { tenant }) => {
+            let v = client
+                .send(client.request(Method::POST, &tenant_path(&tenant, "/start")))
+                .await?;
+            print(&v, &|v| {
+                format!(
+                    "{} is {}",
+                    v["tenant"]["slug"].as_str().unwrap_or(""),
+                    v["tenant"]["status"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Delete { tenant }) => {
+            let v = client
+                .send(client.request(Method::DELETE, &tenant_path(&tenant, "")))
+                .await?;
+            print(&v, &|v| {
+                format!(
+                    "{} deleted (logs and usage archived)",
+                    v["tenant"]["slug"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Deployments { tenant }) => {
+            let v = client
+                .send(client.request(Method::GET, &tenant_path(&tenant, "/deployments")))
+                .await?;
+            print(&v, &|v| {
+                let mut out = format!(
+                    "{:>7}  {:<12} {:>10} {:>8}  {}",
+                    "VERSION", "SHA256", "SIZE", "COMPILE", "CREATED"
+                );
+                for d in v["deployments"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:>7}{} {:<12} {:>10} {:>6}ms  {}",
+                        d["version"],
+                        if d["active"].as_bool() == Some(true) {
+                            "*"
+                        } else {
+                            " "
+                        },
+                        d["sha256"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+                        d["size"],
+                        d["compileMs"],
+                        d["createdAt"].as_str().unwrap_or("")
+                    ));
+                }
+                out
+            });
+        }
+        ClientCommand::Deploy { tenant, file } => deploy(&client, json_out, &tenant, &file).await?,
+        ClientCommand::Logs {
+            tenant,
+            follow,
+            limit,
+        } => logs(&client, json_out, &tenant, follow, limit).await?,
+        ClientCommand::Env(EnvCommand::Set { tenant, vars }) => {
+            let mut map = serde_json::Map::new();
+            for pair in vars {
+                let (name, value) = pair.split_once('=').ok_or_else(|| CallError {
+                    code: 2,
+                    message: format!("expected NAME=VALUE, got {pair:?}"),
+                })?;
+                map.insert(name.to_owned(), Value::String(value.to_owned()));
+            }
+            let body = json!({ "vars": map });
+            let v = client
+                .send(
+                    client
+                        .request(Method::PUT, &tenant_path(&tenant, "/env"))
+                        .json(&body),
+                )
+                .await?;
+            print(&v, &|v| format!("variables now set: {}", join(&v["names"])));
+        }
+        ClientCommand::Env(EnvCommand::Unset { tenant, names }) => {
+            let map: serde_json::Map<String, Value> =
+                names.into_iter().map(|n| (n, Value::Null)).collect();
+            let body = json!({ "vars": map });
+            let v = client
+                .send(
+                    client
+                        .request(Method::PUT, &tenant_path(&tenant, "/env"))
+                        .json(&body),
+                )
+                .await?;
+            print(&v, &|v| format!("variables now set: {}", join(&v["names"])));
+        }
+        ClientCommand::Rollback { tenant, version } => {
+            let body = json!({ "version": version });
+            let v = client
+                .send(
+                    client
+                        .request(Method::POST, &tenant_path(&tenant, "/rollback"))
+                        .json(&body),
+                )
+                .await?;
+            print(&v, &|v| {
+                format!("version {} is active again", v["deployment"]["version"])
+            });
+        }
+        ClientCommand::Keys(KeysCommand::Rotate { tenant }) => {
+            let v = client
+                .send(client.request(Method::POST, &tenant_path(&tenant, "/keys/rotate")))
+                .await?;
+            print(&v, &|v| {
+                format!(
+                    "new api key (shown once; the old ones no longer work): {}",
+                    v["apiKey"].as_str().unwrap_or("")
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn join(names: &Value) -> String {
+    let names: Vec<&str> = names
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+async fn deploy(
+    client: &Client,
+    json_out: bool,
+    tenant: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let wasm = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))?;
+    let total = wasm.len() as u64;
+    let bar = if json_out {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:10} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message("uploading");
+    let chunks: Vec<bytes::Bytes> = bytes::Bytes::from(wasm)
+        .chunks(64 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let progress = bar.clone();
+    let stream = futures::stream::iter(chunks).map(move |chunk| {
+        progress.inc(chunk.len() as u64);
+        if progress.position() >= total {
+            progress.set_message("compiling");
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let request = client
+        .request(reqwest::Method::PUT, &tenant_path(tenant, "/component"))
+        .header("content-type", "application/wasm")
+        .header("content-length", total)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = client.send(request).await;
+    bar.finish_and_clear();
+    let v = result?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let d = &v["deployment"];
+    let status = client
+        .send(client.request(reqwest::Method::GET, &tenant_path(tenant, "/status")))
+        .await
+        .ok();
+    println!(
+        "deployed {} as version {} ({} bytes, sha256 {}…, compiled in {} ms)",
+        file.display(),
+        d["version"],
+        d["size"],
+        d["sha256"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+        d["compileMs"]
+    );
+    if let Some(url) = status.as_ref().and_then(|s| s["tenant"]["url"].as_str()) {
+        println!("url: {url}");
+    }
+    Ok(())
+}
+
+async fn logs(
+    client: &Client,
+    json_out: bool,
+    tenant: &str,
+    follow: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let show = |line: &Value| {
+        if json_out {
+            println!("{line}");
+        } else {
+            println!(
+                "{} {:<6} [{}] {}",
+                line["timestampMs"]
+                    .as_u64()
+                    .map(|ms| humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + Duration::from_millis(ms)
+                    )
+                    .to_string())
+                    .unwrap_or_default(),
+                line["stream"].as_str().unwrap_or(""),
+                line["requestId"].as_str().unwrap_or(""),
+                line["message"].as_str().unwrap_or("")
+            );
+        }
+    };
+    let path = tenant_path(tenant, &format!("/logs?limit={limit}&follow={follow}"));
+    if !follow {
+        let v = client
+            .send(client.request(reqwest::Method::GET, &path))
+            .await?;
+        for line in v["lines"].as_array().into_iter().flatten() {
+            show(line);
+        }
+        return Ok(());
+    }
+    let response = client
+        .request(reqwest::Method::GET, &path)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the host at {}", client.conn.url))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        return Err(CallError {
+            code: exit_code_for(status),
+            message: body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_owned(),
+        }
+        .into());
+    }
+    // Server-sent events: `data:` lines, events separated by a blank line.
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    while let Some(chunk) = stream.next().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            if !data.is_empty()
+                && let Ok(line) = serde_json::from_str::<Value>(&data.join("\n"))
+            {
+                show(&line);
+            }
+        }
+    }
+    Ok(())
+}

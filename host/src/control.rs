@@ -1,0 +1,486 @@
+//! Control-plane operations: what the REST API, the CLI's `--app` and the
+//! restart path do to tenants. Storage first, then the in-memory registry, so a
+//! crash between the two leaves storage right and the next start rebuilds the
+//! registry from it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::auth;
+use crate::instance::{App, LoadError};
+use crate::logs::TenantLogs;
+use crate::registry::{Active, Tenant};
+use crate::server::Lodge;
+use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, now_rfc3339};
+
+/// Plans this host knows (per-plan limits arrive with the plans work).
+pub const PLANS: &[&str] = &["default"];
+
+/// Why a control-plane operation failed, in terms the API can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No such live tenant (or version).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule refused it.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request was wrong; the message says how.
+    #[error("{0}")]
+    Invalid(String),
+    /// The component was refused.
+    #[error(transparent)]
+    Component(#[from] LoadError),
+    /// Storage failed.
+    #[error("storage failed")]
+    Storage(#[source] StorageError),
+}
+
+impl From<StorageError> for ControlError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => Self::NotFound("tenant"),
+            StorageError::Conflict(what) => Self::Conflict(what.to_owned()),
+            other => Self::Storage(other),
+        }
+    }
+}
+
+/// Result of [`Lodge::spawn_tenant`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// The stored tenant.
+    pub tenant: TenantRecord,
+    /// Its first tenant key, shown once.
+    pub api_key: String,
+}
+
+/// Derives a slug from a display name: lowercase, `[a-z0-9-]`, at most 63.
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::with_capacity(name.len());
+    for c in name.trim().chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches('-');
+    let mut slug: String = slug.chars().take(63).collect();
+    while slug.ends_with('-') {
+        slug.pop();
+    }
+    slug
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn check_plan(plan: Option<String>) -> Result<String, ControlError> {
+    let plan = plan.unwrap_or_else(|| "default".to_owned());
+    if PLANS.contains(&plan.as_str()) {
+        Ok(plan)
+    } else {
+        Err(ControlError::Invalid(format!(
+            "unknown plan {plan:?}; known plans: {}",
+            PLANS.join(", ")
+        )))
+    }
+}
+
+impl Lodge {
+    /// Creates an organization and its first key.
+    pub async fn create_org(
+        &self,
+        name: &str,
+        plan: Option<String>,
+    ) -> Result<(Org, String), ControlError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(ControlError::Invalid(
+                "name must be 1-200 characters".into(),
+            ));
+        }
+        let org = Org {
+            id: new_id("org"),
+            name: name.to_owned(),
+            plan: check_plan(plan)?,
+            created_at: now_rfc3339(),
+        };
+        self.storage.create_org(&org).await?;
+        let key = auth::new_key(&org.id, None);
+        self.storage.insert_key(&key.record).await?;
+        Ok((org, key.plaintext))
+    }
+
+    /// Creates a tenant of `org_id` named `name`, with its first key; the slug is derived.
+    pub async fn spawn_tenant(
+        &self,
+        org_id: &str,
+        name: &str,
+        plan: Option<String>,
+    ) -> Result<Spawned, ControlError> {
+        let org = self.storage.get_org(org_id).await.map_err(|e| match e {
+            StorageError::NotFound => ControlError::NotFound("organization"),
+            other => other.into(),
+        })?;
+        let slug = slugify(name);
+        if slug.is_empty() {
+            return Err(ControlError::Invalid(
+                "name must contain at least one letter or digit".into(),
+            ));
+        }
+        let now = now_rfc3339();
+        let tenant = TenantRecord {
+            id: new_id("ten"),
+            org_id: org.id.clone(),
+            name: name.trim().to_owned(),
+            slug,
+            status: TenantStatus::Provisioning,
+            plan: check_plan(plan.or(Some(org.plan)))?,
+            active_version: None,
+            last_error: None,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.storage
+            .create_tenant(&tenant)
+            .await
+            .map_err(|e| match e {
+                StorageError::Conflict(_) => ControlError::Conflict(format!(
+                    "the slug {:?} is taken; choose another name",
+                    tenant.slug
+                )),
+                other => other.into(),
+            })?;
+        let key = auth::new_key(&org.id, Some(&tenant.id));
+        self.storage.insert_key(&key.record).await?;
+        self.register(&tenant, Vec::new()).await;
+        Ok(Spawned {
+            tenant,
+            api_key: key.plaintext,
+        })
+    }
+
+    /// Puts `record` into the registry (no deployment yet), continuing its archived logs.
+    async fn register(&self, record: &TenantRecord, env: Vec<(String, String)>) -> Arc<Tenant> {
+        let history = self
+            .storage
+            .recent_logs(&record.id, self.config.log_lines_per_tenant as i64)
+            .await
+            .unwrap_or_default();
+        let logs = Arc::new(TenantLogs::archived(
+            record.slug.clone(),
+            self.config.log_lines_per_tenant,
+            record.id.clone(),
+            self.log_archive.clone(),
+            history,
+        ));
+        let tenant = Arc::new(Tenant::new(
+            record.id.clone(),
+            record.slug.clone(),
+            self.config.default_limits.clone(),
+            logs,
+        ));
+        let status = record.status;
+        tenant.update(|state| {
+            state.status = status;
+            state.env = Arc::from(env);
+        });
+        self.registry.insert(tenant.clone());
+        tenant
+    }
+
+    /// The registry entry of a stored tenant.
+    pub fn live(&self, record: &TenantRecord) -> Result<Arc<Tenant>, ControlError> {
+        self.registry
+            .get(&record.slug)
+            .filter(|t| t.id == record.id)
+            .ok_or(ControlError::NotFound("tenant"))
+    }
+
+    /// Validates, compiles, stores and activates a new version of `record`'s component.
+    ///
+    /// Nothing changes unless every step succeeds: the active version keeps
+    /// serving through a refused upload, and requests already running finish on
+    /// the version they started with.
+    pub async fn deploy(
+        &self,
+        record: &TenantRecord,
+        wasm: Vec<u8>,
+    ) -> Result<Deployment, ControlError> {
+        let tenant = self.live(record)?;
+        let _change = tenant.changes.lock().await;
+        let started = Instant::now();
+        let sha256 = hex::encode(Sha256::digest(&wasm));
+        let size = wasm.len() as i64;
+        let app = self.load_shared(wasm.clone()).await?;
+        let compile_ms = started.elapsed().as_millis() as i64;
+        self.storage.put_blob(&sha256, &wasm).await?;
+        let deployment = self
+            .storage
+            .add_deployment(&record.id, &sha256, size, compile_ms)
+            .await?;
+        let version = deployment.version;
+        tenant.update(|state| {
+            state.active = Some(Active { version, app });
+            if state.status != TenantStatus::Stopped {
+                state.status = TenantStatus::Running;
+            }
+        });
+        tracing::info!(tenant = %record.slug, version, %sha256, compile_ms, "deployed");
+        Ok(deployment)
+    }
+
+    /// Compiles off the async threads, or loads the cached artifact.
+    async fn load_shared(&self, wasm: Vec<u8>) -> Result<Arc<App>, ControlError> {
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
+            .await
+            .map_err(|e| ControlError::Component(LoadError::Internal(e.into())))?
+            .map_err(ControlError::Component)
+    }
+
+    /// Loads a stored version: from the artifact cache if possible, else from its blob.
+    async fn load_version(&self, deployment: &Deployment) -> Result<Arc<App>, ControlError> {
+        let runtime = self.runtime.clone();
+        let digest = deployment.sha256.clone();
+        let size = deployment.size as usize;
+        let cached = tokio::task::spawn_blocking(move || runtime.load_cached(&digest, size))
+            .await
+            .ok()
+            .flatten();
+        if let Some(app) = cached {
+            return Ok(Arc::new(app));
+        }
+        let wasm = self.storage.get_blob(&deployment.sha256).await?;
+        self.load_shared(wasm).await
+    }
+
+    /// Makes a previous version active again.
+    pub async fn rollback(
+        &self,
+        record: &TenantRecord,
+        version: i64,
+    ) -> Result<Deployment, ControlError> {
+        let tenant = self.live(record)?;
+        let _change = tenant.changes.lock().await;
+        let deployment = self
+            .storage
+            .get_deployment(&record.id, version)
+            .await
+            .map_err(|e| match e {
+                StorageError::NotFound => ControlError::NotFound("version"),
+                other => other.into(),
+            })?;
+        let app = self.load_version(&deployment).await?;
+        self.storage.set_active_version(&record.id, version).await?;
+        tenant.update(|state| {
+            state.active = Some(Active { version, app });
+            if state.status != TenantStatus::Stopped {
+                state.status = TenantStatus::Running;
+            }
+        });
+        Ok(deployment)
+    }
+
+    /// Stops (503 on the data plane) or starts a tenant.
+    pub async fn set_running(
+        &self,
+        record: &TenantRecord,
+        running: bool,
+    ) -> Result<TenantStatus, ControlError> {
+        let tenant = self.live(record)?;
+        let _change = tenant.changes.lock().await;
+        let status = match (running, tenant.state().active.is_some()) {
+            (false, _) => TenantStatus::Stopped,
+            (true, true) => TenantStatus::Running,
+            (true, false) => TenantStatus::Provisioning,
+        };
+        self.storage.set_status(&record.id, status, None).await?;
+        tenant.update(|state| state.status = status);
+        Ok(status)
+    }
+
+    /// Sets (or, with `None`, removes) environment variables; the rest stay.
+    pub async fn update_env(
+        &self,
+        record: &TenantRecord,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<Vec<String>, ControlError> {
+        for (name, _) in &changes {
+            let valid = !name.is_empty()
+                && name.len() <= 256
+                && !name.contains('=')
+                && !name.contains('\0')
+                && name.chars().all(|c| !c.is_control());
+            if !valid {
+                return Err(ControlError::Invalid(format!(
+                    "invalid variable name {name:?}"
+                )));
+            }
+        }
+        let tenant = self.live(record)?;
+        let _change = tenant.changes.lock().await;
+        let mut vars = self.storage.get_env(&record.id).await?;
+        for (name, value) in changes {
+            vars.retain(|(n, _)| *n != name);
+            if let Some(value) = value {
+                vars.push((name, value));
+            }
+        }
+        vars.sort();
+        self.storage.set_env(&record.id, &vars).await?;
+        let names = vars.iter().map(|(n, _)| n.clone()).collect();
+        tenant.update(|state| state.env = Arc::from(vars));
+        Ok(names)
+    }
+
+    /// Revokes a tenant's keys and makes a new one.
+    pub async fn rotate_key(&self, record: &TenantRecord) -> Result<String, ControlError> {
+        self.storage.revoke_tenant_keys(&record.id).await?;
+        let key = auth::new_key(&record.org_id, Some(&record.id));
+        self.storage.insert_key(&key.record).await?;
+        Ok(key.plaintext)
+    }
+
+    /// Soft-deletes a tenant: the data plane answers 404 at once, the slug is freed.
+    pub async fn delete_tenant(&self, record: &TenantRecord) -> Result<(), ControlError> {
+        self.storage.delete_tenant(&record.id).await?;
+        if let Some(tenant) = self
+            .registry
+            .get(&record.slug)
+            .filter(|t| t.id == record.id)
+        {
+            self.registry.remove(&record.slug);
+            tenant.update(|state| {
+                state.status = TenantStatus::Destroyed;
+                state.active = None;
+            });
+            self.flush_usage_of(&tenant).await;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the registry from storage at start: every live tenant, its env,
+    /// and its active version from the artifact cache (compiled again if needed).
+    pub async fn restore(&self) -> anyhow::Result<usize> {
+        let mut offset = 0;
+        let mut restored = 0;
+        loop {
+            let page = self.storage.list_tenants(None, 500, offset).await?;
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len() as i64;
+            for record in page {
+                let env = self.storage.get_env(&record.id).await?;
+                let tenant = self.register(&record, env).await;
+                let Some(version) = record.active_version else {
+                    continue;
+                };
+                let loaded = match self.storage.get_deployment(&record.id, version).await {
+                    Ok(deployment) => self.load_version(&deployment).await,
+                    Err(e) => Err(e.into()),
+                };
+                match loaded {
+                    Ok(app) => {
+                        tenant.update(|state| state.active = Some(Active { version, app }));
+                        restored += 1;
+                    }
+                    Err(e) => {
+                        let message = format!("version {version} could not be loaded: {e}");
+                        tracing::error!(tenant = %record.slug, error = %message, "restore failed");
+                        self.storage
+                            .set_status(&record.id, TenantStatus::Error, Some(&message))
+                            .await?;
+                        tenant.update(|state| state.status = TenantStatus::Error);
+                    }
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Writes one tenant's unflushed usage.
+    pub async fn flush_usage_of(&self, tenant: &Tenant) {
+        let delta = tenant.counters.take(crate::storage::today());
+        if delta.requests == 0 && delta.fuel == 0 {
+            return;
+        }
+        if let Err(e) = self.storage.add_usage(&tenant.id, &delta).await {
+            tracing::warn!(tenant = %tenant.slug, error = %e, "usage not recorded");
+        }
+    }
+
+    /// Writes every tenant's unflushed usage.
+    pub async fn flush_usage(&self) {
+        for tenant in self.registry.all() {
+            self.flush_usage_of(&tenant).await;
+        }
+    }
+
+    /// Creates (once) the `local` organization and a tenant `slug` in it, and
+    /// deploys `wasm` unless it is already the active version: `serve --app`.
+    pub async fn ensure_local_app(
+        &self,
+        slug: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Arc<Tenant>, ControlError> {
+        let org = match self.storage.find_org_by_name("local").await? {
+            Some(org) => org,
+            None => self.create_org("local", None).await?.0,
+        };
+        let record = match self.storage.get_tenant(slug).await {
+            Ok(record) if record.org_id == org.id => record,
+            Ok(_) => {
+                return Err(ControlError::Conflict(format!(
+                    "the slug {slug:?} belongs to a tenant of another organization"
+                )));
+            }
+            Err(StorageError::NotFound) => {
+                let spawned = self.spawn_tenant(&org.id, slug, None).await?;
+                if spawned.tenant.slug != slug {
+                    return Err(ControlError::Invalid(format!(
+                        "{slug:?} is not a valid slug"
+                    )));
+                }
+                spawned.tenant
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let sha256 = hex::encode(Sha256::digest(&wasm));
+        let tenant = self.live(&record)?;
+        let current = match record.active_version {
+            Some(version) => Some(
+                self.storage
+                    .get_deployment(&record.id, version)
+                    .await?
+                    .sha256,
+            ),
+            None => None,
+        };
+        if current.as_deref() != Some(sha256.as_str()) || tenant.active().is_none() {
+            self.deploy(&record, wasm).await?;
+        }
+        Ok(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slugify;
+
+    #[test]
+    fn slugs_from_names() {
+        assert_eq!(slugify("Acme Corp AI"), "acme-corp-ai");
+        assert_eq!(slugify("  --Hello__World!!  "), "hello-world");
+        assert_eq!(slugify("Ünïcode Café"), "n-code-caf");
+        assert_eq!(slugify("!!!"), "");
+        assert_eq!(slugify(&"a".repeat(100)).len(), 63);
+        assert_eq!(slugify(&format!("{}-b", "a".repeat(62))), "a".repeat(62));
+    }
+}

@@ -1,0 +1,279 @@
+//! Stage 5: storage. Everything that must survive a restart.
+//!
+//! Handlers talk to the [`Storage`] trait only; [`sqlite::SqliteStorage`] is the
+//! embedded default. A second backend (PostgreSQL) implements the same trait with
+//! its own migrations, chosen once at startup from the database URL.
+
+pub mod sqlite;
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::logs::LogLine;
+
+/// A failure of the storage layer that callers match on.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The row does not exist (or is soft-deleted).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness constraint refused the write (e.g. a slug already taken).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database failed.
+    #[error("database error")]
+    Backend(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            other => Self::Backend(other.into()),
+        }
+    }
+}
+
+/// Shorthand for storage results.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// An organization: the owner of tenants.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Org {
+    /// `org_…` identifier.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Plan name; tenants inherit it unless they set their own.
+    pub plan: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// Where a tenant is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    /// Created, no component deployed yet.
+    Provisioning,
+    /// Serving its active deployment.
+    Running,
+    /// Stopped by its owner; the data plane answers 503.
+    Stopped,
+    /// Its active deployment could not be loaded.
+    Error,
+    /// Soft-deleted; logs and usage are archived.
+    Destroyed,
+}
+
+impl TenantStatus {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> StorageResult<Self> {
+        Ok(match s {
+            "provisioning" => Self::Provisioning,
+            "running" => Self::Running,
+            "stopped" => Self::Stopped,
+            "error" => Self::Error,
+            "destroyed" => Self::Destroyed,
+            other => {
+                return Err(StorageError::Backend(anyhow::anyhow!(
+                    "unknown tenant status {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for TenantStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone)]
+pub struct TenantRecord {
+    /// `ten_…` identifier.
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Routing name, unique among live tenants.
+    pub slug: String,
+    /// Life-cycle status.
+    pub status: TenantStatus,
+    /// Plan name.
+    pub plan: String,
+    /// Version serving requests, if any.
+    pub active_version: Option<i64>,
+    /// Why the tenant is in `error`, if it is.
+    pub last_error: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last change.
+    pub updated_at: String,
+}
+
+/// One uploaded version of a tenant's component.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    /// 1, 2, 3 … per tenant.
+    pub version: i64,
+    /// SHA-256 of the component, lowercase hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Milliseconds spent validating and compiling at upload.
+    pub compile_ms: i64,
+    /// RFC 3339 upload time.
+    pub created_at: String,
+}
+
+/// Who an API key speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Manages every tenant of one organization.
+    Org,
+    /// Manages one tenant.
+    Tenant,
+}
+
+/// An API key as stored: only a hash of its secret.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// The public part of the key, used to find it.
+    pub id: String,
+    /// SHA-256 of the secret part, lowercase hex.
+    pub secret_hash: String,
+    /// Organization or tenant key.
+    pub kind: KeyKind,
+    /// The organization it belongs to.
+    pub org_id: String,
+    /// The tenant, for tenant keys.
+    pub tenant_id: Option<String>,
+    /// Whether it was revoked (rotated away).
+    pub revoked: bool,
+}
+
+/// One day of a tenant's usage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageDay {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Requests that reached the tenant's guest or were refused by its limits.
+    pub requests: i64,
+    /// Of those, the ones answered with a Lodge error.
+    pub failures: i64,
+    /// Fuel burnt.
+    pub fuel: i64,
+}
+
+/// Everything the control plane persists. One implementation per database.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Creates an organization.
+    async fn create_org(&self, org: &Org) -> StorageResult<()>;
+    /// An organization by id.
+    async fn get_org(&self, id: &str) -> StorageResult<Org>;
+    /// An organization by name (the first created, if several).
+    async fn find_org_by_name(&self, name: &str) -> StorageResult<Option<Org>>;
+
+    /// Stores a new API key.
+    async fn insert_key(&self, key: &KeyRecord) -> StorageResult<()>;
+    /// A key by its public id.
+    async fn get_key(&self, id: &str) -> StorageResult<Option<KeyRecord>>;
+    /// Revokes every live key of a tenant.
+    async fn revoke_tenant_keys(&self, tenant_id: &str) -> StorageResult<()>;
+
+    /// Creates a tenant; `Conflict` if the slug is taken by a live tenant.
+    async fn create_tenant(&self, tenant: &TenantRecord) -> StorageResult<()>;
+    /// A live tenant by id or slug.
+    async fn get_tenant(&self, id_or_slug: &str) -> StorageResult<TenantRecord>;
+    /// Live tenants, oldest first, optionally of one organization.
+    async fn list_tenants(
+        &self,
+        org_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> StorageResult<Vec<TenantRecord>>;
+    /// Sets a tenant's status (and error text).
+    async fn set_status(
+        &self,
+        tenant_id: &str,
+        status: TenantStatus,
+        last_error: Option<&str>,
+    ) -> StorageResult<()>;
+    /// Soft-deletes a tenant: status `destroyed`, slug freed, keys revoked.
+    async fn delete_tenant(&self, tenant_id: &str) -> StorageResult<()>;
+
+    /// Stores a component unless the same bytes are already stored.
+    async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> StorageResult<()>;
+    /// A stored component.
+    async fn get_blob(&self, sha256: &str) -> StorageResult<Vec<u8>>;
+
+    /// Records a new version and makes it active, atomically.
+    async fn add_deployment(
+        &self,
+        tenant_id: &str,
+        sha256: &str,
+        size: i64,
+        compile_ms: i64,
+    ) -> StorageResult<Deployment>;
+    /// Every version of a tenant, newest first.
+    async fn list_deployments(&self, tenant_id: &str) -> StorageResult<Vec<Deployment>>;
+    /// One version of a tenant.
+    async fn get_deployment(&self, tenant_id: &str, version: i64) -> StorageResult<Deployment>;
+    /// Makes an existing version active.
+    async fn set_active_version(&self, tenant_id: &str, version: i64) -> StorageResult<()>;
+
+    /// Replaces a tenant's environment variables.
+    async fn set_env(&self, tenant_id: &str, vars: &[(String, String)]) -> StorageResult<()>;
+    /// A tenant's environment variables, sorted by name.
+    async fn get_env(&self, tenant_id: &str) -> StorageResult<Vec<(String, String)>>;
+
+    /// Archives log lines.
+    async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()>;
+    /// The newest `limit` archived lines of a tenant, oldest first.
+    async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>>;
+
+    /// Adds to a tenant's usage of `day`.
+    async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()>;
+    /// A tenant's usage, newest day first.
+    async fn usage(&self, tenant_id: &str, days: i64) -> StorageResult<Vec<UsageDay>>;
+}
+
+/// Now, as RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Today's date, `YYYY-MM-DD` UTC.
+pub fn today() -> String {
+    now_rfc3339()[..10].to_owned()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

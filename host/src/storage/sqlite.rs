@@ -1,0 +1,492 @@
+//! The embedded default backend: one SQLite file in the data directory, created
+//! and migrated on start (WAL mode, foreign keys on).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    Deployment, KeyKind, KeyRecord, Org, Storage, StorageError, StorageResult, TenantRecord,
+    TenantStatus, UsageDay, now_rfc3339,
+};
+use crate::logs::{LogLine, LogStream};
+
+/// Migrations for this backend, embedded at compile time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// SQLite storage.
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: SqlitePool,
+}
+
+const TENANT_COLUMNS: &str =
+    "id, org_id, name, slug, status, plan, active_version, last_error, created_at, updated_at";
+
+impl SqliteStorage {
+    /// Opens (creating if needed) `<dir>/lodge.db` and migrates it.
+    pub async fn open_in(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("lodge.db");
+        Self::open(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// Opens a `sqlite:` URL and migrates it.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    fn tenant(row: &sqlx::sqlite::SqliteRow) -> StorageResult<TenantRecord> {
+        Ok(TenantRecord {
+            id: row.try_get("id")?,
+            org_id: row.try_get("org_id")?,
+            name: row.try_get("name")?,
+            slug: row.try_get("slug")?,
+            status: TenantStatus::parse(row.try_get::<&str, _>("status")?)?,
+            plan: row.try_get("plan")?,
+            active_version: row.try_get("active_version")?,
+            last_error: row.try_get("last_error")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    fn deployment(row: &sqlx::sqlite::SqliteRow) -> StorageResult<Deployment> {
+        Ok(Deployment {
+            version: row.try_get("version")?,
+            sha256: row.try_get("sha256")?,
+            size: row.try_get("size")?,
+            compile_ms: row.try_get("compile_ms")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait::async_trait]
+impl Storage for SqliteStorage {
+    async fn create_org(&self, org: &Org) -> StorageResult<()> {
+        sqlx::query("INSERT INTO orgs (id, name, plan, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&org.id)
+            .bind(&org.name)
+            .bind(&org.plan)
+            .bind(&org.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_org(&self, id: &str) -> StorageResult<Org> {
+        let row = sqlx::query("SELECT id, name, plan, created_at FROM orgs WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Org {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            plan: row.try_get("plan")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
+    async fn find_org_by_name(&self, name: &str) -> StorageResult<Option<Org>> {
+        let row = sqlx::query(
+            "SELECT id, name, plan, created_at FROM orgs WHERE name = ? ORDER BY created_at LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Org {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                plan: row.try_get("plan")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> StorageResult<()> {
+        let kind = match key.kind {
+            KeyKind::Org => "org",
+            KeyKind::Tenant => "tenant",
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (id, secret_hash, kind, org_id, tenant_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.secret_hash)
+        .bind(kind)
+        .bind(&key.org_id)
+        .bind(&key.tenant_id)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_key(&self, id: &str) -> StorageResult<Option<KeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, kind, org_id, tenant_id, revoked_at FROM api_keys WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(KeyRecord {
+                id: row.try_get("id")?,
+                secret_hash: row.try_get("secret_hash")?,
+                kind: match row.try_get::<&str, _>("kind")? {
+                    "org" => KeyKind::Org,
+                    _ => KeyKind::Tenant,
+                },
+                org_id: row.try_get("org_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                revoked: row.try_get::<Option<String>, _>("revoked_at")?.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn revoke_tenant_keys(&self, tenant_id: &str) -> StorageResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_rfc3339())
+        .bind(tenant_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &TenantRecord) -> StorageResult<()> {
+        let result = sqlx::query(
+            "INSERT INTO tenants (id, org_id, name, slug, status, plan, active_version, last_error, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.org_id)
+        .bind(&t.name)
+        .bind(&t.slug)
+        .bind(t.status.as_str())
+        .bind(&t.plan)
+        .bind(t.active_version)
+        .bind(&t.last_error)
+        .bind(&t.created_at)
+        .bind(&t.updated_at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if unique_violation(&e) => Err(StorageError::Conflict("slug already taken")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_tenant(&self, id_or_slug: &str) -> StorageResult<TenantRecord> {
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE (id = ? OR slug = ?) AND deleted_at IS NULL"
+        ))
+        .bind(id_or_slug)
+        .bind(id_or_slug)
+        .fetch_one(&self.pool)
+        .await?;
+        Self::tenant(&row)
+    }
+
+    async fn list_tenants(
+        &self,
+        org_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> StorageResult<Vec<TenantRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants
+             WHERE deleted_at IS NULL AND (? IS NULL OR org_id = ?)
+             ORDER BY created_at, id LIMIT ? OFFSET ?"
+        ))
+        .bind(org_id)
+        .bind(org_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::tenant).collect()
+    }
+
+    async fn set_status(
+        &self,
+        tenant_id: &str,
+        status: TenantStatus,
+        last_error: Option<&str>,
+    ) -> StorageResult<()> {
+        let done = sqlx::query(
+            "UPDATE tenants SET status = ?, last_error = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(status.as_str())
+        .bind(last_error)
+        .bind(now_rfc3339())
+        .bind(tenant_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn delete_tenant(&self, tenant_id: &str) -> StorageResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_rfc3339();
+        let done = sqlx::query(
+            "UPDATE tenants SET status = 'destroyed', deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(&now)
+        .bind(&now)
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND revoked_at IS NULL",
+        )
+        .bind(&now)
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO blobs (sha256, size, bytes, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(bytes.len() as i64)
+        .bind(bytes)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, sha256: &str) -> StorageResult<Vec<u8>> {
+        let row = sqlx::query("SELECT bytes FROM blobs WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("bytes")?)
+    }
+
+    async fn add_deployment(
+        &self,
+        tenant_id: &str,
+        sha256: &str,
+        size: i64,
+        compile_ms: i64,
+    ) -> StorageResult<Deployment> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_rfc3339();
+        let row = sqlx::query(
+            "INSERT INTO deployments (tenant_id, version, sha256, size, compile_ms, created_at)
+             SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ? FROM deployments WHERE tenant_id = ?
+             RETURNING version, sha256, size, compile_ms, created_at",
+        )
+        .bind(tenant_id)
+        .bind(sha256)
+        .bind(size)
+        .bind(compile_ms)
+        .bind(&now)
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let deployment = Self::deployment(&row)?;
+        let done = sqlx::query(
+            "UPDATE tenants SET active_version = ?, status = CASE WHEN status = 'stopped' THEN 'stopped' ELSE 'running' END,
+             last_error = NULL, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(deployment.version)
+        .bind(&now)
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(deployment)
+    }
+
+    async fn list_deployments(&self, tenant_id: &str) -> StorageResult<Vec<Deployment>> {
+        let rows = sqlx::query(
+            "SELECT version, sha256, size, compile_ms, created_at FROM deployments WHERE tenant_id = ? ORDER BY version DESC",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::deployment).collect()
+    }
+
+    async fn get_deployment(&self, tenant_id: &str, version: i64) -> StorageResult<Deployment> {
+        let row = sqlx::query(
+            "SELECT version, sha256, size, compile_ms, created_at FROM deployments WHERE tenant_id = ? AND version = ?",
+        )
+        .bind(tenant_id)
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?;
+        Self::deployment(&row)
+    }
+
+    async fn set_active_version(&self, tenant_id: &str, version: i64) -> StorageResult<()> {
+        let done = sqlx::query(
+            "UPDATE tenants SET active_version = ?, last_error = NULL,
+             status = CASE WHEN status = 'stopped' THEN 'stopped' ELSE 'running' END, updated_at = ?
+             WHERE id = ? AND deleted_at IS NULL
+               AND EXISTS (SELECT 1 FROM deployments WHERE tenant_id = ? AND version = ?)",
+        )
+        .bind(version)
+        .bind(now_rfc3339())
+        .bind(tenant_id)
+        .bind(tenant_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_env(&self, tenant_id: &str, vars: &[(String, String)]) -> StorageResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM tenant_env WHERE tenant_id = ?")
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        for (name, value) in vars {
+            sqlx::query("INSERT INTO tenant_env (tenant_id, name, value) VALUES (?, ?, ?)")
+                .bind(tenant_id)
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_env(&self, tenant_id: &str) -> StorageResult<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT name, value FROM tenant_env WHERE tenant_id = ? ORDER BY name")
+                .bind(tenant_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for (tenant_id, line) in lines {
+            sqlx::query(
+                "INSERT OR REPLACE INTO tenant_logs (tenant_id, seq, timestamp_ms, request_id, stream, message)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(tenant_id)
+            .bind(line.seq as i64)
+            .bind(line.timestamp_ms as i64)
+            .bind(&line.request_id)
+            .bind(line.stream.as_str())
+            .bind(&line.message)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT seq, timestamp_ms, request_id, stream, message FROM tenant_logs
+             WHERE tenant_id = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut lines = rows
+            .iter()
+            .map(|r| {
+                Ok(LogLine {
+                    seq: r.try_get::<i64, _>("seq")? as u64,
+                    timestamp_ms: r.try_get::<i64, _>("timestamp_ms")? as u64,
+                    request_id: r.try_get("request_id")?,
+                    stream: LogStream::parse(r.try_get("stream")?),
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect::<StorageResult<Vec<_>>>()?;
+        lines.reverse();
+        Ok(lines)
+    }
+
+    async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO usage_daily (tenant_id, day, requests, failures, fuel) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, day) DO UPDATE SET
+               requests = requests + excluded.requests,
+               failures = failures + excluded.failures,
+               fuel = fuel + excluded.fuel",
+        )
+        .bind(tenant_id)
+        .bind(&delta.day)
+        .bind(delta.requests)
+        .bind(delta.failures)
+        .bind(delta.fuel)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn usage(&self, tenant_id: &str, days: i64) -> StorageResult<Vec<UsageDay>> {
+        let rows = sqlx::query(
+            "SELECT day, requests, failures, fuel FROM usage_daily WHERE tenant_id = ? ORDER BY day DESC LIMIT ?",
+        )
+        .bind(tenant_id)
+        .bind(days)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageDay {
+                    day: r.try_get("day")?,
+                    requests: r.try_get("requests")?,
+                    failures: r.try_get("failures")?,
+                    fuel: r.try_get("fuel")?,
+                })
+            })
+            .collect()
+    }
+}
