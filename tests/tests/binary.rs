@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use lodge_tests::{LodgeProcess, guests, lodge_bin};
+use lodge_tests::{ADMIN_TOKEN, LodgeProcess, guests, lodge_bin};
 
 fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -101,4 +101,132 @@ fn serve_help_documents_every_limit_and_its_default() {
     ] {
         assert!(help.contains(needle), "help mentions {needle}:\n{help}");
     }
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn the_cli_drives_a_host_end_to_end() {
+    let lodge = LodgeProcess::serve(&[]);
+    let port = lodge.addr.port();
+
+    let (code, out, err) = lodge.cli(ADMIN_TOKEN, &["org", "create", "Acme", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let org_key = json(&out)["apiKey"].as_str().expect("key").to_owned();
+
+    let (code, out, err) = lodge.cli(&org_key, &["tenant", "create", "Shop Front", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let tenant = json(&out);
+    assert_eq!(tenant["tenant"]["slug"], "shop-front");
+    let tenant_key = tenant["tenant"]["apiKey"].as_str().expect("key").to_owned();
+
+    let (code, out, err) = lodge.cli(&tenant_key, &["deploy", "shop-front", guests::HELLO]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("as version 1"), "{out}");
+    assert!(
+        out.contains(&format!("url: http://shop-front.localhost:{port}/")),
+        "{out}"
+    );
+    let (status, body) = get(lodge.addr, &format!("shop-front.localhost:{port}"), "/");
+    assert_eq!(status, 200, "{body}");
+
+    let (code, out, _) = lodge.cli(&tenant_key, &["deploy", "shop-front", guests::WSTD_ECHO]);
+    assert_eq!(code, 0);
+    assert!(out.contains("as version 2"), "{out}");
+    let (code, out, _) = lodge.cli(&tenant_key, &["rollback", "shop-front", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("version 1 is active again"), "{out}");
+    let (code, out, _) = lodge.cli(&tenant_key, &["tenant", "deployments", "shop-front"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1*"), "{out}");
+
+    let (code, out, _) = lodge.cli(&tenant_key, &["env", "set", "shop-front", "A=1", "B=two"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("A, B"), "{out}");
+    let (code, out, _) = lodge.cli(&tenant_key, &["tenant", "status", "shop-front"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("status:   running"), "{out}");
+    assert!(out.contains("version:  1"), "{out}");
+
+    let (code, _, _) = lodge.cli(&tenant_key, &["tenant", "stop", "shop-front"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        get(lodge.addr, &format!("shop-front.localhost:{port}"), "/").0,
+        503
+    );
+    let (code, _, _) = lodge.cli(&tenant_key, &["tenant", "start", "shop-front"]);
+    assert_eq!(code, 0);
+
+    let (code, out, _) = lodge.cli(&tenant_key, &["logs", "shop-front", "--json"]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out, _) = lodge.cli(&org_key, &["tenant", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("shop-front"), "{out}");
+
+    // Exit codes that mean something.
+    assert_eq!(lodge.cli(&org_key, &["tenant", "status", "no-such"]).0, 4);
+    assert_eq!(
+        lodge
+            .cli("sk_tenant_nope", &["tenant", "status", "shop-front"])
+            .0,
+        3
+    );
+    assert_eq!(lodge.cli(&tenant_key, &["tenant", "list"]).0, 3);
+    let (code, _, err) = lodge.cli(&tenant_key, &["deploy", "shop-front", "Cargo.toml"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("not a WebAssembly binary"), "{err}");
+
+    let (code, _, _) = lodge.cli(&org_key, &["tenant", "delete", "shop-front"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        get(lodge.addr, &format!("shop-front.localhost:{port}"), "/").0,
+        404
+    );
+    assert_eq!(
+        lodge.cli(&org_key, &["tenant", "status", "shop-front"]).0,
+        4
+    );
+}
+
+#[test]
+fn a_killed_host_comes_back_with_its_tenants() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hello = format!("hello={}", guests::HELLO);
+    let lodge = LodgeProcess::serve_in(dir.path(), &["--app", &hello]);
+    let (code, out, err) = lodge.cli(ADMIN_TOKEN, &["org", "create", "Acme", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let org_key = json(&out)["apiKey"].as_str().expect("key").to_owned();
+    let (code, _, err) = lodge.cli(&org_key, &["tenant", "create", "api"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = lodge.cli(&org_key, &["deploy", "api", guests::WSTD_ECHO]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        get(lodge.addr, "127.0.0.1", "/tenants/api/status?code=202").0,
+        202
+    );
+    lodge.kill();
+
+    let lodge = LodgeProcess::serve_in(dir.path(), &["--app", &hello]);
+    // The first request after the restart is served, from the stored artifact.
+    assert_eq!(
+        get(lodge.addr, "127.0.0.1", "/tenants/api/status?code=202").0,
+        202
+    );
+    assert_eq!(get(lodge.addr, "127.0.0.1", "/tenants/hello/").0, 200);
+    // `--app` with the same file again does not make a new version.
+    let (code, out, _) = lodge.cli(ADMIN_TOKEN, &["tenant", "deployments", "hello", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        json(&out)["deployments"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
+    );
+    assert!(
+        lodge.stderr().contains("loaded from cache"),
+        "{}",
+        lodge.stderr()
+    );
 }

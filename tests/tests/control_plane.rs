@@ -1,0 +1,947 @@
+//! The control plane through its real HTTP API: lifecycle, persistence across a
+//! restart, atomic activation, bad uploads, the auth matrix, and uniform errors.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use lodge_tests::{ADMIN_TOKEN, TestHost, assert_error, guests, wasm};
+
+/// An organization and one of its tenants, with their keys.
+struct Fixture {
+    org_id: String,
+    org_key: String,
+    tenant_id: String,
+    slug: String,
+    tenant_key: String,
+}
+
+async fn json_of(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(actual, status, "{body}");
+    body
+}
+
+async fn org(host: &TestHost, name: &str) -> (String, String) {
+    let body = json_of(
+        host.api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("sent"),
+        201,
+    )
+    .await;
+    (
+        body["org"]["id"].as_str().expect("id").to_owned(),
+        body["apiKey"].as_str().expect("key").to_owned(),
+    )
+}
+
+async fn fixture(host: &TestHost, org_name: &str, tenant_name: &str) -> Fixture {
+    let (org_id, org_key) = org(host, org_name).await;
+    let body = json_of(
+        host.api(Method::POST, "/tenant/spawn", Some(&org_key))
+            .json(&json!({ "name": tenant_name }))
+            .send()
+            .await
+            .expect("sent"),
+        201,
+    )
+    .await;
+    let tenant = &body["tenant"];
+    Fixture {
+        org_id,
+        org_key,
+        tenant_id: tenant["id"].as_str().expect("id").to_owned(),
+        slug: tenant["slug"].as_str().expect("slug").to_owned(),
+        tenant_key: tenant["apiKey"].as_str().expect("key").to_owned(),
+    }
+}
+
+async fn deploy(host: &TestHost, tenant: &str, key: &str, path: &str) -> reqwest::Response {
+    host.api(
+        Method::PUT,
+        &format!("/tenant/{tenant}/component"),
+        Some(key),
+    )
+    .header("content-type", "application/wasm")
+    .body(wasm(path))
+    .send()
+    .await
+    .expect("sent")
+}
+
+#[tokio::test]
+async fn the_whole_tenant_lifecycle() {
+    let host = TestHost::start().await;
+    let f = fixture(&host, "Acme", "Acme Corp AI").await;
+    assert_eq!(f.slug, "acme-corp-ai");
+    assert!(f.tenant_key.starts_with("sk_tenant_"));
+
+    // Spawned, nothing deployed: the data plane says so.
+    assert_error(host.get(&f.slug, "/").await, 503, "no_deployment").await;
+    let status = json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/status", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(status["tenant"]["status"], "provisioning");
+    assert_eq!(
+        status["tenant"]["url"],
+        format!("http://acme-corp-ai.localhost:{}/", host.addr.port())
+    );
+
+    // Deploy v1 with the tenant's own key.
+    let v1 = json_of(
+        deploy(&host, &f.tenant_id, &f.tenant_key, guests::HELLO).await,
+        201,
+    )
+    .await;
+    assert_eq!(v1["deployment"]["version"], 1);
+    assert_eq!(v1["deployment"]["size"], wasm(guests::HELLO).len());
+    assert_eq!(v1["deployment"]["sha256"].as_str().map(str::len), Some(64));
+    assert!(v1["deployment"]["compileMs"].is_number());
+    assert!(v1["deployment"]["activatedAt"].is_string());
+    let hello = host.get(&f.slug, "/").await.text().await.expect("body");
+    assert!(hello.contains("Hello from Lodge"), "{hello}");
+
+    // v2 replaces it.
+    let v2 = json_of(
+        deploy(&host, &f.slug, &f.org_key, guests::HOSTILE).await,
+        201,
+    )
+    .await;
+    assert_eq!(v2["deployment"]["version"], 2);
+    let logged = host.get(&f.slug, "/log").await;
+    let request_id = logged.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(logged.text().await.expect("body"), "logged\n");
+
+    // Its logs, through the API, tagged with the request id.
+    let logs = json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/logs?limit=50", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    let lines = logs["lines"].as_array().expect("lines");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "hello on stdout" && l["requestId"] == request_id.as_str()),
+        "{logs}"
+    );
+
+    let deployments = json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/deployments", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(deployments["activeVersion"], 2);
+    assert_eq!(deployments["deployments"].as_array().map(Vec::len), Some(2));
+
+    // Roll back to v1.
+    json_of(
+        host.api(
+            Method::POST,
+            &format!("/tenant/{}/rollback", f.slug),
+            Some(&f.tenant_key),
+        )
+        .json(&json!({ "version": 1 }))
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert!(
+        host.get(&f.slug, "/log")
+            .await
+            .text()
+            .await
+            .expect("body")
+            .contains("Hello from Lodge")
+    );
+    let missing = host
+        .api(
+            Method::POST,
+            &format!("/tenant/{}/rollback", f.slug),
+            Some(&f.tenant_key),
+        )
+        .json(&json!({ "version": 99 }))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(missing, 404, "not_found").await;
+
+    // Stop and start.
+    let stopped = json_of(
+        host.api(
+            Method::POST,
+            &format!("/tenant/{}/stop", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(stopped["tenant"]["status"], "stopped");
+    assert_error(host.get(&f.slug, "/").await, 503, "tenant_stopped").await;
+    json_of(
+        host.api(
+            Method::POST,
+            &format!("/tenant/{}/start", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(host.get(&f.slug, "/").await.status(), 200);
+
+    // Env: names visible, values never.
+    let env = json_of(
+        host.api(
+            Method::PUT,
+            &format!("/tenant/{}/env", f.slug),
+            Some(&f.tenant_key),
+        )
+        .json(&json!({ "vars": { "GREETING": "s3cret-value", "OTHER": "x" } }))
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(env["names"], json!(["GREETING", "OTHER"]));
+    json_of(
+        host.api(
+            Method::PUT,
+            &format!("/tenant/{}/env", f.slug),
+            Some(&f.tenant_key),
+        )
+        .json(&json!({ "vars": { "OTHER": null } }))
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    let status = host
+        .api(
+            Method::GET,
+            &format!("/tenant/{}/status", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        status.contains("GREETING") && !status.contains("OTHER"),
+        "{status}"
+    );
+    assert!(
+        !status.contains("s3cret-value"),
+        "values are never returned: {status}"
+    );
+
+    // Rotate: the old key stops working, the new one works.
+    let rotated = json_of(
+        host.api(
+            Method::POST,
+            &format!("/tenant/{}/keys/rotate", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    let new_key = rotated["apiKey"].as_str().expect("key").to_owned();
+    let old = host
+        .api(
+            Method::GET,
+            &format!("/tenant/{}/status", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_error(old, 401, "unauthorized").await;
+    json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/status", f.slug),
+            Some(&new_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+
+    // Usage is metered.
+    let usage = json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/usage", f.slug),
+            Some(&new_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert!(
+        usage["days"][0]["requests"].as_i64().unwrap_or(0) >= 5,
+        "{usage}"
+    );
+    assert!(
+        usage["days"][0]["fuel"].as_i64().unwrap_or(0) > 0,
+        "{usage}"
+    );
+
+    // Delete: the data plane answers 404 at once, the slug is free again.
+    json_of(
+        host.api(
+            Method::DELETE,
+            &format!("/tenant/{}", f.slug),
+            Some(&f.org_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_error(host.get(&f.slug, "/").await, 404, "tenant_not_found").await;
+    let gone = host
+        .api(
+            Method::GET,
+            &format!("/tenant/{}/status", f.tenant_id),
+            Some(&f.org_key),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_error(gone, 404, "not_found").await;
+    let again = host
+        .api(Method::POST, "/tenant/spawn", Some(&f.org_key))
+        .json(&json!({ "name": "Acme Corp AI" }))
+        .send()
+        .await
+        .expect("sent");
+    let again = json_of(again, 201).await;
+    assert_ne!(again["tenant"]["id"], f.tenant_id.as_str());
+    assert_eq!(again["tenant"]["slug"], "acme-corp-ai");
+    assert_eq!(f.org_id.len(), 36);
+}
+
+#[tokio::test]
+async fn logs_follow_as_server_sent_events() {
+    let host = TestHost::start().await;
+    let f = fixture(&host, "Org", "tail-me").await;
+    json_of(
+        deploy(&host, &f.slug, &f.tenant_key, guests::HOSTILE).await,
+        201,
+    )
+    .await;
+    let response = host
+        .api(
+            Method::GET,
+            &format!("/tenant/{}/logs?follow=true", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let mut events = response.bytes_stream();
+    assert_eq!(host.get(&f.slug, "/log").await.status(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("hello on stderr") {
+        let chunk = tokio::time::timeout_at(deadline.into(), events.next())
+            .await
+            .expect("an event arrives in time")
+            .expect("stream open")
+            .expect("chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: log"), "{seen}");
+    assert!(seen.contains("hello on stdout"), "{seen}");
+}
+
+#[tokio::test]
+async fn tenants_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let host = TestHost::start_in(dir.path(), |_| {}).await;
+    let f = fixture(&host, "Org", "Survivor").await;
+    json_of(
+        deploy(&host, &f.slug, &f.tenant_key, guests::HELLO).await,
+        201,
+    )
+    .await;
+    let stopped = fixture(&host, "Org2", "Sleeper").await;
+    json_of(
+        deploy(&host, &stopped.slug, &stopped.tenant_key, guests::HELLO).await,
+        201,
+    )
+    .await;
+    json_of(
+        host.api(
+            Method::POST,
+            &format!("/tenant/{}/stop", stopped.slug),
+            Some(&stopped.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    json_of(
+        host.api(
+            Method::PUT,
+            &format!("/tenant/{}/env", f.slug),
+            Some(&f.tenant_key),
+        )
+        .json(&json!({ "vars": { "KEPT": "yes" } }))
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(host.get(&f.slug, "/").await.status(), 200);
+    host.shutdown().await;
+
+    let host = TestHost::start_in(dir.path(), |_| {}).await;
+    let tenant = host.lodge.registry.get(&f.slug).expect("restored");
+    let active = tenant.active().expect("active version restored");
+    assert_eq!(active.version, 1);
+    assert!(
+        active.app.from_cache,
+        "served from the precompiled artifact, not recompiled"
+    );
+    assert_eq!(host.get(&f.slug, "/").await.status(), 200);
+    assert_error(host.get(&stopped.slug, "/").await, 503, "tenant_stopped").await;
+    let status = json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/status", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(status["env"], json!(["KEPT"]));
+    assert_eq!(status["tenant"]["status"], "running");
+}
+
+#[tokio::test]
+async fn a_redeploy_under_load_switches_versions_atomically() {
+    let host = TestHost::start().await;
+    let f = fixture(&host, "Org", "busy").await;
+    json_of(
+        deploy(&host, &f.slug, &f.tenant_key, guests::HELLO).await,
+        201,
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = host.client.clone();
+            let url = host.path_url(&f.slug, "/status?code=200");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = client.get(&url).send().await.expect("sent");
+                    let status = response.status().as_u16();
+                    let body = response.text().await.expect("body");
+                    seen.push((status, body));
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    json_of(
+        deploy(&host, &f.slug, &f.tenant_key, guests::WSTD_ECHO).await,
+        201,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut old, mut new) = (0, 0);
+    for worker in workers {
+        for (status, body) in worker.await.expect("joined") {
+            assert_eq!(status, 200, "no request fails during a deploy: {body}");
+            if body.contains("Hello from Lodge") {
+                old += 1;
+            } else if body == "status 200\n" {
+                new += 1;
+            } else {
+                panic!("a response from neither version: {body}");
+            }
+        }
+    }
+    assert!(
+        old > 0 && new > 0,
+        "both versions served: {old} old, {new} new"
+    );
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_and_the_active_version_keeps_serving() {
+    let host = TestHost::start_with(|c| c.max_component_bytes = 400 * 1024).await;
+    let f = fixture(&host, "Org", "careful").await;
+    json_of(
+        deploy(&host, &f.slug, &f.tenant_key, guests::HELLO).await,
+        201,
+    )
+    .await;
+    let put = |body: Vec<u8>, content_type: &'static str| {
+        host.api(
+            Method::PUT,
+            &format!("/tenant/{}/component", f.slug),
+            Some(&f.tenant_key),
+        )
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+    };
+
+    let not_wasm = put(b"#!/bin/sh\necho hi\n".to_vec(), "application/wasm")
+        .await
+        .expect("sent");
+    let body = assert_error(not_wasm, 400, "invalid_component").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not a WebAssembly binary")
+    );
+
+    let core = wat::parse_str("(module)").expect("wat");
+    let body = assert_error(
+        put(core, "application/wasm").await.expect("sent"),
+        400,
+        "invalid_component",
+    )
+    .await;
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("core WebAssembly module") && message.contains("wasm32-wasip2"),
+        "{message}"
+    );
+
+    let foreign = wat::parse_str(r#"(component (import "acme:secret/vault@1.0.0" (instance)))"#)
+        .expect("wat");
+    let body = assert_error(
+        put(foreign, "application/wasm").await.expect("sent"),
+        400,
+        "invalid_component",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("acme:secret/vault@1.0.0")
+    );
+
+    let truncated = wasm(guests::HELLO)[..1000].to_vec();
+    assert_error(
+        put(truncated, "application/wasm").await.expect("sent"),
+        400,
+        "invalid_component",
+    )
+    .await;
+
+    let too_big = wasm(guests::HOSTILE);
+    assert!(too_big.len() > 400 * 1024);
+    assert_error(
+        put(too_big, "application/wasm").await.expect("sent"),
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    let wrong_type = put(wasm(guests::HELLO), "text/plain").await.expect("sent");
+    assert_error(wrong_type, 415, "unsupported_media_type").await;
+
+    assert_error(
+        put(Vec::new(), "application/wasm").await.expect("sent"),
+        400,
+        "invalid_component",
+    )
+    .await;
+
+    // Still version 1, still serving.
+    let deployments = json_of(
+        host.api(
+            Method::GET,
+            &format!("/tenant/{}/deployments", f.slug),
+            Some(&f.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(deployments["activeVersion"], 1);
+    assert_eq!(deployments["deployments"].as_array().map(Vec::len), Some(1));
+    assert_eq!(host.get(&f.slug, "/").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_auth_matrix_is_consistent() {
+    let host = TestHost::start().await;
+    let mine = fixture(&host, "Mine", "mine").await;
+    let theirs = fixture(&host, "Theirs", "theirs").await;
+    // A sibling tenant in my own organization.
+    let sibling = json_of(
+        host.api(Method::POST, "/tenant/spawn", Some(&mine.org_key))
+            .json(&json!({ "name": "sibling" }))
+            .send()
+            .await
+            .expect("sent"),
+        201,
+    )
+    .await;
+    let sibling_key = sibling["tenant"]["apiKey"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    // A revoked key: rotate a throwaway tenant's key.
+    let revoked = fixture(&host, "Gone", "gone").await;
+    json_of(
+        host.api(
+            Method::POST,
+            &format!("/tenant/{}/keys/rotate", revoked.slug),
+            Some(&revoked.tenant_key),
+        )
+        .send()
+        .await
+        .expect("sent"),
+        200,
+    )
+    .await;
+
+    let t = &mine.slug;
+    let endpoints: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/tenant/{t}/status"), None),
+        (Method::GET, format!("/tenant/{t}/logs"), None),
+        (Method::GET, format!("/tenant/{t}/deployments"), None),
+        (Method::GET, format!("/tenant/{t}/usage"), None),
+        (
+            Method::POST,
+            format!("/tenant/{t}/rollback"),
+            Some(json!({ "version": 1 })),
+        ),
+        (Method::POST, format!("/tenant/{t}/stop"), None),
+        (Method::POST, format!("/tenant/{t}/start"), None),
+        (
+            Method::PUT,
+            format!("/tenant/{t}/env"),
+            Some(json!({ "vars": { "A": "1" } })),
+        ),
+        (Method::POST, format!("/tenant/{t}/keys/rotate"), None),
+    ];
+    let cases: Vec<(&str, Option<String>, u16)> = vec![
+        ("no key", None, 401),
+        ("malformed key", Some("not-a-key".to_owned()), 401),
+        ("revoked key", Some(revoked.tenant_key.clone()), 401),
+        ("another org's key", Some(theirs.org_key.clone()), 404),
+        (
+            "another org's tenant key",
+            Some(theirs.tenant_key.clone()),
+            404,
+        ),
+        ("a sibling tenant's key", Some(sibling_key.clone()), 404),
+    ];
+    for (method, path, body) in &endpoints {
+        for (label, key, expected) in &cases {
+            let mut request = host.api(method.clone(), path, key.as_deref());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            assert_eq!(status, *expected, "{method} {path} with {label}: {text}");
+            assert!(
+                text.contains("\"error\""),
+                "{method} {path} with {label}: {text}"
+            );
+            // Another org's tenant looks exactly like one that does not exist.
+            if *expected == 404 {
+                let ghost = path.replace(t.as_str(), "no-such-tenant");
+                let mut request = host.api(method.clone(), &ghost, key.as_deref());
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let ghost_text = request
+                    .send()
+                    .await
+                    .expect("sent")
+                    .text()
+                    .await
+                    .unwrap_or_default();
+                assert_eq!(text, ghost_text, "{method} {path} with {label}");
+            }
+        }
+    }
+    // The right keys: the tenant's own, its organization's, the admin's.
+    for key in [&mine.tenant_key, &mine.org_key, &ADMIN_TOKEN.to_owned()] {
+        let response = host
+            .api(Method::GET, &format!("/tenant/{t}/status"), Some(key))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200);
+    }
+    // Organization-level endpoints.
+    let forbidden = [
+        (
+            Method::POST,
+            "/orgs",
+            Some(json!({ "name": "x" })),
+            mine.org_key.clone(),
+        ),
+        (
+            Method::POST,
+            "/orgs",
+            Some(json!({ "name": "x" })),
+            mine.tenant_key.clone(),
+        ),
+        (
+            Method::POST,
+            "/tenant/spawn",
+            Some(json!({ "name": "x" })),
+            mine.tenant_key.clone(),
+        ),
+        (Method::GET, "/tenant", None, mine.tenant_key.clone()),
+    ];
+    for (method, path, body, key) in forbidden {
+        let mut request = host.api(method.clone(), path, Some(&key));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        assert_error(request.send().await.expect("sent"), 403, "forbidden").await;
+    }
+    for path in ["/tenant", "/orgs"] {
+        let no_key = host
+            .api(Method::GET, path, None)
+            .send()
+            .await
+            .expect("sent");
+        assert!(matches!(no_key.status().as_u16(), 401 | 405), "{path}");
+    }
+    // An org lists only its own tenants.
+    let list = json_of(
+        host.api(Method::GET, "/tenant", Some(&mine.org_key))
+            .send()
+            .await
+            .expect("sent"),
+        200,
+    )
+    .await;
+    let slugs: Vec<&str> = list["tenants"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["slug"].as_str())
+        .collect();
+    assert_eq!(slugs, ["mine", "sibling"]);
+    let all = json_of(
+        host.api(Method::GET, "/tenant?limit=2", Some(ADMIN_TOKEN))
+            .send()
+            .await
+            .expect("sent"),
+        200,
+    )
+    .await;
+    assert_eq!(all["tenants"].as_array().map(Vec::len), Some(2));
+    assert_eq!(all["nextOffset"], 2);
+}
+
+#[tokio::test]
+async fn concurrent_spawns_of_one_name_create_one_tenant() {
+    let host = TestHost::start().await;
+    let (_, org_key) = org(&host, "Racers").await;
+    let attempts: Vec<_> = (0..12)
+        .map(|_| {
+            host.api(Method::POST, "/tenant/spawn", Some(&org_key))
+                .json(&json!({ "name": "Same Name" }))
+                .send()
+        })
+        .collect();
+    let mut statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("sent").status().as_u16())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses[0], 201);
+    assert!(statuses[1..].iter().all(|s| *s == 409), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn every_failure_has_the_same_shape() {
+    let host = TestHost::start().await;
+    let bad_json = host
+        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    assert_error(bad_json, 400, "invalid_json").await;
+    let unknown_field = host
+        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
+        .json(&json!({ "name": "x", "colour": "blue" }))
+        .send()
+        .await
+        .expect("sent");
+    let body = assert_error(unknown_field, 400, "invalid_json").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("colour"),
+        "{body}"
+    );
+    let no_type = host
+        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
+        .body(r#"{"name":"x"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_error(no_type, 415, "unsupported_media_type").await;
+    let unknown_plan = host
+        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
+        .json(&json!({ "name": "x", "plan": "platinum" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(unknown_plan, 400, "invalid_request").await;
+    let unknown_route = host
+        .api(Method::GET, "/nope", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(unknown_route, 404, "not_found").await;
+    let wrong_method = host
+        .api(Method::DELETE, "/orgs", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(wrong_method, 405, "method_not_allowed").await;
+    let bad_query = host
+        .api(Method::GET, "/tenant?limit=lots", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(bad_query, 400, "invalid_query").await;
+    let unauthorized = host
+        .api(Method::GET, "/tenant", None)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unauthorized.headers()["www-authenticate"], "Bearer");
+    assert_error(unauthorized, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn the_api_documents_itself() {
+    let host = TestHost::start().await;
+    let doc: Value = host
+        .client
+        .get(format!("http://{}/api-docs/openapi.json", host.addr))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in [
+        "/api/v1/orgs",
+        "/api/v1/tenant/spawn",
+        "/api/v1/tenant",
+        "/api/v1/tenant/{id}/component",
+        "/api/v1/tenant/{id}/logs",
+        "/api/v1/tenant/{id}/rollback",
+    ] {
+        assert!(paths.contains_key(path), "{path} documented");
+    }
+    let page = host
+        .client
+        .get(format!("http://{}/api-docs", host.addr))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .expect("body")
+            .contains("/api-docs/openapi.json")
+    );
+    let ready = host
+        .client
+        .get(format!("http://{}/readyz", host.addr))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200);
+}
