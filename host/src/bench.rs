@@ -46,6 +46,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub wasmtime: Option<PathBuf>,
 
+    /// Pass the same limits (fuel, timeout, memory) to `wasmtime serve`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub wasmtime_limits: bool,
+
+    /// Extra arguments for `wasmtime serve` (repeatable), e.g. `-Opooling-allocator=y`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub wasmtime_arg: Vec<String>,
+
     /// Data directory for the host under test (a temporary one by default).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -74,6 +82,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub native_unwind_info: Option<bool>,
 
+    /// Cranelift's single-pass register allocator.
+    #[arg(long)]
+    pub single_pass_regalloc: Option<bool>,
+
+    /// Cranelift optimisation passes.
+    #[arg(long)]
+    pub optimize: Option<bool>,
+
     /// Epoch tick in milliseconds (deadline granularity).
     #[arg(long)]
     pub epoch_tick_ms: Option<u64>,
@@ -81,12 +97,24 @@ pub struct BenchArgs {
     /// Fuel between async yields of a running guest.
     #[arg(long)]
     pub fuel_yield_interval: Option<u64>,
+
+    /// Components whose deploy time (upload → first 200) and restart time to measure.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "target/guests/wasm32-wasip2/guest/hello.wasm,target/guests/wasm32-wasip2/guest/hostile.wasm"
+    )]
+    pub deploy_components: Vec<PathBuf>,
+
+    /// Skip the throughput runs (deploy and restart timings only).
+    #[arg(long)]
+    pub deploy_only: bool,
 }
 
 impl BenchArgs {
     /// The host configuration under test: defaults, overridden by the tuning flags.
     fn tuned(&self, mut config: HostConfig) -> HostConfig {
-        let pool = &mut config.pool;
+        let pool = &mut config.engine;
         pool.linear_memory_keep_resident = self
             .memory_keep_resident
             .unwrap_or(pool.linear_memory_keep_resident);
@@ -94,6 +122,10 @@ impl BenchArgs {
         pool.decommit_batch_size = self.decommit_batch_size.unwrap_or(pool.decommit_batch_size);
         pool.pagemap_scan = self.pagemap_scan.unwrap_or(pool.pagemap_scan);
         pool.native_unwind_info = self.native_unwind_info.unwrap_or(pool.native_unwind_info);
+        pool.single_pass_regalloc = self
+            .single_pass_regalloc
+            .unwrap_or(pool.single_pass_regalloc);
+        pool.optimize = self.optimize.unwrap_or(pool.optimize);
         if let Some(ms) = self.epoch_tick_ms {
             config.epoch_tick = Duration::from_millis(ms.max(1));
         }
@@ -121,6 +153,140 @@ pub struct Sample {
 
 /// Runs `lodge bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.deploy_only {
+        throughput(&args).await?;
+    }
+    deploy_timings(&args).await
+}
+
+/// Upload → first 200 for each component on a fresh host (nothing cached), then
+/// the same tenants after a restart: time to reopen, and to the first 200.
+async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
+    const TOKEN: &str = "sk_admin_bench";
+    let data = tempfile::tempdir()?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut rows = Vec::new();
+
+    let config = args.tuned(HostConfig::default());
+    let (lodge, addr, stop) = start_host(&config, data.path(), TOKEN).await?;
+    let api = |path: &str| format!("http://{addr}/api/v1{path}");
+    let org: serde_json::Value = client
+        .post(api("/orgs"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": "bench" }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let org_id = org["org"]["id"].as_str().unwrap_or_default().to_owned();
+    let mut slugs = Vec::new();
+    for (i, path) in args.deploy_components.iter().enumerate() {
+        let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let slug = format!("deploy-{i}");
+        client
+            .post(api("/tenant/spawn"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "name": slug, "orgId": org_id }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let started = Instant::now();
+        let deployed: serde_json::Value = client
+            .put(api(&format!("/tenant/{slug}/component")))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/wasm")
+            .body(wasm.clone())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let first = client
+            .get(format!("http://{addr}/tenants/{slug}/"))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            first.status().is_success() || first.status().is_client_error(),
+            "first request failed: {}",
+            first.status()
+        );
+        let deploy_ms = started.elapsed().as_secs_f64() * 1000.0;
+        rows.push((
+            path.clone(),
+            wasm.len(),
+            deployed["deployment"]["compileMs"].as_i64().unwrap_or(0),
+            deploy_ms,
+        ));
+        slugs.push(slug);
+    }
+    let _ = stop.send(());
+    drop(lodge);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let reopened = Instant::now();
+    let (lodge, addr, stop) = start_host(&config, data.path(), TOKEN).await?;
+    let reopen_ms = reopened.elapsed().as_secs_f64() * 1000.0;
+    let mut firsts = Vec::new();
+    for slug in &slugs {
+        let started = Instant::now();
+        let response = client
+            .get(format!("http://{addr}/tenants/{slug}/"))
+            .send()
+            .await?;
+        let _ = response.bytes().await?;
+        firsts.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = stop.send(());
+    drop(lodge);
+
+    println!();
+    println!("## deploy and restart");
+    println!();
+    println!(
+        "| component | size | compile (server) | upload → first response | after restart: first response |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for ((path, size, compile_ms, deploy_ms), first_ms) in rows.iter().zip(&firsts) {
+        println!(
+            "| {} | {} KB | {compile_ms} ms | {deploy_ms:.0} ms | {first_ms:.1} ms |",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size / 1024,
+        );
+    }
+    println!();
+    println!(
+        "host reopen with {} tenants (database + artifacts, no compilation): {reopen_ms:.0} ms",
+        slugs.len()
+    );
+    Ok(())
+}
+
+/// A host on `dir` serving on a loopback port, in this runtime.
+async fn start_host(
+    config: &HostConfig,
+    dir: &std::path::Path,
+    token: &str,
+) -> anyhow::Result<(Arc<Lodge>, SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let lodge = Lodge::open(config.clone().with(|c| {
+        c.listen = addr;
+        c.data_dir = dir.to_owned();
+        c.artifacts_dir = None;
+        c.admin_token = Some(token.to_owned());
+    }))
+    .await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(lodge.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    Ok((lodge, addr, stop))
+}
+
+/// Requests/s and latency of the hello component, and of `wasmtime serve` if given.
+async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     let wasm = std::fs::read(&args.component).with_context(|| {
         format!(
             "reading {} (build it with `cargo test` or `cargo build -p hello --target wasm32-wasip2 --profile guest --target-dir target/guests`)",
@@ -147,7 +313,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     let tuning = format!(
         "{:?}, epoch tick {:?}, fuel yield every {}",
-        config.pool, config.epoch_tick, config.fuel_yield_interval
+        config.engine, config.epoch_tick, config.fuel_yield_interval
     );
 
     // The host gets a runtime of its own so its threads are not the load generator's.
@@ -205,7 +371,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             stats.instantiations.load(Ordering::Relaxed),
             stats.instantiate_nanos.load(Ordering::Relaxed),
         );
-        let sample = drive(addr, "hello.localhost", conns, &args).await?;
+        let sample = drive(addr, "hello.localhost", conns, args).await?;
         let count = stats.instantiations.load(Ordering::Relaxed) - before.0;
         let nanos = stats.instantiate_nanos.load(Ordering::Relaxed) - before.1;
         let inst_us = if count > 0 {
@@ -221,7 +387,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut wasmtime_results = Vec::new();
     if let Some(bin) = &args.wasmtime {
         for &conns in &args.connections {
-            wasmtime_results.push(run_wasmtime(bin, &args, conns).await?);
+            wasmtime_results.push(run_wasmtime(bin, args, conns).await?);
         }
     }
 
@@ -278,13 +444,19 @@ async fn run_wasmtime(bin: &PathBuf, args: &BenchArgs, conns: usize) -> anyhow::
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let limits = Limits::default();
-    let mut child = tokio::process::Command::new(bin)
+    let mut command = tokio::process::Command::new(bin);
+    command
         .arg("serve")
         .arg(format!("--addr={addr}"))
-        .arg(format!("-Wfuel={}", limits.fuel))
-        .arg(format!("-Wtimeout={}ms", limits.timeout.as_millis()))
-        .arg(format!("-Wmax-memory-size={}", limits.memory_bytes))
-        .arg("-Scli")
+        .arg("-Scli");
+    if args.wasmtime_limits {
+        command
+            .arg(format!("-Wfuel={}", limits.fuel))
+            .arg(format!("-Wtimeout={}ms", limits.timeout.as_millis()))
+            .arg(format!("-Wmax-memory-size={}", limits.memory_bytes));
+    }
+    let mut child = command
+        .args(&args.wasmtime_arg)
         .arg(&args.component)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

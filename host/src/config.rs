@@ -78,17 +78,17 @@ pub struct HostConfig {
     pub fuel_yield_interval: u64,
     /// Log lines kept in memory per tenant.
     pub log_lines_per_tenant: usize,
-    /// Tuning of the pooling allocator (see `docs/benchmarks.md`).
-    pub pool: PoolTuning,
+    /// Tuning of the pooling allocator and the compiler (see `docs/benchmarks.md`).
+    pub engine: EngineTuning,
     /// Largest component accepted by `PUT /tenant/{id}/component`, in bytes.
     pub max_component_bytes: usize,
     /// The operator token; generated into the data dir when `None`.
     pub admin_token: Option<String>,
 }
 
-/// Pooling-allocator knobs measured in `docs/benchmarks.md`.
+/// Engine knobs (pooling allocator, compiler) measured in `docs/benchmarks.md`.
 #[derive(Debug, Clone)]
-pub struct PoolTuning {
+pub struct EngineTuning {
     /// Bytes of each linear memory kept resident (memset instead of madvise) on reuse.
     pub linear_memory_keep_resident: usize,
     /// Bytes of each table kept resident on reuse.
@@ -99,17 +99,31 @@ pub struct PoolTuning {
     pub native_unwind_info: bool,
     /// Use Linux's `PAGEMAP_SCAN` to reset only dirtied pages when a slot is reused.
     pub pagemap_scan: bool,
+    /// Cranelift's single-pass register allocator: faster compiles, slower code.
+    pub single_pass_regalloc: bool,
+    /// Cranelift optimisations (`false`: no optimisation passes, faster compiles).
+    pub optimize: bool,
 }
 
-impl Default for PoolTuning {
+impl Default for EngineTuning {
     fn default() -> Self {
         Self {
             linear_memory_keep_resident: 2 * 1024 * 1024,
             table_keep_resident: 64 * 1024,
             decommit_batch_size: 1,
             native_unwind_info: false,
-            pagemap_scan: false,
+            pagemap_scan: true,
+            single_pass_regalloc: false,
+            optimize: true,
         }
+    }
+}
+
+impl HostConfig {
+    /// This configuration, changed by `f`.
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
     }
 }
 
@@ -144,7 +158,7 @@ impl Default for HostConfig {
             epoch_tick: Duration::from_millis(10),
             fuel_yield_interval: 1_000_000,
             log_lines_per_tenant: 1000,
-            pool: PoolTuning::default(),
+            engine: EngineTuning::default(),
             max_component_bytes: 64 * 1024 * 1024,
             admin_token: None,
         }

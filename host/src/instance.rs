@@ -173,10 +173,10 @@ impl Runtime {
             .max_tables_per_component(8)
             .max_core_instances_per_component(32)
             .max_memory_size(config.max_memory_per_instance)
-            .linear_memory_keep_resident(config.pool.linear_memory_keep_resident)
-            .table_keep_resident(config.pool.table_keep_resident)
-            .decommit_batch_size(config.pool.decommit_batch_size)
-            .pagemap_scan(if config.pool.pagemap_scan {
+            .linear_memory_keep_resident(config.engine.linear_memory_keep_resident)
+            .table_keep_resident(config.engine.table_keep_resident)
+            .decommit_batch_size(config.engine.decommit_batch_size)
+            .pagemap_scan(if config.engine.pagemap_scan {
                 wasmtime::Enabled::Auto
             } else {
                 wasmtime::Enabled::No
@@ -186,7 +186,17 @@ impl Runtime {
         wasm.wasm_component_model(true)
             .consume_fuel(true)
             .epoch_interruption(true)
-            .native_unwind_info(config.pool.native_unwind_info)
+            .native_unwind_info(config.engine.native_unwind_info)
+            .cranelift_regalloc_algorithm(if config.engine.single_pass_regalloc {
+                wasmtime::RegallocAlgorithm::SinglePass
+            } else {
+                wasmtime::RegallocAlgorithm::Backtracking
+            })
+            .cranelift_opt_level(if config.engine.optimize {
+                wasmtime::OptLevel::Speed
+            } else {
+                wasmtime::OptLevel::None
+            })
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm)
             .map_err(anyhow::Error::from)
