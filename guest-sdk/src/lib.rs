@@ -16,6 +16,9 @@
 //!
 //! Everything a guest prints to stdout or stderr becomes a line of the tenant's
 //! log, tagged with the request id.
+//!
+//! Host capabilities: [`kv`] (tenant-scoped key-value storage,
+//! `wasi:keyvalue@0.2.0-draft2`).
 
 pub use wstd;
 pub use wstd::http::{Body, Error, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -107,3 +110,15 @@ macro_rules! serve {
 pub mod __internal {
     pub use wstd::__internal::wasip2;
 }
+
+/// Bindings generated from `wit/` (world `lodge:platform/guest-imports`).
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "lodge:platform/guest-imports",
+        generate_all,
+    });
+}
+
+pub mod kv;

@@ -343,21 +343,16 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                 )
             });
         }
-        ClientCommand::Tenant(TenantCommand::Stop { tenant }) => {
+        ClientCommand::Tenant(
+            command @ (TenantCommand::Stop { .. } | TenantCommand::Start { .. }),
+        ) => {
+            let (tenant, action) = match &command {
+                TenantCommand::Stop { tenant } => (tenant, "/stop"),
+                TenantCommand::Start { tenant } => (tenant, "/start"),
+                _ => unreachable!("matched above"),
+            };
             let v = client
-                .send(client.request(Method::POST, &tenant_path(&tenant, "/stop")))
-                .await?;
-            print(&v, &|v| {
-                format!(
-                    "{} is {}",
-                    v["tenant"]["slug"].as_str().unwrap_or(""),
-                    v["tenant"]["status"].as_str().unwrap_or("")
-                )
-            });
-        }
-        ClientCommand::Tenant(TenantCommand::Start { tenant }) => {
-            let v = client
-                .send(client.request(Method::POST, &tenant_path(&tenant, "/start")))
+                .send(client.request(Method::POST, &tenant_path(tenant, action)))
                 .await?;
             print(&v, &|v| {
                 format!(

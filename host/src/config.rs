@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_resources: usize,
     /// Bytes of stdout+stderr kept from one request; the rest is dropped.
     pub log_bytes_per_request: usize,
+    /// Key-value keys across all of the tenant's buckets.
+    pub kv_max_keys: i64,
+    /// Key-value bytes (keys + values) across all of the tenant's buckets.
+    pub kv_max_bytes: i64,
 }
 
 impl Limits {
@@ -49,6 +53,8 @@ impl Default for Limits {
             max_request_body: Self::DEFAULT_MAX_REQUEST_BODY,
             max_resources: 10_000,
             log_bytes_per_request: 256 * 1024,
+            kv_max_keys: 100_000,
+            kv_max_bytes: 256 * 1024 * 1024,
         }
     }
 }

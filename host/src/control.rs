@@ -198,7 +198,7 @@ impl Lodge {
     pub fn live(&self, record: &TenantRecord) -> Result<Arc<Tenant>, ControlError> {
         self.registry
             .get(&record.slug)
-            .filter(|t| t.id == record.id)
+            .filter(|t| *t.id == *record.id)
             .ok_or(ControlError::NotFound("tenant"))
     }
 
@@ -353,7 +353,7 @@ impl Lodge {
         if let Some(tenant) = self
             .registry
             .get(&record.slug)
-            .filter(|t| t.id == record.id)
+            .filter(|t| *t.id == *record.id)
         {
             self.registry.remove(&record.slug);
             tenant.update(|state| {

@@ -12,6 +12,7 @@ use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::capability::keyvalue::KeyValueCtx;
 use crate::error::DataPlaneError;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
@@ -19,7 +20,7 @@ use crate::logs::LogStream;
 use crate::registry::Tenant;
 use crate::routing::{self, Route};
 use crate::server::{Lodge, ResponseBody};
-use crate::storage::TenantStatus;
+use crate::storage::{KvQuota, TenantStatus};
 
 /// Serves `req`, addressed to `route`, with request id `request_id`.
 pub async fn handle(
@@ -99,6 +100,14 @@ async fn run(
         env: &state.env,
         admission,
         counters: &tenant.counters,
+        keyvalue: KeyValueCtx {
+            tenant_id: tenant.id.clone(),
+            storage: lodge.storage.clone(),
+            quota: KvQuota {
+                max_keys: limits.kv_max_keys,
+                max_bytes: limits.kv_max_bytes,
+            },
+        },
     };
     match lodge.runtime.invoke(&app, call, request).await {
         Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),

@@ -32,15 +32,16 @@ use crate::limits::{Admission, GrowthDenied, GuestLimiter, MemoryBudget};
 use crate::logs::{LogStream, TenantLogs};
 use crate::registry::TenantCounters;
 
-/// Interface packages the host links (at `@0.2.x`); anything else is a missing import.
-const PROVIDED_PACKAGES: &[&str] = &[
-    "wasi:cli",
-    "wasi:clocks",
-    "wasi:filesystem",
-    "wasi:http",
-    "wasi:io",
-    "wasi:random",
-    "wasi:sockets",
+/// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
+const PROVIDED_PACKAGES: &[(&str, &str)] = &[
+    ("wasi:cli", "0.2."),
+    ("wasi:clocks", "0.2."),
+    ("wasi:filesystem", "0.2."),
+    ("wasi:http", "0.2."),
+    ("wasi:io", "0.2."),
+    ("wasi:random", "0.2."),
+    ("wasi:sockets", "0.2."),
+    ("wasi:keyvalue", "0.2.0-draft2"),
 ];
 
 /// Why a `.wasm` cannot be served. Each message tells the tenant what to do.
@@ -157,6 +158,8 @@ pub struct Invocation<'a> {
     pub admission: Admission,
     /// Where the fuel burnt is counted.
     pub counters: &'a Arc<TenantCounters>,
+    /// The tenant's key-value storage.
+    pub keyvalue: capability::keyvalue::KeyValueCtx,
 }
 
 impl Runtime {
@@ -370,9 +373,10 @@ impl Runtime {
             log_bytes: limits.log_bytes_per_request,
             max_resources: limits.max_resources,
             env: call.env,
+            keyvalue: call.keyvalue,
         };
         let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
-        let mut store = Store::new(&self.engine, GuestState::new(&grant, limiter));
+        let mut store = Store::new(&self.engine, GuestState::new(grant, limiter));
         store.limiter(|state| &mut state.limiter);
         let ticks = limits
             .timeout
@@ -513,8 +517,9 @@ fn missing_imports(engine: &Engine, component: &Component) -> Vec<String> {
             Some((path, version)) => (path.split('/').next().unwrap_or(path), Some(version)),
             None => (name.split('/').next().unwrap_or(name), None),
         };
-        let provided =
-            PROVIDED_PACKAGES.contains(&package) && version.is_some_and(|v| v.starts_with("0.2."));
+        let provided = PROVIDED_PACKAGES
+            .iter()
+            .any(|(p, v)| *p == package && version.is_some_and(|version| version.starts_with(v)));
         if !provided {
             missing.insert(name.to_owned());
         }

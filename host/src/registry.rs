@@ -90,7 +90,7 @@ impl TenantCounters {
 #[derive(Debug)]
 pub struct Tenant {
     /// Its id in storage.
-    pub id: String,
+    pub id: Arc<str>,
     /// The slug requests address it by.
     pub slug: String,
     /// Its plan's limits.
@@ -108,7 +108,7 @@ pub struct Tenant {
 impl Tenant {
     /// A tenant with no deployment yet.
     pub fn new(
-        id: impl Into<String>,
+        id: impl Into<Arc<str>>,
         slug: impl Into<String>,
         limits: Limits,
         logs: Arc<TenantLogs>,

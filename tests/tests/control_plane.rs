@@ -25,13 +25,29 @@ async fn json_of(response: reqwest::Response, status: u16) -> Value {
     body
 }
 
+/// Calls the API and asserts the status; returns the JSON body.
+async fn call(
+    host: &TestHost,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<&Value>,
+    status: u16,
+) -> Value {
+    let mut request = host.api(method, path, Some(key));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    json_of(request.send().await.expect("sent"), status).await
+}
+
 async fn org(host: &TestHost, name: &str) -> (String, String) {
-    let body = json_of(
-        host.api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
-            .json(&json!({ "name": name }))
-            .send()
-            .await
-            .expect("sent"),
+    let body = call(
+        host,
+        Method::POST,
+        "/orgs",
+        ADMIN_TOKEN,
+        Some(&json!({ "name": name })),
         201,
     )
     .await;
@@ -43,12 +59,12 @@ async fn org(host: &TestHost, name: &str) -> (String, String) {
 
 async fn fixture(host: &TestHost, org_name: &str, tenant_name: &str) -> Fixture {
     let (org_id, org_key) = org(host, org_name).await;
-    let body = json_of(
-        host.api(Method::POST, "/tenant/spawn", Some(&org_key))
-            .json(&json!({ "name": tenant_name }))
-            .send()
-            .await
-            .expect("sent"),
+    let body = call(
+        host,
+        Method::POST,
+        "/tenant/spawn",
+        &org_key,
+        Some(&json!({ "name": tenant_name })),
         201,
     )
     .await;
@@ -84,15 +100,12 @@ async fn the_whole_tenant_lifecycle() {
 
     // Spawned, nothing deployed: the data plane says so.
     assert_error(host.get(&f.slug, "/").await, 503, "no_deployment").await;
-    let status = json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/status", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let status = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/status", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
@@ -131,15 +144,12 @@ async fn the_whole_tenant_lifecycle() {
     assert_eq!(logged.text().await.expect("body"), "logged\n");
 
     // Its logs, through the API, tagged with the request id.
-    let logs = json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/logs?limit=50", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let logs = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/logs?limit=50", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
@@ -151,15 +161,12 @@ async fn the_whole_tenant_lifecycle() {
         "{logs}"
     );
 
-    let deployments = json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/deployments", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let deployments = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/deployments", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
@@ -167,16 +174,12 @@ async fn the_whole_tenant_lifecycle() {
     assert_eq!(deployments["deployments"].as_array().map(Vec::len), Some(2));
 
     // Roll back to v1.
-    json_of(
-        host.api(
-            Method::POST,
-            &format!("/tenant/{}/rollback", f.slug),
-            Some(&f.tenant_key),
-        )
-        .json(&json!({ "version": 1 }))
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/rollback", f.slug),
+        &f.tenant_key,
+        Some(&json!({ "version": 1 })),
         200,
     )
     .await;
@@ -201,59 +204,45 @@ async fn the_whole_tenant_lifecycle() {
     assert_error(missing, 404, "not_found").await;
 
     // Stop and start.
-    let stopped = json_of(
-        host.api(
-            Method::POST,
-            &format!("/tenant/{}/stop", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let stopped = call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/stop", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
     assert_eq!(stopped["tenant"]["status"], "stopped");
     assert_error(host.get(&f.slug, "/").await, 503, "tenant_stopped").await;
-    json_of(
-        host.api(
-            Method::POST,
-            &format!("/tenant/{}/start", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/start", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
     assert_eq!(host.get(&f.slug, "/").await.status(), 200);
 
     // Env: names visible, values never.
-    let env = json_of(
-        host.api(
-            Method::PUT,
-            &format!("/tenant/{}/env", f.slug),
-            Some(&f.tenant_key),
-        )
-        .json(&json!({ "vars": { "GREETING": "s3cret-value", "OTHER": "x" } }))
-        .send()
-        .await
-        .expect("sent"),
+    let env = call(
+        &host,
+        Method::PUT,
+        &format!("/tenant/{}/env", f.slug),
+        &f.tenant_key,
+        Some(&json!({ "vars": { "GREETING": "s3cret-value", "OTHER": "x" } })),
         200,
     )
     .await;
     assert_eq!(env["names"], json!(["GREETING", "OTHER"]));
-    json_of(
-        host.api(
-            Method::PUT,
-            &format!("/tenant/{}/env", f.slug),
-            Some(&f.tenant_key),
-        )
-        .json(&json!({ "vars": { "OTHER": null } }))
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::PUT,
+        &format!("/tenant/{}/env", f.slug),
+        &f.tenant_key,
+        Some(&json!({ "vars": { "OTHER": null } })),
         200,
     )
     .await;
@@ -279,15 +268,12 @@ async fn the_whole_tenant_lifecycle() {
     );
 
     // Rotate: the old key stops working, the new one works.
-    let rotated = json_of(
-        host.api(
-            Method::POST,
-            &format!("/tenant/{}/keys/rotate", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let rotated = call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/keys/rotate", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
@@ -302,29 +288,23 @@ async fn the_whole_tenant_lifecycle() {
         .await
         .expect("sent");
     assert_error(old, 401, "unauthorized").await;
-    json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/status", f.slug),
-            Some(&new_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/status", f.slug),
+        &new_key,
+        None,
         200,
     )
     .await;
 
     // Usage is metered.
-    let usage = json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/usage", f.slug),
-            Some(&new_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let usage = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/usage", f.slug),
+        &new_key,
+        None,
         200,
     )
     .await;
@@ -338,15 +318,12 @@ async fn the_whole_tenant_lifecycle() {
     );
 
     // Delete: the data plane answers 404 at once, the slug is free again.
-    json_of(
-        host.api(
-            Method::DELETE,
-            &format!("/tenant/{}", f.slug),
-            Some(&f.org_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::DELETE,
+        &format!("/tenant/{}", f.slug),
+        &f.org_key,
+        None,
         200,
     )
     .await;
@@ -430,28 +407,21 @@ async fn tenants_survive_a_restart() {
         201,
     )
     .await;
-    json_of(
-        host.api(
-            Method::POST,
-            &format!("/tenant/{}/stop", stopped.slug),
-            Some(&stopped.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/stop", stopped.slug),
+        &stopped.tenant_key,
+        None,
         200,
     )
     .await;
-    json_of(
-        host.api(
-            Method::PUT,
-            &format!("/tenant/{}/env", f.slug),
-            Some(&f.tenant_key),
-        )
-        .json(&json!({ "vars": { "KEPT": "yes" } }))
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::PUT,
+        &format!("/tenant/{}/env", f.slug),
+        &f.tenant_key,
+        Some(&json!({ "vars": { "KEPT": "yes" } })),
         200,
     )
     .await;
@@ -468,15 +438,12 @@ async fn tenants_survive_a_restart() {
     );
     assert_eq!(host.get(&f.slug, "/").await.status(), 200);
     assert_error(host.get(&stopped.slug, "/").await, 503, "tenant_stopped").await;
-    let status = json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/status", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let status = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/status", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
@@ -625,15 +592,12 @@ async fn bad_uploads_are_refused_and_the_active_version_keeps_serving() {
     .await;
 
     // Still version 1, still serving.
-    let deployments = json_of(
-        host.api(
-            Method::GET,
-            &format!("/tenant/{}/deployments", f.slug),
-            Some(&f.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    let deployments = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/deployments", f.slug),
+        &f.tenant_key,
+        None,
         200,
     )
     .await;
@@ -648,12 +612,12 @@ async fn the_auth_matrix_is_consistent() {
     let mine = fixture(&host, "Mine", "mine").await;
     let theirs = fixture(&host, "Theirs", "theirs").await;
     // A sibling tenant in my own organization.
-    let sibling = json_of(
-        host.api(Method::POST, "/tenant/spawn", Some(&mine.org_key))
-            .json(&json!({ "name": "sibling" }))
-            .send()
-            .await
-            .expect("sent"),
+    let sibling = call(
+        &host,
+        Method::POST,
+        "/tenant/spawn",
+        &mine.org_key,
+        Some(&json!({ "name": "sibling" })),
         201,
     )
     .await;
@@ -663,15 +627,12 @@ async fn the_auth_matrix_is_consistent() {
         .to_owned();
     // A revoked key: rotate a throwaway tenant's key.
     let revoked = fixture(&host, "Gone", "gone").await;
-    json_of(
-        host.api(
-            Method::POST,
-            &format!("/tenant/{}/keys/rotate", revoked.slug),
-            Some(&revoked.tenant_key),
-        )
-        .send()
-        .await
-        .expect("sent"),
+    call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/keys/rotate", revoked.slug),
+        &revoked.tenant_key,
+        None,
         200,
     )
     .await;
@@ -787,14 +748,7 @@ async fn the_auth_matrix_is_consistent() {
         assert!(matches!(no_key.status().as_u16(), 401 | 405), "{path}");
     }
     // An org lists only its own tenants.
-    let list = json_of(
-        host.api(Method::GET, "/tenant", Some(&mine.org_key))
-            .send()
-            .await
-            .expect("sent"),
-        200,
-    )
-    .await;
+    let list = call(&host, Method::GET, "/tenant", &mine.org_key, None, 200).await;
     let slugs: Vec<&str> = list["tenants"]
         .as_array()
         .expect("list")
@@ -802,11 +756,12 @@ async fn the_auth_matrix_is_consistent() {
         .filter_map(|t| t["slug"].as_str())
         .collect();
     assert_eq!(slugs, ["mine", "sibling"]);
-    let all = json_of(
-        host.api(Method::GET, "/tenant?limit=2", Some(ADMIN_TOKEN))
-            .send()
-            .await
-            .expect("sent"),
+    let all = call(
+        &host,
+        Method::GET,
+        "/tenant?limit=2",
+        ADMIN_TOKEN,
+        None,
         200,
     )
     .await;

@@ -7,6 +7,7 @@
 //! component may import; the capabilities issue adds Lodge's own here, one
 //! module each.
 
+pub mod keyvalue;
 pub mod outbound_http;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub struct GuestState {
     http: WasiHttpCtx,
     hooks: outbound_http::DenyOutbound,
     table: ResourceTable,
+    keyvalue: keyvalue::KeyValueCtx,
     /// Memory and table limits of this instance; read back after a trap.
     pub limiter: GuestLimiter,
 }
@@ -49,11 +51,13 @@ pub struct GuestGrant<'a> {
     pub max_resources: usize,
     /// Environment variables the tenant set (none by default; never the host's).
     pub env: &'a [(String, String)],
+    /// The tenant's key-value storage.
+    pub keyvalue: keyvalue::KeyValueCtx,
 }
 
 impl GuestState {
     /// A state granting nothing but what `grant` names: secure by default.
-    pub fn new(grant: &GuestGrant<'_>, limiter: GuestLimiter) -> Self {
+    pub fn new(grant: GuestGrant<'_>, limiter: GuestLimiter) -> Self {
         let budget = RequestLogBudget::new(grant.log_bytes);
         let sink = |stream| {
             LogSink::new(
@@ -78,6 +82,7 @@ impl GuestState {
             http: WasiHttpCtx::new(),
             hooks: outbound_http::DenyOutbound,
             table,
+            keyvalue: grant.keyvalue,
             limiter,
         }
     }
@@ -110,5 +115,8 @@ impl WasiHttpView for GuestState {
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    keyvalue::add_to_linker(linker, |state: &mut GuestState| {
+        keyvalue::KeyValue::new(&state.keyvalue, &mut state.table)
+    })?;
     Ok(())
 }

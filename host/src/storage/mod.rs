@@ -37,6 +37,38 @@ impl From<sqlx::Error> for StorageError {
     }
 }
 
+/// Why a key-value write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The tenant's key or byte quota would be exceeded.
+    #[error("quota-exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The stored value is not an integer (for `increment`).
+    #[error("the value of {0:?} is not a decimal integer")]
+    NotAnInteger(String),
+    /// The increment overflowed.
+    #[error("the increment overflows a 64-bit integer")]
+    Overflow,
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for KvError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// A tenant's key-value quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Keys across all of the tenant's buckets.
+    pub max_keys: i64,
+    /// Bytes of keys and values across all of the tenant's buckets.
+    pub max_bytes: i64,
+}
+
 /// Shorthand for storage results.
 pub type StorageResult<T> = Result<T, StorageError>;
 
@@ -253,6 +285,63 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()>;
     /// The newest `limit` archived lines of a tenant, oldest first.
     async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>>;
+
+    /// A value of a tenant's bucket.
+    async fn kv_get(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> StorageResult<Option<Vec<u8>>>;
+    /// Values of many keys, in order.
+    async fn kv_get_many(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        keys: &[String],
+    ) -> StorageResult<Vec<Option<Vec<u8>>>>;
+    /// Sets keys atomically (all or none), within the quota.
+    async fn kv_set_many(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        entries: &[(String, Vec<u8>)],
+        quota: KvQuota,
+    ) -> Result<(), KvError>;
+    /// Deletes keys (missing ones are fine).
+    async fn kv_delete_many(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        keys: &[String],
+    ) -> StorageResult<()>;
+    /// Up to `limit` keys after `cursor`, sorted; the next cursor if more remain.
+    async fn kv_list(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StorageResult<(Vec<String>, Option<String>)>;
+    /// Adds `delta` to a decimal integer value (missing = 0), atomically; returns the new value.
+    async fn kv_increment(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        key: &str,
+        delta: i64,
+        quota: KvQuota,
+    ) -> Result<i64, KvError>;
+    /// Sets `key` to `new` only if it still holds `expected`; false if it did not.
+    async fn kv_compare_and_swap(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        quota: KvQuota,
+    ) -> Result<bool, KvError>;
 
     /// Adds to a tenant's usage of `day`.
     async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()>;

@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    Deployment, KeyKind, KeyRecord, Org, Storage, StorageError, StorageResult, TenantRecord,
-    TenantStatus, UsageDay, now_rfc3339,
+    Deployment, KeyKind, KeyRecord, KvError, KvQuota, Org, Storage, StorageError, StorageResult,
+    TenantRecord, TenantStatus, UsageDay, now_rfc3339,
 };
 use crate::logs::{LogLine, LogStream};
 
@@ -21,6 +21,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
+    /// Serializes key-value writes: read-check-write transactions (quota,
+    /// increment, compare-and-swap) must not interleave. SQLite has one writer
+    /// at a time anyway; this makes the wait happen here rather than in
+    /// `SQLITE_BUSY` retries.
+    kv_writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 const TENANT_COLUMNS: &str =
@@ -46,7 +51,10 @@ impl SqliteStorage {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            kv_writes: Default::default(),
+        })
     }
 
     fn tenant(row: &sqlx::sqlite::SqliteRow) -> StorageResult<TenantRecord> {
@@ -64,6 +72,15 @@ impl SqliteStorage {
         })
     }
 
+    fn org(row: &sqlx::sqlite::SqliteRow) -> StorageResult<Org> {
+        Ok(Org {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            plan: row.try_get("plan")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+
     fn deployment(row: &sqlx::sqlite::SqliteRow) -> StorageResult<Deployment> {
         Ok(Deployment {
             version: row.try_get("version")?,
@@ -73,6 +90,83 @@ impl SqliteStorage {
             created_at: row.try_get("created_at")?,
         })
     }
+}
+
+/// Applies `changes` (`None` deletes) to one tenant's bucket inside `tx`,
+/// keeping `kv_usage` exact and refusing growth past `quota`.
+async fn kv_apply(
+    tx: &mut sqlx::SqliteConnection,
+    tenant_id: &str,
+    bucket: &str,
+    changes: &[(&str, Option<&[u8]>)],
+    quota: Option<KvQuota>,
+) -> Result<(), KvError> {
+    let (mut keys_delta, mut bytes_delta) = (0i64, 0i64);
+    for (key, value) in changes {
+        let old: Option<i64> = sqlx::query_scalar(
+            "SELECT LENGTH(value) FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
+        )
+        .bind(tenant_id)
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let key_len = key.len() as i64;
+        if let Some(old_len) = old {
+            keys_delta -= 1;
+            bytes_delta -= key_len + old_len;
+        }
+        match value {
+            Some(value) => {
+                keys_delta += 1;
+                bytes_delta += key_len + value.len() as i64;
+                sqlx::query(
+                    "INSERT INTO kv (tenant_id, bucket, key, value) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (tenant_id, bucket, key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(tenant_id)
+                .bind(bucket)
+                .bind(key)
+                .bind(*value)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?")
+                    .bind(tenant_id)
+                    .bind(bucket)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    let usage = sqlx::query(
+        "INSERT INTO kv_usage (tenant_id, keys, bytes) VALUES (?, ?, ?)
+         ON CONFLICT (tenant_id) DO UPDATE SET keys = keys + excluded.keys, bytes = bytes + excluded.bytes
+         RETURNING keys, bytes",
+    )
+    .bind(tenant_id)
+    .bind(keys_delta)
+    .bind(bytes_delta)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (keys, bytes): (i64, i64) = (usage.try_get("keys")?, usage.try_get("bytes")?);
+    if let Some(quota) = quota {
+        if keys_delta > 0 && keys > quota.max_keys {
+            return Err(KvError::QuotaExceeded(format!(
+                "{keys} keys would exceed the quota of {}",
+                quota.max_keys
+            )));
+        }
+        if bytes_delta > 0 && bytes > quota.max_bytes {
+            return Err(KvError::QuotaExceeded(format!(
+                "{bytes} bytes would exceed the quota of {}",
+                quota.max_bytes
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn unique_violation(e: &sqlx::Error) -> bool {
@@ -97,12 +191,7 @@ impl Storage for SqliteStorage {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        Ok(Org {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            plan: row.try_get("plan")?,
-            created_at: row.try_get("created_at")?,
-        })
+        Self::org(&row)
     }
 
     async fn find_org_by_name(&self, name: &str) -> StorageResult<Option<Org>> {
@@ -112,15 +201,7 @@ impl Storage for SqliteStorage {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(Org {
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                plan: row.try_get("plan")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(Self::org).transpose()
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> StorageResult<()> {
@@ -450,6 +531,172 @@ impl Storage for SqliteStorage {
             .collect::<StorageResult<Vec<_>>>()?;
         lines.reverse();
         Ok(lines)
+    }
+
+    async fn kv_get(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT value FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
+        )
+        .bind(tenant_id)
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn kv_get_many(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        keys: &[String],
+    ) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(
+                sqlx::query_scalar(
+                    "SELECT value FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
+                )
+                .bind(tenant_id)
+                .bind(bucket)
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await?,
+            );
+        }
+        Ok(values)
+    }
+
+    async fn kv_set_many(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        entries: &[(String, Vec<u8>)],
+        quota: KvQuota,
+    ) -> Result<(), KvError> {
+        let _write = self.kv_writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let changes: Vec<(&str, Option<&[u8]>)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+            .collect();
+        kv_apply(&mut tx, tenant_id, bucket, &changes, Some(quota)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn kv_delete_many(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        keys: &[String],
+    ) -> StorageResult<()> {
+        let _write = self.kv_writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let changes: Vec<(&str, Option<&[u8]>)> = keys.iter().map(|k| (k.as_str(), None)).collect();
+        kv_apply(&mut tx, tenant_id, bucket, &changes, None)
+            .await
+            .map_err(|e| match e {
+                KvError::Storage(e) => e,
+                other => StorageError::Backend(other.into()),
+            })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn kv_list(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> StorageResult<(Vec<String>, Option<String>)> {
+        let mut keys: Vec<String> = sqlx::query_scalar(
+            "SELECT key FROM kv WHERE tenant_id = ? AND bucket = ? AND (? IS NULL OR key > ?)
+             ORDER BY key LIMIT ?",
+        )
+        .bind(tenant_id)
+        .bind(bucket)
+        .bind(cursor)
+        .bind(cursor)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = keys.len() as i64 > limit;
+        keys.truncate(limit as usize);
+        let next = if more { keys.last().cloned() } else { None };
+        Ok((keys, next))
+    }
+
+    async fn kv_increment(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        key: &str,
+        delta: i64,
+        quota: KvQuota,
+    ) -> Result<i64, KvError> {
+        let _write = self.kv_writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let old: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT value FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
+        )
+        .bind(tenant_id)
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = match old {
+            None => 0,
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| KvError::NotAnInteger(key.to_owned()))?,
+        };
+        let new = current.checked_add(delta).ok_or(KvError::Overflow)?;
+        let text = new.to_string();
+        kv_apply(
+            &mut tx,
+            tenant_id,
+            bucket,
+            &[(key, Some(text.as_bytes()))],
+            Some(quota),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn kv_compare_and_swap(
+        &self,
+        tenant_id: &str,
+        bucket: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        quota: KvQuota,
+    ) -> Result<bool, KvError> {
+        let _write = self.kv_writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let current: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT value FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
+        )
+        .bind(tenant_id)
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        kv_apply(&mut tx, tenant_id, bucket, &[(key, Some(new))], Some(quota)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()> {
