@@ -18,7 +18,7 @@
 //! log, tagged with the request id.
 //!
 //! Host capabilities: [`kv`] (tenant-scoped key-value storage,
-//! `wasi:keyvalue@0.2.0-draft2`).
+//! `wasi:keyvalue@0.2.0-draft2`) and [`wallet`] (the tenant's custodial wallet).
 
 pub use wstd;
 pub use wstd::http::{Body, Error, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -122,3 +122,4 @@ pub mod bindings {
 }
 
 pub mod kv;
+pub mod wallet;

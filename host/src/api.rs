@@ -868,12 +868,102 @@ async fn tenant_usage(
     Ok(Json(UsageView { days }))
 }
 
+/// A tenant's wallet as its owner sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WalletView {
+    /// `lodge1…`
+    pub address: String,
+    /// Balance in the smallest unit.
+    pub balance: i64,
+    /// The newest 20 entries.
+    pub history: Vec<crate::storage::LedgerEntry>,
+}
+
+async fn wallet_view(lodge: &Lodge, record: &TenantRecord) -> Result<WalletView, ApiError> {
+    let wallet = crate::wallet::ensure(lodge.storage.as_ref(), &lodge.master, &record.id).await?;
+    Ok(WalletView {
+        balance: lodge.storage.ledger_balance(&wallet.address).await?,
+        history: lodge
+            .storage
+            .ledger_history(&wallet.address, None, 20)
+            .await?,
+        address: wallet.address,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant/{id}/wallet", tag = "wallet",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = WalletView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_wallet(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WalletView>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    Ok(Json(wallet_view(&lodge, &record).await?))
+}
+
+/// `POST /tenant/{id}/wallet/fund` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fund {
+    /// Amount to mint into the wallet, positive.
+    pub amount: i64,
+    /// Memo recorded with the funding.
+    pub memo: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/wallet/fund", tag = "wallet", request_body = Fund,
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = WalletView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn fund_wallet(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Fund>,
+) -> Result<Json<WalletView>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    if caller != Principal::Admin {
+        return Err(ApiError::forbidden(
+            "only the operator's admin token may fund wallets",
+        ));
+    }
+    if body.amount <= 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "amount must be positive",
+        ));
+    }
+    let wallet = crate::wallet::ensure(lodge.storage.as_ref(), &lodge.master, &record.id).await?;
+    lodge
+        .storage
+        .ledger_fund(
+            &wallet.address,
+            body.amount,
+            body.memo.as_deref().unwrap_or("funding"),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::storage::LedgerError::Storage(e) => ApiError::from(e),
+            other => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                other.to_string(),
+            ),
+        })?;
+    Ok(Json(wallet_view(&lodge, &record).await?))
+}
+
 /// The OpenAPI document.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Lodge control plane", description = "Organizations, tenants, keys and deployments."),
     paths(create_org, spawn_tenant, list_tenants, tenant_status, tenant_logs, deploy_component,
-        list_deployments, rollback, stop_tenant, start_tenant, update_env, rotate_key, delete_tenant, tenant_usage),
+        list_deployments, rollback, stop_tenant, start_tenant, update_env, rotate_key, delete_tenant, tenant_usage,
+        get_wallet, fund_wallet),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -910,6 +1000,8 @@ pub fn router(lodge: Arc<Lodge>) -> Router {
         .route("/tenant/{id}/env", put(update_env))
         .route("/tenant/{id}/keys/rotate", post(rotate_key))
         .route("/tenant/{id}/usage", get(tenant_usage))
+        .route("/tenant/{id}/wallet", get(get_wallet))
+        .route("/tenant/{id}/wallet/fund", post(fund_wallet))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -92,6 +92,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LODGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// The key sealing wallet seeds, 64 hex digits (default: generated into the data dir).
+    #[arg(long, env = "LODGE_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+
     /// Compile for deploy speed: single-pass register allocation, no optimisation
     /// (about twice as fast to deploy, slower guest code).
     #[arg(long, env = "LODGE_FAST_COMPILE")]
@@ -178,6 +182,7 @@ impl ServeArgs {
             memory_budget_bytes: self.host.memory_budget_mib.saturating_mul(1024 * 1024),
             log_lines_per_tenant: self.host.log_lines,
             admin_token: self.admin_token.clone(),
+            master_key: self.master_key.clone(),
             max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
             ..HostConfig::default()
         }

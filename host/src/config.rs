@@ -28,6 +28,10 @@ pub struct Limits {
     pub kv_max_keys: i64,
     /// Key-value bytes (keys + values) across all of the tenant's buckets.
     pub kv_max_bytes: i64,
+    /// Largest single wallet transfer.
+    pub wallet_max_per_transfer: i64,
+    /// Most a wallet may send per UTC day.
+    pub wallet_max_per_day: i64,
 }
 
 impl Limits {
@@ -55,6 +59,8 @@ impl Default for Limits {
             log_bytes_per_request: 256 * 1024,
             kv_max_keys: 100_000,
             kv_max_bytes: 256 * 1024 * 1024,
+            wallet_max_per_transfer: 1_000_000,
+            wallet_max_per_day: 10_000_000,
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct HostConfig {
     pub max_component_bytes: usize,
     /// The operator token; generated into the data dir when `None`.
     pub admin_token: Option<String>,
+    /// The key sealing wallet seeds (64 hex digits); generated into the data dir when `None`.
+    pub master_key: Option<String>,
 }
 
 /// Engine knobs (pooling allocator, compiler) measured in `docs/benchmarks.md`.
@@ -167,6 +175,7 @@ impl Default for HostConfig {
             engine: EngineTuning::default(),
             max_component_bytes: 64 * 1024 * 1024,
             admin_token: None,
+            master_key: None,
         }
     }
 }

@@ -158,6 +158,7 @@ impl Lodge {
             })?;
         let key = auth::new_key(&org.id, Some(&tenant.id));
         self.storage.insert_key(&key.record).await?;
+        crate::wallet::ensure(self.storage.as_ref(), &self.master, &tenant.id).await?;
         self.register(&tenant, Vec::new()).await;
         Ok(Spawned {
             tenant,

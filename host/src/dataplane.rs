@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::capability::keyvalue::KeyValueCtx;
+use crate::capability::wallet::WalletCtx;
 use crate::error::DataPlaneError;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
@@ -107,6 +108,13 @@ async fn run(
                 max_keys: limits.kv_max_keys,
                 max_bytes: limits.kv_max_bytes,
             },
+        },
+        wallet: WalletCtx {
+            tenant_id: tenant.id.clone(),
+            storage: lodge.storage.clone(),
+            master: lodge.master.clone(),
+            max_per_transfer: limits.wallet_max_per_transfer,
+            max_per_day: limits.wallet_max_per_day,
         },
     };
     match lodge.runtime.invoke(&app, call, request).await {

@@ -42,6 +42,7 @@ const PROVIDED_PACKAGES: &[(&str, &str)] = &[
     ("wasi:random", "0.2."),
     ("wasi:sockets", "0.2."),
     ("wasi:keyvalue", "0.2.0-draft2"),
+    ("lodge:platform", "0.1."),
 ];
 
 /// Why a `.wasm` cannot be served. Each message tells the tenant what to do.
@@ -160,6 +161,8 @@ pub struct Invocation<'a> {
     pub counters: &'a Arc<TenantCounters>,
     /// The tenant's key-value storage.
     pub keyvalue: capability::keyvalue::KeyValueCtx,
+    /// The tenant's wallet.
+    pub wallet: capability::wallet::WalletCtx,
 }
 
 impl Runtime {
@@ -374,6 +377,7 @@ impl Runtime {
             max_resources: limits.max_resources,
             env: call.env,
             keyvalue: call.keyvalue,
+            wallet: call.wallet,
         };
         let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
         let mut store = Store::new(&self.engine, GuestState::new(grant, limiter));

@@ -26,6 +26,7 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod wallet;
 
 pub use config::{HostConfig, Limits};
 pub use server::{Lodge, serve};

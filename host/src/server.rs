@@ -30,6 +30,7 @@ use crate::registry::{Registry, Tenant};
 use crate::routing::{self, REQUEST_ID, is_valid_slug};
 use crate::storage::Storage;
 use crate::storage::sqlite::SqliteStorage;
+use crate::wallet::MasterKey;
 
 /// Errors a response body may end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,6 +50,8 @@ pub struct Lodge {
     pub storage: Arc<dyn Storage>,
     /// The operator's token.
     pub admin: AdminToken,
+    /// The key sealing wallet seeds.
+    pub master: Arc<MasterKey>,
     /// Where tenants' log lines go to be archived.
     pub(crate) log_archive: ArchiveSender,
     generated_admin_token: std::sync::Mutex<Option<String>>,
@@ -66,6 +69,10 @@ impl Lodge {
                 .context("opening the database")?,
         );
         let (admin, generated) = AdminToken::load(&config.data_dir, config.admin_token.clone())?;
+        let master = Arc::new(MasterKey::load(
+            &config.data_dir,
+            config.master_key.clone(),
+        )?);
         let runtime = Arc::new(Runtime::new(&config)?);
         let (log_archive, archive_rx) = tokio::sync::mpsc::channel(10_000);
         tokio::spawn(archive_logs(storage.clone(), archive_rx));
@@ -75,6 +82,7 @@ impl Lodge {
             registry: Registry::default(),
             storage,
             admin,
+            master,
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
         });

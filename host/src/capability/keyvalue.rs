@@ -13,22 +13,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTabl
 
 use crate::storage::{KvError, KvQuota, Storage, StorageError};
 
-mod generated {
-    wasmtime::component::bindgen!({
-        path: "../wit/deps/keyvalue",
-        world: "wasi:keyvalue/imports",
-        imports: { default: async | trappable | tracing },
-        with: {
-            "wasi:keyvalue/store.bucket": super::Bucket,
-            "wasi:keyvalue/atomics.cas": super::Cas,
-        },
-        trappable_error_type: {
-            "wasi:keyvalue/store.error" => super::Error,
-        },
-    });
-}
-
-use generated::wasi::keyvalue::{atomics, batch, store};
+use super::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Longest key accepted.
 const MAX_KEY_BYTES: usize = 1024;

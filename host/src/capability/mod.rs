@@ -7,8 +7,10 @@
 //! component may import; the capabilities issue adds Lodge's own here, one
 //! module each.
 
+mod bindings;
 pub mod keyvalue;
 pub mod outbound_http;
+pub mod wallet;
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ pub struct GuestState {
     hooks: outbound_http::DenyOutbound,
     table: ResourceTable,
     keyvalue: keyvalue::KeyValueCtx,
+    wallet: wallet::WalletCtx,
     /// Memory and table limits of this instance; read back after a trap.
     pub limiter: GuestLimiter,
 }
@@ -53,6 +56,8 @@ pub struct GuestGrant<'a> {
     pub env: &'a [(String, String)],
     /// The tenant's key-value storage.
     pub keyvalue: keyvalue::KeyValueCtx,
+    /// The tenant's wallet.
+    pub wallet: wallet::WalletCtx,
 }
 
 impl GuestState {
@@ -83,6 +88,7 @@ impl GuestState {
             hooks: outbound_http::DenyOutbound,
             table,
             keyvalue: grant.keyvalue,
+            wallet: grant.wallet,
             limiter,
         }
     }
@@ -117,6 +123,9 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     keyvalue::add_to_linker(linker, |state: &mut GuestState| {
         keyvalue::KeyValue::new(&state.keyvalue, &mut state.table)
+    })?;
+    wallet::add_to_linker(linker, |state: &mut GuestState| {
+        wallet::Wallet::new(&state.wallet)
     })?;
     Ok(())
 }

@@ -69,6 +69,93 @@ pub struct KvQuota {
     pub max_bytes: i64,
 }
 
+/// A tenant's wallet as stored: its address and its sealed seed.
+#[derive(Clone)]
+pub struct WalletRecord {
+    /// `lodge1…`
+    pub address: String,
+    /// The encrypted Ed25519 seed.
+    pub sealed_seed: Vec<u8>,
+    /// The encryption nonce.
+    pub nonce: Vec<u8>,
+}
+
+impl fmt::Debug for WalletRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalletRecord")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A transfer to make.
+#[derive(Debug, Clone)]
+pub struct TransferRequest<'a> {
+    /// Paying address.
+    pub from: &'a str,
+    /// Receiving address.
+    pub to: &'a str,
+    /// Positive amount.
+    pub amount: i64,
+    /// Free text.
+    pub memo: &'a str,
+    /// Makes retries safe: one transfer per (payer, key).
+    pub idempotency_key: &'a str,
+    /// The plan's cap per transfer.
+    pub max_per_transfer: i64,
+    /// The plan's cap on what one wallet sends per UTC day.
+    pub max_per_day: i64,
+}
+
+/// Why a transfer did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// No wallet has that address.
+    #[error("no wallet has the address {0}")]
+    UnknownAddress(String),
+    /// The balance is too small.
+    #[error("insufficient funds: the balance is {balance}")]
+    InsufficientFunds {
+        /// The payer's balance.
+        balance: i64,
+    },
+    /// A plan cap was hit.
+    #[error("{0}")]
+    Limit(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// One ledger entry of a wallet.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Position in the ledger (the history cursor).
+    pub seq: i64,
+    /// `tx_…`
+    pub id: String,
+    /// `funding`, `sent` or `received`.
+    pub kind: String,
+    /// The other side's address, or `mint`.
+    pub counterparty: String,
+    /// Positive in, negative out.
+    pub amount: i64,
+    /// Memo.
+    pub memo: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
 /// Shorthand for storage results.
 pub type StorageResult<T> = Result<T, StorageError>;
 
@@ -342,6 +429,32 @@ pub trait Storage: Send + Sync + fmt::Debug {
         new: &[u8],
         quota: KvQuota,
     ) -> Result<bool, KvError>;
+
+    /// Stores a tenant's wallet unless it has one; returns the wallet it has.
+    async fn wallet_create(
+        &self,
+        tenant_id: &str,
+        wallet: &WalletRecord,
+    ) -> StorageResult<WalletRecord>;
+    /// A tenant's wallet.
+    async fn wallet_get(&self, tenant_id: &str) -> StorageResult<Option<WalletRecord>>;
+    /// Whether a wallet has `address`.
+    async fn wallet_exists(&self, address: &str) -> StorageResult<bool>;
+    /// A balance (0 for an unknown account).
+    async fn ledger_balance(&self, account: &str) -> StorageResult<i64>;
+    /// Mints `amount` into `to` (operator funding); returns the transfer id.
+    async fn ledger_fund(&self, to: &str, amount: i64, memo: &str) -> Result<String, LedgerError>;
+    /// Moves funds atomically and idempotently; returns the transfer id.
+    async fn ledger_transfer(&self, request: &TransferRequest<'_>) -> Result<String, LedgerError>;
+    /// Entries of `account`, newest first, older than `before` (a `seq`).
+    async fn ledger_history(
+        &self,
+        account: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StorageResult<Vec<LedgerEntry>>;
+    /// (Sum of all wallet balances, total minted): equal while the ledger is sound.
+    async fn ledger_totals(&self) -> StorageResult<(i64, i64)>;
 
     /// Adds to a tenant's usage of `day`.
     async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()>;

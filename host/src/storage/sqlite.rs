@@ -9,8 +9,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    Deployment, KeyKind, KeyRecord, KvError, KvQuota, Org, Storage, StorageError, StorageResult,
-    TenantRecord, TenantStatus, UsageDay, now_rfc3339,
+    Deployment, KeyKind, KeyRecord, KvError, KvQuota, LedgerEntry, LedgerError, Org, Storage,
+    StorageError, StorageResult, TenantRecord, TenantStatus, TransferRequest, UsageDay,
+    WalletRecord, now_rfc3339,
 };
 use crate::logs::{LogLine, LogStream};
 
@@ -21,8 +22,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: SqlitePool,
-    /// Serializes key-value writes: read-check-write transactions (quota,
-    /// increment, compare-and-swap) must not interleave. SQLite has one writer
+    /// Serializes key-value and ledger writes: read-check-write transactions
+    /// (quota, increment, compare-and-swap, balance checks) must not interleave. SQLite has one writer
     /// at a time anyway; this makes the wait happen here rather than in
     /// `SQLITE_BUSY` retries.
     kv_writes: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -167,6 +168,55 @@ async fn kv_apply(
         }
     }
     Ok(())
+}
+
+/// Writes one transfer: its row, two entries summing to zero, both balances.
+async fn post_transfer(
+    tx: &mut sqlx::SqliteConnection,
+    from: &str,
+    to: &str,
+    amount: i64,
+    memo: &str,
+    idempotency_key: Option<&str>,
+) -> Result<String, LedgerError> {
+    let id = format!("tx_{}", uuid::Uuid::now_v7().simple());
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO ledger_transfers (id, from_account, to_account, amount, memo, idempotency_key, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(&id)
+    .bind(from)
+    .bind(to)
+    .bind(amount)
+    .bind(memo)
+    .bind(idempotency_key)
+    .bind(now_rfc3339())
+    .fetch_one(&mut *tx)
+    .await?;
+    for (account, delta) in [(from, -amount), (to, amount)] {
+        sqlx::query("INSERT INTO ledger_entries (transfer_seq, account, amount) VALUES (?, ?, ?)")
+            .bind(seq)
+            .bind(account)
+            .bind(delta)
+            .execute(&mut *tx)
+            .await?;
+        // UPDATE first: an upsert would check the CHECK constraint on the
+        // proposed row (a negative delta) before resolving the conflict.
+        let updated =
+            sqlx::query("UPDATE ledger_balances SET balance = balance + ? WHERE account = ?")
+                .bind(delta)
+                .bind(account)
+                .execute(&mut *tx)
+                .await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query("INSERT INTO ledger_balances (account, balance) VALUES (?, ?)")
+                .bind(account)
+                .bind(delta)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(id)
 }
 
 fn unique_violation(e: &sqlx::Error) -> bool {
@@ -697,6 +747,189 @@ impl Storage for SqliteStorage {
         kv_apply(&mut tx, tenant_id, bucket, &[(key, Some(new))], Some(quota)).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn wallet_create(
+        &self,
+        tenant_id: &str,
+        wallet: &WalletRecord,
+    ) -> StorageResult<WalletRecord> {
+        sqlx::query(
+            "INSERT INTO wallets (tenant_id, address, sealed_seed, nonce, created_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(tenant_id)
+        .bind(&wallet.address)
+        .bind(&wallet.sealed_seed)
+        .bind(&wallet.nonce)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        self.wallet_get(tenant_id)
+            .await?
+            .ok_or(StorageError::NotFound)
+    }
+
+    async fn wallet_get(&self, tenant_id: &str) -> StorageResult<Option<WalletRecord>> {
+        let row =
+            sqlx::query("SELECT address, sealed_seed, nonce FROM wallets WHERE tenant_id = ?")
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(WalletRecord {
+                address: row.try_get("address")?,
+                sealed_seed: row.try_get("sealed_seed")?,
+                nonce: row.try_get("nonce")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn wallet_exists(&self, address: &str) -> StorageResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM wallets WHERE address = ?")
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn ledger_balance(&self, account: &str) -> StorageResult<i64> {
+        let balance: Option<i64> =
+            sqlx::query_scalar("SELECT balance FROM ledger_balances WHERE account = ?")
+                .bind(account)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(balance.unwrap_or(0))
+    }
+
+    async fn ledger_fund(&self, to: &str, amount: i64, memo: &str) -> Result<String, LedgerError> {
+        if amount <= 0 {
+            return Err(LedgerError::Invalid("amount must be positive".into()));
+        }
+        let _write = self.kv_writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let id = post_transfer(&mut tx, "mint", to, amount, memo, None).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn ledger_transfer(&self, r: &TransferRequest<'_>) -> Result<String, LedgerError> {
+        let _write = self.kv_writes.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let previous = sqlx::query(
+            "SELECT id, to_account, amount, memo FROM ledger_transfers WHERE from_account = ? AND idempotency_key = ?",
+        )
+        .bind(r.from)
+        .bind(r.idempotency_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(previous) = previous {
+            let same = previous.try_get::<&str, _>("to_account")? == r.to
+                && previous.try_get::<i64, _>("amount")? == r.amount
+                && previous.try_get::<&str, _>("memo")? == r.memo;
+            if !same {
+                return Err(LedgerError::Invalid(format!(
+                    "the idempotency key {:?} was already used for a different transfer",
+                    r.idempotency_key
+                )));
+            }
+            return Ok(previous.try_get("id")?);
+        }
+        if r.amount > r.max_per_transfer {
+            return Err(LedgerError::Limit(format!(
+                "{} is over the plan's limit of {} per transfer",
+                r.amount, r.max_per_transfer
+            )));
+        }
+        let today = format!("{}T", crate::storage::today());
+        let sent_today: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger_transfers WHERE from_account = ? AND created_at >= ?",
+        )
+        .bind(r.from)
+        .bind(&today)
+        .fetch_one(&mut *tx)
+        .await?;
+        if sent_today.saturating_add(r.amount) > r.max_per_day {
+            return Err(LedgerError::Limit(format!(
+                "sending {} would exceed the plan's limit of {} per day ({} sent today)",
+                r.amount, r.max_per_day, sent_today
+            )));
+        }
+        let balance: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT balance FROM ledger_balances WHERE account = ?), 0)",
+        )
+        .bind(r.from)
+        .fetch_one(&mut *tx)
+        .await?;
+        if balance < r.amount {
+            return Err(LedgerError::InsufficientFunds { balance });
+        }
+        let id = post_transfer(
+            &mut tx,
+            r.from,
+            r.to,
+            r.amount,
+            r.memo,
+            Some(r.idempotency_key),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn ledger_history(
+        &self,
+        account: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StorageResult<Vec<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT t.seq, t.id, t.from_account, t.to_account, t.memo, t.created_at, e.amount
+             FROM ledger_entries e JOIN ledger_transfers t ON t.seq = e.transfer_seq
+             WHERE e.account = ? AND (? IS NULL OR t.seq < ?)
+             ORDER BY t.seq DESC LIMIT ?",
+        )
+        .bind(account)
+        .bind(before)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: String = row.try_get("from_account")?;
+                let to: String = row.try_get("to_account")?;
+                let amount: i64 = row.try_get("amount")?;
+                let (kind, counterparty) = if from == "mint" {
+                    ("funding", from)
+                } else if amount < 0 {
+                    ("sent", to)
+                } else {
+                    ("received", from)
+                };
+                Ok(LedgerEntry {
+                    seq: row.try_get("seq")?,
+                    id: row.try_get("id")?,
+                    kind: kind.to_owned(),
+                    counterparty,
+                    amount,
+                    memo: row.try_get("memo")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ledger_totals(&self) -> StorageResult<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN account = 'mint' THEN 0 ELSE balance END), 0) AS held,
+                    COALESCE(-SUM(CASE WHEN account = 'mint' THEN balance ELSE 0 END), 0) AS minted
+             FROM ledger_balances",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("held")?, row.try_get("minted")?))
     }
 
     async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()> {

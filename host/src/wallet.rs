@@ -1,0 +1,192 @@
+//! Custodial wallets: Ed25519 keys sealed under the host's master key, and the
+//! operations on them. The ledger itself lives in [`crate::storage`].
+//!
+//! A wallet's seed is encrypted with XChaCha20-Poly1305 under the master key
+//! (`LODGE_MASTER_KEY`, 64 hex digits, or generated into `<data-dir>/master-key`
+//! with mode 0600), with the tenant id as associated data so a sealed seed
+//! cannot be moved to another tenant. The seed is opened only to sign, never
+//! returned, never logged. The address is `lodge1` + the public key in hex, so
+//! anyone can verify a signature from the address alone.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+use crate::storage::{Storage, StorageError, WalletRecord};
+
+/// Prefix of every wallet address.
+pub const ADDRESS_PREFIX: &str = "lodge1";
+
+/// The key sealing every wallet seed.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    /// From `from_env` (64 hex digits), else `<data_dir>/master-key`, else a new one written there.
+    pub fn load(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<Self> {
+        let parse = |text: &str| -> anyhow::Result<Self> {
+            let bytes = hex::decode(text.trim()).context("the master key must be 64 hex digits")?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the master key must be 64 hex digits"))?;
+            Ok(Self(key))
+        };
+        if let Some(text) = from_env.filter(|t| !t.trim().is_empty()) {
+            return parse(&text);
+        }
+        let path = data_dir.join("master-key");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return parse(&text);
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        crate::auth::write_private(&path, &hex::encode(key))?;
+        Ok(Self(key))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.0).into())
+    }
+}
+
+/// The address of a public key.
+pub fn address_of(key: &VerifyingKey) -> String {
+    format!("{ADDRESS_PREFIX}{}", hex::encode(key.as_bytes()))
+}
+
+/// The public key an address names, if it is well formed.
+pub fn parse_address(address: &str) -> Option<VerifyingKey> {
+    let hex_part = address.strip_prefix(ADDRESS_PREFIX)?;
+    if hex_part.len() != 64 {
+        return None;
+    }
+    let bytes: [u8; 32] = hex::decode(hex_part).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// A new wallet for `tenant_id`: a fresh key, sealed.
+pub fn new_wallet(master: &MasterKey, tenant_id: &str) -> anyhow::Result<WalletRecord> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let signing = SigningKey::from_bytes(&seed);
+    let mut nonce = [0u8; 24];
+    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let sealed_seed = master
+        .cipher()
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &seed,
+                aad: tenant_id.as_bytes(),
+            },
+        )
+        .map_err(|_| anyhow::anyhow!("sealing a wallet seed failed"))?;
+    Ok(WalletRecord {
+        address: address_of(&signing.verifying_key()),
+        sealed_seed,
+        nonce: nonce.to_vec(),
+    })
+}
+
+/// Opens a sealed seed; fails if the master key or the tenant is not the one it was sealed for.
+fn unseal(
+    master: &MasterKey,
+    tenant_id: &str,
+    wallet: &WalletRecord,
+) -> anyhow::Result<SigningKey> {
+    anyhow::ensure!(wallet.nonce.len() == 24, "corrupt wallet nonce");
+    let seed = master
+        .cipher()
+        .decrypt(
+            XNonce::from_slice(&wallet.nonce),
+            Payload {
+                msg: &wallet.sealed_seed,
+                aad: tenant_id.as_bytes(),
+            },
+        )
+        .map_err(|_| anyhow::anyhow!("the wallet seed does not open with this master key"))?;
+    let seed: [u8; 32] = seed
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("corrupt wallet seed"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The wallet of `tenant_id`, created on first use.
+pub async fn ensure(
+    storage: &dyn Storage,
+    master: &MasterKey,
+    tenant_id: &str,
+) -> Result<WalletRecord, StorageError> {
+    if let Some(wallet) = storage.wallet_get(tenant_id).await? {
+        return Ok(wallet);
+    }
+    let wallet = new_wallet(master, tenant_id).map_err(StorageError::Backend)?;
+    storage.wallet_create(tenant_id, &wallet).await
+}
+
+/// Signs `message` with the tenant's key.
+pub fn sign(
+    master: &MasterKey,
+    tenant_id: &str,
+    wallet: &WalletRecord,
+    message: &[u8],
+) -> anyhow::Result<[u8; 64]> {
+    Ok(unseal(master, tenant_id, wallet)?.sign(message).to_bytes())
+}
+
+/// Whether `signature` over `message` is valid for `address`; `None` if the address is malformed.
+pub fn verify(address: &str, message: &[u8], signature: &[u8]) -> Option<bool> {
+    let key = parse_address(address)?;
+    let Ok(signature) = <[u8; 64]>::try_from(signature) else {
+        return Some(false);
+    };
+    Some(
+        key.verify_strict(message, &Signature::from_bytes(&signature))
+            .is_ok(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_sealed_to_their_tenant_and_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let master = MasterKey::load(dir.path(), None).expect("generated");
+        let wallet = new_wallet(&master, "ten_a").expect("wallet");
+        assert!(wallet.address.starts_with(ADDRESS_PREFIX));
+        assert_eq!(wallet.address.len(), ADDRESS_PREFIX.len() + 64);
+
+        let signature = sign(&master, "ten_a", &wallet, b"hello").expect("signs");
+        assert_eq!(verify(&wallet.address, b"hello", &signature), Some(true));
+        assert_eq!(verify(&wallet.address, b"hellO", &signature), Some(false));
+        assert_eq!(
+            verify(&wallet.address, b"hello", &signature[..10]),
+            Some(false)
+        );
+        assert_eq!(verify("lodge1zz", b"hello", &signature), None);
+
+        // Another tenant's id, or another master key, cannot open it.
+        assert!(sign(&master, "ten_b", &wallet, b"x").is_err());
+        let other = MasterKey::load(tempfile::tempdir().expect("tmp").path(), None).expect("key");
+        assert!(sign(&other, "ten_a", &wallet, b"x").is_err());
+        // The stored key is reused, and never printed.
+        let again = MasterKey::load(dir.path(), None).expect("loaded");
+        assert!(sign(&again, "ten_a", &wallet, b"x").is_ok());
+        assert_eq!(format!("{again:?}"), "MasterKey(<redacted>)");
+        assert!(format!("{wallet:?}").contains("address"));
+        assert!(!format!("{wallet:?}").contains("sealed"));
+    }
+}
