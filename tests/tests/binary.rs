@@ -230,3 +230,107 @@ fn a_killed_host_comes_back_with_its_tenants() {
         lodge.stderr()
     );
 }
+
+/// A raw HTTP/1.1 request; returns (status, body).
+fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_ledger_total_survives_kill_9_during_transfers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let apps: Vec<String> = (0..3)
+        .map(|i| format!("w{i}={}", guests::WALLET_APP))
+        .collect();
+    let mut args = Vec::new();
+    for app in &apps {
+        args.extend(["--app", app.as_str()]);
+    }
+    let lodge = LodgeProcess::serve_in(dir.path(), &args);
+    let mut addresses = Vec::new();
+    for i in 0..3 {
+        let (status, body) = request(
+            lodge.addr,
+            "POST",
+            &format!("/api/v1/tenant/w{i}/wallet/fund"),
+            Some(ADMIN_TOKEN),
+            r#"{"amount":10000}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        addresses.push(json(&body)["address"].as_str().expect("address").to_owned());
+    }
+    // Transfers from three threads, round and round, while the host is killed.
+    let addr = lodge.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let to = addresses[(i + 1) % 3].clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = format!(
+                        "/tenants/w{i}/transfer?to={to}&amount={}&key=k{n}&memo=m",
+                        1 + n % 7
+                    );
+                    let _ = std::panic::catch_unwind(|| request(addr, "POST", &path, None, ""));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    lodge.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let attempts: usize = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    assert!(attempts > 10, "transfers were in flight: {attempts}");
+
+    let lodge = LodgeProcess::serve_in(dir.path(), &[]);
+    let mut total = 0;
+    for i in 0..3 {
+        let (status, body) = request(
+            lodge.addr,
+            "GET",
+            &format!("/api/v1/tenant/w{i}/wallet"),
+            Some(ADMIN_TOKEN),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        let balance = json(&body)["balance"].as_i64().expect("balance");
+        assert!(balance >= 0);
+        total += balance;
+    }
+    assert_eq!(total, 30_000, "no funds created or lost across kill -9");
+}
