@@ -18,7 +18,8 @@
 //! log, tagged with the request id.
 //!
 //! Host capabilities: [`kv`] (tenant-scoped key-value storage,
-//! `wasi:keyvalue@0.2.0-draft2`) and [`wallet`] (the tenant's custodial wallet).
+//! `wasi:keyvalue@0.2.0-draft2`), [`wallet`] (the tenant's custodial wallet) and
+//! [`convergence`] (two agents converging on an answer).
 
 pub use wstd;
 pub use wstd::http::{Body, Error, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -121,5 +122,6 @@ pub mod bindings {
     });
 }
 
+pub mod convergence;
 pub mod kv;
 pub mod wallet;

@@ -96,6 +96,20 @@ pub struct ServeArgs {
     #[arg(long, env = "LODGE_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
 
+    /// An OpenAI-compatible chat-completions base URL for convergence (OpenAI,
+    /// Ollama, vLLM, llama.cpp), e.g. `http://localhost:11434/v1`. Without it,
+    /// the built-in offline provider answers (deterministic, labelled "offline").
+    #[arg(long, env = "LODGE_LLM_URL")]
+    pub llm_url: Option<String>,
+
+    /// The model to ask at `--llm-url`.
+    #[arg(long, env = "LODGE_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+
+    /// Bearer key for `--llm-url` (read from the environment only).
+    #[arg(skip = std::env::var("LODGE_LLM_API_KEY").ok())]
+    pub llm_api_key: Option<String>,
+
     /// Compile for deploy speed: single-pass register allocation, no optimisation
     /// (about twice as fast to deploy, slower guest code).
     #[arg(long, env = "LODGE_FAST_COMPILE")]
@@ -183,6 +197,17 @@ impl ServeArgs {
             log_lines_per_tenant: self.host.log_lines,
             admin_token: self.admin_token.clone(),
             master_key: self.master_key.clone(),
+            llm: self
+                .llm_url
+                .clone()
+                .map(|base_url| crate::convergence::provider::OpenAiConfig {
+                    base_url,
+                    model: self.llm_model.clone(),
+                    api_key: self.llm_api_key.clone(),
+                    timeout: Duration::from_secs(60),
+                    retries: 2,
+                    backoff: Duration::from_millis(500),
+                }),
             max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
             ..HostConfig::default()
         }

@@ -32,6 +32,8 @@ pub struct Limits {
     pub wallet_max_per_transfer: i64,
     /// Most a wallet may send per UTC day.
     pub wallet_max_per_day: i64,
+    /// Convergence tokens per UTC day.
+    pub convergence_tokens_per_day: u64,
 }
 
 impl Limits {
@@ -61,6 +63,7 @@ impl Default for Limits {
             kv_max_bytes: 256 * 1024 * 1024,
             wallet_max_per_transfer: 1_000_000,
             wallet_max_per_day: 10_000_000,
+            convergence_tokens_per_day: 1_000_000,
         }
     }
 }
@@ -98,6 +101,10 @@ pub struct HostConfig {
     pub admin_token: Option<String>,
     /// The key sealing wallet seeds (64 hex digits); generated into the data dir when `None`.
     pub master_key: Option<String>,
+    /// An OpenAI-compatible endpoint for convergence; the offline provider when `None`.
+    pub llm: Option<crate::convergence::provider::OpenAiConfig>,
+    /// Workers running asynchronous convergence tasks.
+    pub convergence_workers: usize,
 }
 
 /// Engine knobs (pooling allocator, compiler) measured in `docs/benchmarks.md`.
@@ -176,6 +183,8 @@ impl Default for HostConfig {
             max_component_bytes: 64 * 1024 * 1024,
             admin_token: None,
             master_key: None,
+            llm: None,
+            convergence_workers: 2,
         }
     }
 }

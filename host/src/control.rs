@@ -409,7 +409,7 @@ impl Lodge {
     /// Writes one tenant's unflushed usage.
     pub async fn flush_usage_of(&self, tenant: &Tenant) {
         let delta = tenant.counters.take(crate::storage::today());
-        if delta.requests == 0 && delta.fuel == 0 {
+        if delta.requests == 0 && delta.fuel == 0 && delta.tokens == 0 {
             return;
         }
         if let Err(e) = self.storage.add_usage(&tenant.id, &delta).await {

@@ -12,6 +12,7 @@ use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::capability::convergence::ConvergenceCtx;
 use crate::capability::keyvalue::KeyValueCtx;
 use crate::capability::wallet::WalletCtx;
 use crate::error::DataPlaneError;
@@ -115,6 +116,10 @@ async fn run(
             master: lodge.master.clone(),
             max_per_transfer: limits.wallet_max_per_transfer,
             max_per_day: limits.wallet_max_per_day,
+        },
+        convergence: ConvergenceCtx {
+            tenant_id: tenant.id.clone(),
+            lodge: lodge.weak(),
         },
     };
     match lodge.runtime.invoke(&app, call, request).await {

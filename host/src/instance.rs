@@ -163,6 +163,8 @@ pub struct Invocation<'a> {
     pub keyvalue: capability::keyvalue::KeyValueCtx,
     /// The tenant's wallet.
     pub wallet: capability::wallet::WalletCtx,
+    /// Convergence for the tenant.
+    pub convergence: capability::convergence::ConvergenceCtx,
 }
 
 impl Runtime {
@@ -378,6 +380,7 @@ impl Runtime {
             env: call.env,
             keyvalue: call.keyvalue,
             wallet: call.wallet,
+            convergence: call.convergence,
         };
         let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
         let mut store = Store::new(&self.engine, GuestState::new(grant, limiter));

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod convergence;
 pub mod dataplane;
 pub mod error;
 pub mod instance;

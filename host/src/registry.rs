@@ -45,6 +45,8 @@ pub struct TenantCounters {
     pub failures: AtomicU64,
     /// Fuel burnt.
     pub fuel: AtomicU64,
+    /// Convergence tokens used.
+    pub tokens: AtomicU64,
     /// Requests since start (never reset; for status).
     pub total_requests: AtomicU64,
     /// Failures since start (never reset; for status).
@@ -82,6 +84,7 @@ impl TenantCounters {
             requests: self.requests.swap(0, Ordering::Relaxed) as i64,
             failures: self.failures.swap(0, Ordering::Relaxed) as i64,
             fuel: self.fuel.swap(0, Ordering::Relaxed) as i64,
+            tokens: self.tokens.swap(0, Ordering::Relaxed) as i64,
         }
     }
 }
@@ -189,6 +192,16 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(slug)
+    }
+
+    /// The tenant with storage id `id` (a scan: control-plane paths only).
+    pub fn by_id(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.tenants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|t| &*t.id == id)
+            .cloned()
     }
 
     /// Every tenant.

@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 
 use crate::auth::AdminToken;
 use crate::config::{HostConfig, Limits};
+use crate::convergence::provider::{Offline, OpenAiCompatible, Provider};
 use crate::dataplane;
 use crate::instance::{App, LoadError, Runtime};
 use crate::logs::ArchiveSender;
@@ -52,6 +53,11 @@ pub struct Lodge {
     pub admin: AdminToken,
     /// The key sealing wallet seeds.
     pub master: Arc<MasterKey>,
+    /// The model provider convergence runs on.
+    pub provider: Arc<dyn Provider>,
+    /// Wakes convergence workers when a task is queued.
+    pub(crate) task_wakeup: Arc<tokio::sync::Notify>,
+    me: std::sync::Weak<Lodge>,
     /// Where tenants' log lines go to be archived.
     pub(crate) log_archive: ArchiveSender,
     generated_admin_token: std::sync::Mutex<Option<String>>,
@@ -74,22 +80,37 @@ impl Lodge {
             config.master_key.clone(),
         )?);
         let runtime = Arc::new(Runtime::new(&config)?);
+        let provider: Arc<dyn Provider> = match &config.llm {
+            Some(llm) => Arc::new(OpenAiCompatible::new(llm.clone())),
+            None => Arc::new(Offline),
+        };
         let (log_archive, archive_rx) = tokio::sync::mpsc::channel(10_000);
         tokio::spawn(archive_logs(storage.clone(), archive_rx));
-        let lodge = Arc::new(Self {
+        let lodge = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             config,
             runtime,
             registry: Registry::default(),
             storage,
             admin,
             master,
+            provider,
+            task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
         });
+        let requeued = lodge.storage.task_requeue_running().await?;
         let restored = lodge.restore().await.context("restoring tenants")?;
+        tracing::info!(requeued, "convergence tasks resumed");
+        crate::convergence::tasks::spawn_workers(&lodge, lodge.config.convergence_workers);
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
         tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
         Ok(lodge)
+    }
+
+    /// A weak handle to this host, for capabilities that call back into it.
+    pub fn weak(&self) -> std::sync::Weak<Self> {
+        self.me.clone()
     }
 
     /// The admin token, if this start generated it (returned once).

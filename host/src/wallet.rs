@@ -55,6 +55,11 @@ impl MasterKey {
         Ok(Self(key))
     }
 
+    /// The raw key, for deriving other host secrets (webhook keys).
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&self.0).into())
     }

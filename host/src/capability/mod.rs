@@ -8,6 +8,7 @@
 //! module each.
 
 mod bindings;
+pub mod convergence;
 pub mod keyvalue;
 pub mod outbound_http;
 pub mod wallet;
@@ -29,6 +30,7 @@ pub struct GuestState {
     table: ResourceTable,
     keyvalue: keyvalue::KeyValueCtx,
     wallet: wallet::WalletCtx,
+    convergence: convergence::ConvergenceCtx,
     /// Memory and table limits of this instance; read back after a trap.
     pub limiter: GuestLimiter,
 }
@@ -58,6 +60,8 @@ pub struct GuestGrant<'a> {
     pub keyvalue: keyvalue::KeyValueCtx,
     /// The tenant's wallet.
     pub wallet: wallet::WalletCtx,
+    /// Convergence for the tenant.
+    pub convergence: convergence::ConvergenceCtx,
 }
 
 impl GuestState {
@@ -89,6 +93,7 @@ impl GuestState {
             table,
             keyvalue: grant.keyvalue,
             wallet: grant.wallet,
+            convergence: grant.convergence,
             limiter,
         }
     }
@@ -126,6 +131,9 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     })?;
     wallet::add_to_linker(linker, |state: &mut GuestState| {
         wallet::Wallet::new(&state.wallet)
+    })?;
+    convergence::add_to_linker(linker, |state: &mut GuestState| {
+        convergence::Convergence::new(&state.convergence)
     })?;
     Ok(())
 }

@@ -156,6 +156,25 @@ pub struct LedgerEntry {
     pub created_at: String,
 }
 
+/// A queued or finished convergence task.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    /// `task_…`
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    /// JSON of the request.
+    pub request: String,
+    /// JSON of the outcome, when done.
+    pub outcome: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Where to post the result.
+    pub webhook_url: Option<String>,
+}
+
 /// Shorthand for storage results.
 pub type StorageResult<T> = Result<T, StorageError>;
 
@@ -303,6 +322,9 @@ pub struct UsageDay {
     pub failures: i64,
     /// Fuel burnt.
     pub fuel: i64,
+    /// Convergence tokens used.
+    #[serde(default)]
+    pub tokens: i64,
 }
 
 /// Everything the control plane persists. One implementation per database.
@@ -455,6 +477,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
     ) -> StorageResult<Vec<LedgerEntry>>;
     /// (Sum of all wallet balances, total minted): equal while the ledger is sound.
     async fn ledger_totals(&self) -> StorageResult<(i64, i64)>;
+
+    /// Queues a task.
+    async fn task_insert(&self, task: &TaskRecord) -> StorageResult<()>;
+    /// Claims the oldest pending task (now `running`), if any.
+    async fn task_claim(&self) -> StorageResult<Option<TaskRecord>>;
+    /// Records a task's end: an outcome (JSON) or an error.
+    async fn task_finish(&self, id: &str, outcome: Result<&str, &str>) -> StorageResult<()>;
+    /// Records how the webhook delivery went.
+    async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()>;
+    /// One of a tenant's tasks.
+    async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>>;
+    /// Puts tasks left `running` by a stopped host back to `pending`; returns how many.
+    async fn task_requeue_running(&self) -> StorageResult<u64>;
 
     /// Adds to a tenant's usage of `day`.
     async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()>;

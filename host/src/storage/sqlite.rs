@@ -10,7 +10,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     Deployment, KeyKind, KeyRecord, KvError, KvQuota, LedgerEntry, LedgerError, Org, Storage,
-    StorageError, StorageResult, TenantRecord, TenantStatus, TransferRequest, UsageDay,
+    StorageError, StorageResult, TaskRecord, TenantRecord, TenantStatus, TransferRequest, UsageDay,
     WalletRecord, now_rfc3339,
 };
 use crate::logs::{LogLine, LogStream};
@@ -217,6 +217,18 @@ async fn post_transfer(
         }
     }
     Ok(id)
+}
+
+fn task_row(row: &sqlx::sqlite::SqliteRow) -> StorageResult<TaskRecord> {
+    Ok(TaskRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        status: row.try_get("status")?,
+        request: row.try_get("request")?,
+        outcome: row.try_get("outcome")?,
+        error: row.try_get("error")?,
+        webhook_url: row.try_get("webhook_url")?,
+    })
 }
 
 fn unique_violation(e: &sqlx::Error) -> bool {
@@ -932,19 +944,96 @@ impl Storage for SqliteStorage {
         Ok((row.try_get("held")?, row.try_get("minted")?))
     }
 
+    async fn task_insert(&self, t: &TaskRecord) -> StorageResult<()> {
+        let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO convergence_tasks (id, tenant_id, status, request, webhook_url, created_at, updated_at)
+             VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant_id)
+        .bind(&t.request)
+        .bind(&t.webhook_url)
+        .bind(&now)
+        .bind(&now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn task_claim(&self) -> StorageResult<Option<TaskRecord>> {
+        let row = sqlx::query(
+            "UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1, updated_at = ?
+             WHERE id = (SELECT id FROM convergence_tasks WHERE status = 'pending' ORDER BY created_at, id LIMIT 1)
+               AND status = 'pending'
+             RETURNING id, tenant_id, status, request, outcome, error, webhook_url",
+        )
+        .bind(now_rfc3339())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(task_row).transpose()
+    }
+
+    async fn task_finish(&self, id: &str, outcome: Result<&str, &str>) -> StorageResult<()> {
+        let (status, outcome, error) = match outcome {
+            Ok(json) => ("done", Some(json), None),
+            Err(e) => ("failed", None, Some(e)),
+        };
+        sqlx::query("UPDATE convergence_tasks SET status = ?, outcome = ?, error = ?, updated_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(outcome)
+            .bind(error)
+            .bind(now_rfc3339())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()> {
+        sqlx::query("UPDATE convergence_tasks SET webhook_status = ? WHERE id = ?")
+            .bind(status)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, status, request, outcome, error, webhook_url FROM convergence_tasks
+             WHERE id = ? AND tenant_id = ?",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(task_row).transpose()
+    }
+
+    async fn task_requeue_running(&self) -> StorageResult<u64> {
+        let done = sqlx::query("UPDATE convergence_tasks SET status = 'pending', updated_at = ? WHERE status = 'running'")
+            .bind(now_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()> {
         sqlx::query(
-            "INSERT INTO usage_daily (tenant_id, day, requests, failures, fuel) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO usage_daily (tenant_id, day, requests, failures, fuel, tokens) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (tenant_id, day) DO UPDATE SET
                requests = requests + excluded.requests,
                failures = failures + excluded.failures,
-               fuel = fuel + excluded.fuel",
+               fuel = fuel + excluded.fuel,
+               tokens = tokens + excluded.tokens",
         )
         .bind(tenant_id)
         .bind(&delta.day)
         .bind(delta.requests)
         .bind(delta.failures)
         .bind(delta.fuel)
+        .bind(delta.tokens)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -952,7 +1041,7 @@ impl Storage for SqliteStorage {
 
     async fn usage(&self, tenant_id: &str, days: i64) -> StorageResult<Vec<UsageDay>> {
         let rows = sqlx::query(
-            "SELECT day, requests, failures, fuel FROM usage_daily WHERE tenant_id = ? ORDER BY day DESC LIMIT ?",
+            "SELECT day, requests, failures, fuel, tokens FROM usage_daily WHERE tenant_id = ? ORDER BY day DESC LIMIT ?",
         )
         .bind(tenant_id)
         .bind(days)
@@ -965,6 +1054,7 @@ impl Storage for SqliteStorage {
                     requests: r.try_get("requests")?,
                     failures: r.try_get("failures")?,
                     fuel: r.try_get("fuel")?,
+                    tokens: r.try_get("tokens")?,
                 })
             })
             .collect()

@@ -1,0 +1,182 @@
+//! `lodge:platform/convergence`: dual-agent convergence for the calling tenant,
+//! metered against its daily token budget.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker};
+
+use super::bindings::lodge::platform::convergence::{self as wit, Preset, TaskState};
+use super::bindings::lodge::platform::types::Error;
+use crate::convergence::tasks::{ConvergenceFailure, TaskState as State};
+use crate::convergence::{self as engine, ConvergeRequest, ProviderError};
+use crate::server::Lodge;
+
+/// What one request's guest may do with convergence.
+#[derive(Debug, Clone)]
+pub struct ConvergenceCtx {
+    /// The tenant tokens are metered to.
+    pub tenant_id: Arc<str>,
+    /// The host (provider, storage, task queue).
+    pub lodge: std::sync::Weak<Lodge>,
+}
+
+/// The view host functions run on.
+#[derive(Debug)]
+pub struct Convergence<'a> {
+    ctx: &'a ConvergenceCtx,
+}
+
+impl<'a> Convergence<'a> {
+    /// A view over `ctx`.
+    pub fn new(ctx: &'a ConvergenceCtx) -> Self {
+        Self { ctx }
+    }
+
+    fn lodge(&self) -> Result<Arc<Lodge>, Error> {
+        self.ctx
+            .lodge
+            .upgrade()
+            .ok_or_else(|| Error::Unavailable("the host is shutting down".into()))
+    }
+}
+
+struct ConvergenceData;
+
+impl HasData for ConvergenceData {
+    type Data<'a> = Convergence<'a>;
+}
+
+/// Links `lodge:platform/convergence`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> Convergence<'_>,
+) -> anyhow::Result<()> {
+    wit::add_to_linker::<T, ConvergenceData>(linker, view)?;
+    Ok(())
+}
+
+/// The guest's error for a failure.
+pub fn to_error(failure: ConvergenceFailure) -> Error {
+    match failure {
+        ConvergenceFailure::Invalid(m) => Error::InvalidInput(m),
+        e @ ConvergenceFailure::QuotaExceeded { .. } => Error::QuotaExceeded(e.to_string()),
+        ConvergenceFailure::UnknownTask(id) => Error::NotFound(format!("no task {id}")),
+        ConvergenceFailure::Provider(
+            e @ (ProviderError::Timeout | ProviderError::Unavailable(_)),
+        ) => Error::Unavailable(e.to_string()),
+        ConvergenceFailure::Provider(e) => Error::Unavailable(e.to_string()),
+        ConvergenceFailure::Storage(e) => {
+            tracing::error!(error = ?e, "convergence storage failed");
+            Error::Unavailable("convergence is unavailable; retry later".into())
+        }
+    }
+}
+
+fn request(r: wit::Request) -> ConvergeRequest {
+    ConvergeRequest {
+        prompt: r.prompt,
+        agent_a_role: r.agent_a_role,
+        agent_b_role: r.agent_b_role,
+        context: r.context,
+        max_rounds: r.max_rounds,
+        threshold: r.threshold,
+    }
+}
+
+fn outcome(o: engine::Outcome) -> wit::Outcome {
+    wit::Outcome {
+        answer: o.answer,
+        score: o.score,
+        rounds: o.rounds,
+        converged: o.converged,
+        transcript: o
+            .transcript
+            .into_iter()
+            .map(|t| wit::Turn {
+                round: t.round,
+                agent: t.agent,
+                role: t.role,
+                content: t.content,
+            })
+            .collect(),
+        usage: wit::Usage {
+            prompt_tokens: o.usage.prompt_tokens,
+            completion_tokens: o.usage.completion_tokens,
+        },
+        provider: o.provider,
+        model: o.model,
+    }
+}
+
+fn preset(p: Preset) -> engine::Preset {
+    match p {
+        Preset::Design => engine::Preset::Design,
+        Preset::Review => engine::Preset::Review,
+        Preset::Decide => engine::Preset::Decide,
+        Preset::Plan => engine::Preset::Plan,
+        Preset::Analyze => engine::Preset::Analyze,
+        Preset::Generate => engine::Preset::Generate,
+    }
+}
+
+type Outcome<T> = wasmtime::Result<Result<T, Error>>;
+
+impl wit::Host for Convergence<'_> {
+    async fn converge(&mut self, req: wit::Request) -> Outcome<wit::Outcome> {
+        let lodge = match self.lodge() {
+            Ok(lodge) => lodge,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(lodge
+            .converge_for(&self.ctx.tenant_id, &request(req))
+            .await
+            .map(outcome)
+            .map_err(to_error))
+    }
+
+    async fn converge_preset(
+        &mut self,
+        p: Preset,
+        prompt: String,
+        context: Option<String>,
+    ) -> Outcome<wit::Outcome> {
+        let lodge = match self.lodge() {
+            Ok(lodge) => lodge,
+            Err(e) => return Ok(Err(e)),
+        };
+        let req = preset(p).request(&prompt, context);
+        Ok(lodge
+            .converge_for(&self.ctx.tenant_id, &req)
+            .await
+            .map(outcome)
+            .map_err(to_error))
+    }
+
+    async fn submit(&mut self, req: wit::Request) -> Outcome<String> {
+        let lodge = match self.lodge() {
+            Ok(lodge) => lodge,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(lodge
+            .submit_task(&self.ctx.tenant_id, &request(req), None)
+            .await
+            .map_err(to_error))
+    }
+
+    async fn poll(&mut self, task_id: String) -> Outcome<TaskState> {
+        let lodge = match self.lodge() {
+            Ok(lodge) => lodge,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(lodge
+            .task_state(&self.ctx.tenant_id, &task_id)
+            .await
+            .map(|state| match state {
+                State::Pending => TaskState::Pending,
+                State::Running => TaskState::Running,
+                State::Done(o) => TaskState::Done(outcome(*o)),
+                State::Failed(m) => TaskState::Failed(m),
+            })
+            .map_err(to_error))
+    }
+}

@@ -1,0 +1,288 @@
+//! Convergence for tenants: metering against the daily token budget, durable
+//! asynchronous tasks run by a bounded worker pool, and signed webhooks.
+//!
+//! Tasks live in the database: `submit` inserts one `pending`; workers claim the
+//! oldest with a single `UPDATE … RETURNING` (so each runs once), run it, store
+//! the outcome and post it to the webhook, if any. A host that stops leaves its
+//! `running` tasks; the next start puts them back to `pending`.
+//!
+//! Webhooks are `POST`ed as JSON with `X-Lodge-Signature: sha256=<hex>`, the
+//! HMAC-SHA256 of the exact body under the tenant's webhook secret
+//! (`GET /api/v1/tenant/{id}/webhook-secret`).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge, validate};
+use crate::server::Lodge;
+use crate::storage::{StorageError, TaskRecord, UsageDay, today};
+
+/// Header carrying a webhook's signature.
+pub const SIGNATURE_HEADER: &str = "x-lodge-signature";
+
+/// Why a tenant's convergence did not produce an outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvergenceFailure {
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The tenant's daily token budget is spent.
+    #[error("the daily convergence token budget of {budget} is spent ({used} used today)")]
+    QuotaExceeded {
+        /// Tokens used today.
+        used: u64,
+        /// The plan's budget.
+        budget: u64,
+    },
+    /// The model provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// No such task of this tenant.
+    #[error("no task {0}")]
+    UnknownTask(String),
+    /// Storage failed.
+    #[error("storage failed")]
+    Storage(#[from] StorageError),
+}
+
+impl From<ConvergeError> for ConvergenceFailure {
+    fn from(e: ConvergeError) -> Self {
+        match e {
+            ConvergeError::Invalid(m) => Self::Invalid(m),
+            ConvergeError::Provider(p) => Self::Provider(p),
+        }
+    }
+}
+
+/// A task as its owner sees it.
+#[derive(Debug, Clone)]
+pub enum TaskState {
+    /// Waiting.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished.
+    Done(Box<Outcome>),
+    /// Failed, with why.
+    Failed(String),
+}
+
+impl Lodge {
+    /// Tokens `tenant_id` used today (stored plus not yet flushed).
+    async fn tokens_today(&self, tenant_id: &str) -> Result<u64, StorageError> {
+        let stored = self
+            .storage
+            .usage(tenant_id, 1)
+            .await?
+            .into_iter()
+            .find(|d| d.day == today())
+            .map_or(0, |d| d.tokens.max(0) as u64);
+        let pending = self.registry.by_id(tenant_id).map_or(0, |t| {
+            t.counters.tokens.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        Ok(stored + pending)
+    }
+
+    async fn check_budget(&self, tenant_id: &str) -> Result<(), ConvergenceFailure> {
+        let budget = self
+            .registry
+            .by_id(tenant_id)
+            .map_or(self.config.default_limits.convergence_tokens_per_day, |t| {
+                t.limits.convergence_tokens_per_day
+            });
+        let used = self.tokens_today(tenant_id).await?;
+        if used >= budget {
+            return Err(ConvergenceFailure::QuotaExceeded { used, budget });
+        }
+        Ok(())
+    }
+
+    async fn meter(&self, tenant_id: &str, outcome: &Outcome) {
+        let delta = UsageDay {
+            day: today(),
+            tokens: outcome.usage.total() as i64,
+            ..UsageDay::default()
+        };
+        if let Err(e) = self.storage.add_usage(tenant_id, &delta).await {
+            tracing::warn!(tenant_id, error = %e, "convergence tokens not recorded");
+        }
+    }
+
+    /// Runs a convergence for `tenant_id` now, within its daily token budget.
+    pub async fn converge_for(
+        &self,
+        tenant_id: &str,
+        request: &ConvergeRequest,
+    ) -> Result<Outcome, ConvergenceFailure> {
+        validate(request)?;
+        self.check_budget(tenant_id).await?;
+        let outcome = converge(self.provider.as_ref(), request).await?;
+        self.meter(tenant_id, &outcome).await;
+        Ok(outcome)
+    }
+
+    /// Queues a convergence for `tenant_id`; returns the task id.
+    pub async fn submit_task(
+        &self,
+        tenant_id: &str,
+        request: &ConvergeRequest,
+        webhook_url: Option<String>,
+    ) -> Result<String, ConvergenceFailure> {
+        validate(request)?;
+        if let Some(url) = &webhook_url {
+            let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(ConvergenceFailure::Invalid(
+                    "webhookUrl must be an http(s) URL".into(),
+                ));
+            }
+        }
+        self.check_budget(tenant_id).await?;
+        let id = format!("task_{}", uuid::Uuid::now_v7().simple());
+        let task = TaskRecord {
+            id: id.clone(),
+            tenant_id: tenant_id.to_owned(),
+            status: "pending".into(),
+            request: serde_json::to_string(request)
+                .map_err(|e| ConvergenceFailure::Invalid(e.to_string()))?,
+            outcome: None,
+            error: None,
+            webhook_url,
+        };
+        self.storage.task_insert(&task).await?;
+        self.task_wakeup.notify_one();
+        Ok(id)
+    }
+
+    /// The state of one of `tenant_id`'s tasks.
+    pub async fn task_state(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<TaskState, ConvergenceFailure> {
+        let task = self
+            .storage
+            .task_get(tenant_id, id)
+            .await?
+            .ok_or_else(|| ConvergenceFailure::UnknownTask(id.to_owned()))?;
+        Ok(match task.status.as_str() {
+            "pending" => TaskState::Pending,
+            "running" => TaskState::Running,
+            "done" => match task.outcome.as_deref().map(serde_json::from_str::<Outcome>) {
+                Some(Ok(outcome)) => TaskState::Done(Box::new(outcome)),
+                _ => TaskState::Failed("the stored outcome is unreadable".into()),
+            },
+            _ => TaskState::Failed(task.error.unwrap_or_default()),
+        })
+    }
+
+    /// The key webhooks of `tenant_id` are signed with (hex).
+    pub fn webhook_secret(&self, tenant_id: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.master.as_bytes())
+            .expect("any key length works");
+        mac.update(b"lodge webhook secret\0");
+        mac.update(tenant_id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn sign_webhook(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("any key length works");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Starts `workers` task workers; they stop when the host is dropped.
+pub fn spawn_workers(lodge: &Arc<Lodge>, workers: usize) {
+    for _ in 0..workers {
+        tokio::spawn(work(Arc::downgrade(lodge)));
+    }
+}
+
+async fn work(lodge: Weak<Lodge>) {
+    loop {
+        let Some(host) = lodge.upgrade() else { return };
+        let claimed = host.storage.task_claim().await;
+        let task = match claimed {
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                let wakeup = host.task_wakeup.clone();
+                drop(host);
+                let _ = tokio::time::timeout(Duration::from_secs(1), wakeup.notified()).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a convergence task failed");
+                drop(host);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        run(&host, task).await;
+    }
+}
+
+async fn run(lodge: &Lodge, task: TaskRecord) {
+    let result = match serde_json::from_str::<ConvergeRequest>(&task.request) {
+        Ok(request) => converge(lodge.provider.as_ref(), &request)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("unreadable request: {e}")),
+    };
+    let stored = match &result {
+        Ok(outcome) => {
+            lodge.meter(&task.tenant_id, outcome).await;
+            let json = serde_json::to_string(outcome).unwrap_or_default();
+            lodge.storage.task_finish(&task.id, Ok(&json)).await
+        }
+        Err(e) => lodge.storage.task_finish(&task.id, Err(e)).await,
+    };
+    if let Err(e) = stored {
+        tracing::error!(task = %task.id, error = %e, "task result not stored; it will run again");
+        return;
+    }
+    if let Some(url) = &task.webhook_url {
+        let body = serde_json::json!({
+            "taskId": task.id,
+            "status": if result.is_ok() { "done" } else { "failed" },
+            "outcome": result.as_ref().ok(),
+            "error": result.as_ref().err(),
+        })
+        .to_string();
+        let signature = sign_webhook(&lodge.webhook_secret(&task.tenant_id), body.as_bytes());
+        let delivered = deliver(url, body, &signature).await;
+        let _ = lodge.storage.task_webhook(&task.id, &delivered).await;
+    }
+}
+
+/// Posts a webhook, three tries with backoff; returns how it went.
+async fn deliver(url: &str, body: String, signature: &str) -> String {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let mut last = String::new();
+    for attempt in 0..3u32 {
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                return format!("delivered: {}", response.status());
+            }
+            Ok(response) => last = format!("failed: {}", response.status()),
+            Err(e) => last = format!("failed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
+    }
+    last
+}

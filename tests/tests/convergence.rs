@@ -1,0 +1,473 @@
+//! Convergence through a guest (`tenant-examples/convergence-app`) and through
+//! the HTTP API: presets, async tasks (durable across a restart), signed
+//! webhooks, the daily token budget, isolation, and the OpenAI-compatible
+//! provider against a local chat-completions server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use hmac::{Hmac, Mac};
+use lodge_host::Limits;
+use lodge_host::convergence::provider::{
+    ChatMessage, OpenAiCompatible, OpenAiConfig, Provider, ProviderError,
+};
+use lodge_tests::{ADMIN_TOKEN, TestHost, guests};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn post_app(host: &TestHost, slug: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = host
+        .client
+        .post(host.path_url(slug, path))
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_app(host: &TestHost, slug: &str, path: &str) -> Value {
+    host.client
+        .get(host.path_url(slug, path))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// An org and a tenant; returns the tenant's slug and key.
+async fn tenant(host: &TestHost, name: &str) -> (String, String) {
+    let org: Value = host
+        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
+        .json(&json!({ "name": format!("{name}-org") }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let spawned: Value = host
+        .api(Method::POST, "/tenant/spawn", org["apiKey"].as_str())
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let t = &spawned["tenant"];
+    (
+        t["slug"].as_str().expect("slug").to_owned(),
+        t["apiKey"].as_str().expect("key").to_owned(),
+    )
+}
+
+async fn wait_done(host: &TestHost, key: &str, task_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state: Value = host
+            .api(Method::GET, &format!("/converge/{task_id}"), Some(key))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        if state["status"] == "done" || state["status"] == "failed" {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "task did not finish: {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_guest_converges_through_presets_and_tasks() {
+    let host = TestHost::start().await;
+    host.app("conv", guests::CONVERGENCE_APP, Limits::default())
+        .await;
+    host.app("other", guests::CONVERGENCE_APP, Limits::default())
+        .await;
+    assert_eq!(get_app(&host, "conv", "/health").await["status"], "ok");
+
+    let (status, design) = post_app(
+        &host,
+        "conv",
+        "/api/design",
+        json!({ "prompt": "a login page for a bank" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{design}");
+    assert_eq!(design["provider"], "offline");
+    assert_eq!(design["converged"], true);
+    assert!(design["score"].as_u64().unwrap_or(0) >= 80);
+    assert_eq!(design["transcript"][0]["role"], "Software Architect");
+
+    let (status, custom) = post_app(
+        &host,
+        "conv",
+        "/api/converge",
+        json!({ "prompt": "choose a queue", "agentARole": "Security Expert", "agentBRole": "UX Designer", "maxRounds": 3 }),
+    )
+    .await;
+    assert_eq!(status, 200, "{custom}");
+    assert_eq!(custom["transcript"][1]["role"], "UX Designer");
+    assert!(custom["rounds"].as_u64().unwrap_or(0) <= 3);
+
+    let (status, bad) = post_app(
+        &host,
+        "conv",
+        "/api/converge",
+        json!({ "prompt": "x", "maxRounds": 50 }),
+    )
+    .await;
+    assert_eq!(
+        (status, bad["error"].as_str()),
+        (400, Some("invalid-input")),
+        "{bad}"
+    );
+
+    let (status, queued) = post_app(
+        &host,
+        "conv",
+        "/api/converge",
+        json!({ "prompt": "plan a launch", "async": true }),
+    )
+    .await;
+    assert_eq!(status, 202, "{queued}");
+    let task_id = queued["taskId"].as_str().expect("task id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let state = get_app(&host, "conv", &format!("/api/converge/{task_id}")).await;
+        if state["status"] == "done" {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["outcome"]["provider"], "offline");
+    // Another tenant cannot see the task.
+    let theirs = get_app(&host, "other", &format!("/api/converge/{task_id}")).await;
+    assert_eq!(theirs["error"], "not-found", "{theirs}");
+}
+
+#[tokio::test]
+async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
+    let host = TestHost::start().await;
+    let (slug, key) = tenant(&host, "client").await;
+    let (_, other_key) = tenant(&host, "bystander").await;
+
+    let outcome: Value = host
+        .api(Method::POST, "/review", Some(&key))
+        .json(&json!({ "prompt": "fn main() { unsafe { … } }" }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(outcome["provider"], "offline");
+    assert_eq!(outcome["transcript"][0]["role"], "Code Reviewer");
+    let forbidden = host
+        .api(Method::POST, "/converge", Some(ADMIN_TOKEN))
+        .json(&json!({ "prompt": "x" }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(forbidden.status(), 403);
+
+    // A webhook receiver on loopback.
+    let received: Arc<tokio::sync::Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().await.push((headers, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let queued = host
+        .api(Method::POST, "/converge", Some(&key))
+        .json(&json!({ "prompt": "design a cache", "agentARole": "DBA", "agentBRole": "SRE", "async": true, "webhookUrl": hook }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(queued.status(), 202);
+    let task_id = queued.json::<Value>().await.expect("json")["taskId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let state = wait_done(&host, &key, &task_id).await;
+    assert_eq!(state["status"], "done", "{state}");
+    let theirs = host
+        .api(
+            Method::GET,
+            &format!("/converge/{task_id}"),
+            Some(&other_key),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(theirs.status(), 404);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().await.is_empty() {
+        assert!(Instant::now() < deadline, "webhook delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (headers, body) = received.lock().await[0].clone();
+    let secret: Value = host
+        .api(
+            Method::GET,
+            &format!("/tenant/{slug}/webhook-secret"),
+            Some(&key),
+        )
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(secret["secret"].as_str().expect("secret").as_bytes())
+            .expect("key");
+    mac.update(body.as_bytes());
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(headers["x-lodge-signature"], expected.as_str());
+    let payload: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(payload["taskId"], task_id.as_str());
+    assert_eq!(payload["status"], "done");
+}
+
+#[tokio::test]
+async fn the_daily_token_budget_answers_quota_exceeded() {
+    let host = TestHost::start().await;
+    host.app(
+        "thrifty",
+        guests::CONVERGENCE_APP,
+        Limits {
+            convergence_tokens_per_day: 50,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let (status, first) = post_app(
+        &host,
+        "thrifty",
+        "/api/decide",
+        json!({ "prompt": "tabs or spaces" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let (status, second) = post_app(
+        &host,
+        "thrifty",
+        "/api/decide",
+        json!({ "prompt": "tabs or spaces" }),
+    )
+    .await;
+    assert_eq!(
+        (status, second["error"].as_str()),
+        (429, Some("quota-exceeded")),
+        "{second}"
+    );
+    let usage: Value = host
+        .api(Method::GET, "/tenant/thrifty/usage", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        usage["days"][0]["tokens"].as_i64().unwrap_or(0) > 50,
+        "{usage}"
+    );
+}
+
+#[tokio::test]
+async fn tasks_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let host = TestHost::start_in(dir.path(), |c| c.convergence_workers = 0).await;
+    let (_, key) = tenant(&host, "patient").await;
+    let queued: Value = host
+        .api(Method::POST, "/converge", Some(&key))
+        .json(&json!({ "prompt": "wait for me", "async": true }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let task_id = queued["taskId"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pending: Value = host
+        .api(Method::GET, &format!("/converge/{task_id}"), Some(&key))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(pending["status"], "pending", "no worker ran it");
+    host.shutdown().await;
+
+    let host = TestHost::start_in(dir.path(), |_| {}).await;
+    let state = wait_done(&host, &key, &task_id).await;
+    assert_eq!(state["status"], "done", "{state}");
+}
+
+/// A chat-completions server on loopback whose behaviour the test chooses.
+async fn mock_llm(behaviour: &'static str) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let ok = || {
+                    let last = body["messages"]
+                        .as_array()
+                        .and_then(|m| m.last())
+                        .cloned()
+                        .unwrap_or_default();
+                    let text = format!(
+                        "model says: {}",
+                        last["content"].as_str().unwrap_or("").len()
+                    );
+                    (
+                        StatusCode::OK,
+                        Json(json!({
+                            "choices": [{ "message": { "role": "assistant", "content": text } }],
+                            "usage": { "prompt_tokens": 11, "completion_tokens": 7 },
+                        })),
+                    )
+                };
+                match behaviour {
+                    "flaky" if n == 0 => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({ "error": "busy" })),
+                    ),
+                    "rejects" => (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({ "error": { "message": "bad key" } })),
+                    ),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        ok()
+                    }
+                    "garbage" => (StatusCode::OK, Json(json!({ "nothing": "here" }))),
+                    _ => ok(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+fn llm(url: &str) -> OpenAiConfig {
+    OpenAiConfig {
+        base_url: url.to_owned(),
+        model: "test-model".into(),
+        api_key: Some("sk-test".into()),
+        timeout: Duration::from_millis(500),
+        retries: 2,
+        backoff: Duration::from_millis(10),
+    }
+}
+
+#[tokio::test]
+async fn the_openai_compatible_provider_speaks_chat_completions() {
+    let ask = [
+        ChatMessage::system("You are a tester."),
+        ChatMessage::user("hello"),
+    ];
+
+    let (url, calls) = mock_llm("ok").await;
+    let reply = OpenAiCompatible::new(llm(&url))
+        .chat(&ask)
+        .await
+        .expect("answers");
+    assert_eq!(reply.content, "model says: 5");
+    assert_eq!((reply.prompt_tokens, reply.completion_tokens), (11, 7));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let (url, calls) = mock_llm("flaky").await;
+    assert!(
+        OpenAiCompatible::new(llm(&url)).chat(&ask).await.is_ok(),
+        "a 503 is retried"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let (url, calls) = mock_llm("rejects").await;
+    let rejected = OpenAiCompatible::new(llm(&url)).chat(&ask).await;
+    assert!(
+        matches!(&rejected, Err(ProviderError::Rejected(m)) if m.contains("401")),
+        "{rejected:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a 401 is not retried");
+
+    let (url, calls) = mock_llm("slow").await;
+    let slow = OpenAiCompatible::new(llm(&url)).chat(&ask).await;
+    assert!(matches!(slow, Err(ProviderError::Timeout)), "{slow:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "timeouts are retried, then reported"
+    );
+
+    let (url, _) = mock_llm("garbage").await;
+    let garbage = OpenAiCompatible::new(llm(&url)).chat(&ask).await;
+    assert!(
+        matches!(garbage, Err(ProviderError::Malformed(_))),
+        "{garbage:?}"
+    );
+
+    let unreachable = OpenAiCompatible::new(llm("http://127.0.0.1:9/v1"))
+        .chat(&ask)
+        .await;
+    assert!(
+        matches!(unreachable, Err(ProviderError::Unavailable(_))),
+        "{unreachable:?}"
+    );
+
+    // End to end: a host configured with the endpoint labels its results.
+    let (url, _) = mock_llm("ok").await;
+    let host = TestHost::start_with(|c| c.llm = Some(llm(&url))).await;
+    let (_, key) = tenant(&host, "modelled").await;
+    let outcome: Value = host
+        .api(Method::POST, "/decide", Some(&key))
+        .json(&json!({ "prompt": "ship it?", "maxRounds": 1 }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(outcome["provider"], "openai-compatible", "{outcome}");
+    assert_eq!(outcome["model"], "test-model");
+    assert_eq!(outcome["usage"]["promptTokens"], 22);
+}
