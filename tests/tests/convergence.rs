@@ -471,3 +471,85 @@ async fn the_openai_compatible_provider_speaks_chat_completions() {
     assert_eq!(outcome["model"], "test-model");
     assert_eq!(outcome["usage"]["promptTokens"], 22);
 }
+
+#[tokio::test]
+async fn the_agent_bot_remembers_converses_and_pays() {
+    let host = TestHost::start().await;
+    host.app("bot", guests::AGENT_BOT, Limits::default()).await;
+    host.app("shop", guests::AGENT_BOT, Limits::default()).await;
+    let fund = host
+        .api(Method::POST, "/tenant/bot/wallet/fund", Some(ADMIN_TOKEN))
+        .json(&json!({ "amount": 100 }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(fund.status(), 200);
+
+    let (status, first) = post_app(
+        &host,
+        "bot",
+        "/chat",
+        json!({ "message": "how should we cache sessions?", "conversationId": "c1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert!(
+        first["reply"].as_str().unwrap_or("").contains("offline"),
+        "answered by convergence: {first}"
+    );
+    let (_, balance) = post_app(
+        &host,
+        "bot",
+        "/chat",
+        json!({ "message": "check my wallet balance", "conversationId": "c1" }),
+    )
+    .await;
+    assert!(
+        balance["reply"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Your balance is 100"),
+        "{balance}"
+    );
+
+    let (_, shop) = post_app(
+        &host,
+        "shop",
+        "/chat",
+        json!({ "message": "what is my address" }),
+    )
+    .await;
+    let shop_reply = shop["reply"].as_str().unwrap_or("");
+    let shop_address = shop_reply
+        .split_whitespace()
+        .last()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_owned();
+    assert!(shop_address.starts_with("lodge1"), "{shop}");
+    let (_, paid) = post_app(
+        &host,
+        "bot",
+        "/chat",
+        json!({ "message": format!("send 5 to {shop_address}"), "conversationId": "c1" }),
+    )
+    .await;
+    assert!(
+        paid["reply"].as_str().unwrap_or("").starts_with("Sent 5"),
+        "{paid}"
+    );
+    let (_, after) = post_app(&host, "shop", "/chat", json!({ "message": "balance?" })).await;
+    assert!(
+        after["reply"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Your balance is 5"),
+        "{after}"
+    );
+
+    let history = get_app(&host, "bot", "/chat/c1").await;
+    assert_eq!(history.as_array().map(Vec::len), Some(6), "{history}");
+    assert_eq!(history[0]["content"], "how should we cache sessions?");
+    // Another tenant's bot has its own storage.
+    assert_eq!(get_app(&host, "shop", "/chat/c1").await, json!([]));
+}
