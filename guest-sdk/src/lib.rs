@@ -2,7 +2,9 @@
 //!
 //! A tenant app is a `wasi:http/proxy` component built with
 //! `--target wasm32-wasip2`. This crate builds on [`wstd`]: you write one async
-//! handler from [`Request`] to [`Response`] and export it with [`serve!`].
+//! handler from [`Request`] to [`Response`] and export it with [`serve!`];
+//! [`router::Route`] matches methods and path patterns, [`json`] and [`text`]
+//! build responses.
 //!
 //! ```no_run
 //! use lodge_sdk::{Body, Error, Request, Response};
@@ -124,4 +126,5 @@ pub mod bindings {
 
 pub mod convergence;
 pub mod kv;
+pub mod router;
 pub mod wallet;

@@ -98,6 +98,27 @@ impl TestHost {
         }
     }
 
+    /// Calls the control plane (`path` under `/api/v1`) with `token` and an
+    /// optional JSON body; returns the status and the JSON answer (`Null` if none).
+    pub async fn api_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.api(method, path, token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// A request to the control plane, `path` under `/api/v1`, with `token`.
     pub fn api(
         &self,

@@ -45,23 +45,23 @@ async fn get_app(host: &TestHost, slug: &str, path: &str) -> Value {
 /// An org and a tenant; returns the tenant's slug and key.
 async fn tenant(host: &TestHost, name: &str) -> (String, String) {
     let org: Value = host
-        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
-        .json(&json!({ "name": format!("{name}-org") }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/orgs",
+            Some(ADMIN_TOKEN),
+            Some(&json!({ "name": format!("{name}-org") })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     let spawned: Value = host
-        .api(Method::POST, "/tenant/spawn", org["apiKey"].as_str())
-        .json(&json!({ "name": name }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/tenant/spawn",
+            org["apiKey"].as_str(),
+            Some(&json!({ "name": name })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     let t = &spawned["tenant"];
     (
         t["slug"].as_str().expect("slug").to_owned(),
@@ -73,13 +73,14 @@ async fn wait_done(host: &TestHost, key: &str, task_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let state: Value = host
-            .api(Method::GET, &format!("/converge/{task_id}"), Some(key))
-            .send()
+            .api_json(
+                Method::GET,
+                &format!("/converge/{task_id}"),
+                Some(key),
+                None,
+            )
             .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
+            .1;
         if state["status"] == "done" || state["status"] == "failed" {
             return state;
         }
@@ -165,14 +166,14 @@ async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
     let (_, other_key) = tenant(&host, "bystander").await;
 
     let outcome: Value = host
-        .api(Method::POST, "/review", Some(&key))
-        .json(&json!({ "prompt": "fn main() { unsafe { … } }" }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/review",
+            Some(&key),
+            Some(&json!({ "prompt": "fn main() { unsafe { … } }" })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     assert_eq!(outcome["provider"], "offline");
     assert_eq!(outcome["transcript"][0]["role"], "Code Reviewer");
     let forbidden = host
@@ -233,17 +234,14 @@ async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
     }
     let (headers, body) = received.lock().await[0].clone();
     let secret: Value = host
-        .api(
+        .api_json(
             Method::GET,
             &format!("/tenant/{slug}/webhook-secret"),
             Some(&key),
+            None,
         )
-        .send()
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     let mut mac =
         Hmac::<sha2::Sha256>::new_from_slice(secret["secret"].as_str().expect("secret").as_bytes())
             .expect("key");
@@ -288,13 +286,14 @@ async fn the_daily_token_budget_answers_quota_exceeded() {
         "{second}"
     );
     let usage: Value = host
-        .api(Method::GET, "/tenant/thrifty/usage", Some(ADMIN_TOKEN))
-        .send()
+        .api_json(
+            Method::GET,
+            "/tenant/thrifty/usage",
+            Some(ADMIN_TOKEN),
+            None,
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     assert!(
         usage["days"][0]["tokens"].as_i64().unwrap_or(0) > 50,
         "{usage}"
@@ -307,24 +306,25 @@ async fn tasks_survive_a_restart() {
     let host = TestHost::start_in(dir.path(), |c| c.convergence_workers = 0).await;
     let (_, key) = tenant(&host, "patient").await;
     let queued: Value = host
-        .api(Method::POST, "/converge", Some(&key))
-        .json(&json!({ "prompt": "wait for me", "async": true }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/converge",
+            Some(&key),
+            Some(&json!({ "prompt": "wait for me", "async": true })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     let task_id = queued["taskId"].as_str().expect("id").to_owned();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pending: Value = host
-        .api(Method::GET, &format!("/converge/{task_id}"), Some(&key))
-        .send()
+        .api_json(
+            Method::GET,
+            &format!("/converge/{task_id}"),
+            Some(&key),
+            None,
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     assert_eq!(pending["status"], "pending", "no worker ran it");
     host.shutdown().await;
 
@@ -459,14 +459,14 @@ async fn the_openai_compatible_provider_speaks_chat_completions() {
     let host = TestHost::start_with(|c| c.llm = Some(llm(&url))).await;
     let (_, key) = tenant(&host, "modelled").await;
     let outcome: Value = host
-        .api(Method::POST, "/decide", Some(&key))
-        .json(&json!({ "prompt": "ship it?", "maxRounds": 1 }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/decide",
+            Some(&key),
+            Some(&json!({ "prompt": "ship it?", "maxRounds": 1 })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     assert_eq!(outcome["provider"], "openai-compatible", "{outcome}");
     assert_eq!(outcome["model"], "test-model");
     assert_eq!(outcome["usage"]["promptTokens"], 22);

@@ -134,13 +134,9 @@ async fn transfers_are_atomic_idempotent_and_recorded() {
     assert_eq!(older["entries"][0]["kind"], "funding");
 
     let api: Value = host
-        .api(Method::GET, "/tenant/bob/wallet", Some(ADMIN_TOKEN))
-        .send()
+        .api_json(Method::GET, "/tenant/bob/wallet", Some(ADMIN_TOKEN), None)
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     assert_eq!(api["address"], b.as_str());
     assert_eq!(api["balance"], 300);
     assert_eq!(api["history"][0]["kind"], "received");
@@ -240,24 +236,24 @@ async fn one_tenant_cannot_spend_or_see_anothers_wallet() {
 
     // Through the API: a tenant key sees only its own wallet, and only the operator mints.
     let spawned: Value = host
-        .api(Method::POST, "/orgs", Some(ADMIN_TOKEN))
-        .json(&json!({ "name": "o" }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/orgs",
+            Some(ADMIN_TOKEN),
+            Some(&json!({ "name": "o" })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     let org_key = spawned["apiKey"].as_str().expect("key");
     let tenant: Value = host
-        .api(Method::POST, "/tenant/spawn", Some(org_key))
-        .json(&json!({ "name": "own" }))
-        .send()
+        .api_json(
+            Method::POST,
+            "/tenant/spawn",
+            Some(org_key),
+            Some(&json!({ "name": "own" })),
+        )
         .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+        .1;
     let tenant_key = tenant["tenant"]["apiKey"].as_str().expect("key");
     let own = host
         .api(Method::GET, "/tenant/own/wallet", Some(tenant_key))

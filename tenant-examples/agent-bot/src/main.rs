@@ -7,6 +7,7 @@
 //! `GET /chat/{conversationId}` returns the history; `GET /health`.
 
 use lodge_sdk::kv::Store;
+use lodge_sdk::router::Route;
 use lodge_sdk::{Body, Error, Request, Response, convergence, wallet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -64,18 +65,21 @@ fn wallet_answer(message: &str, idempotency_key: &str) -> Option<String> {
 }
 
 async fn handle(mut req: Request<Body>) -> Result<Response<Body>, Error> {
-    let path = req.uri().path().to_owned();
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let route = Route::new(&method, &path);
     let store = Store::open("agent-bot")?;
-    match (req.method().as_str(), path.as_str()) {
-        ("GET", "/health") => return Ok(lodge_sdk::json(200, &json!({ "status": "ok" }))),
-        ("GET", p) if p.starts_with("/chat/") => {
-            let history: Vec<Message> = store
-                .get_json(&history_key(&p["/chat/".len()..]))?
-                .unwrap_or_default();
-            return Ok(lodge_sdk::json(200, &history));
-        }
-        ("POST", "/chat") => {}
-        _ => return Ok(lodge_sdk::text(404, "not found\n")),
+    if route.matches("GET", "/health").is_some() {
+        return Ok(lodge_sdk::json(200, &json!({ "status": "ok" })));
+    }
+    if let Some(params) = route.matches("GET", "/chat/{conversation}") {
+        let conversation = params.get("conversation").unwrap_or_default();
+        let history: Vec<Message> = store
+            .get_json(&history_key(conversation))?
+            .unwrap_or_default();
+        return Ok(lodge_sdk::json(200, &history));
+    }
+    if route.matches("POST", "/chat").is_none() {
+        return Ok(lodge_sdk::text(404, "not found\n"));
     }
     let chat = match serde_json::from_slice::<Chat>(req.body_mut().contents().await?) {
         Ok(chat) if !chat.message.trim().is_empty() => chat,
