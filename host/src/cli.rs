@@ -145,6 +145,15 @@ pub struct PlanArgs {
     #[arg(long, env = "LODGE_MAX_CONCURRENCY", default_value_t = Limits::DEFAULT_MAX_CONCURRENCY)]
     pub max_concurrency: u32,
 
+    /// Requests per second per tenant, on average (token bucket; answered 429 with
+    /// Retry-After past it). 0 = unlimited.
+    #[arg(long, env = "LODGE_RATE_LIMIT", default_value_t = 0.0)]
+    pub rate_limit: f64,
+
+    /// Requests a tenant may send at once above its rate.
+    #[arg(long, env = "LODGE_RATE_BURST", default_value_t = 50)]
+    pub rate_burst: u32,
+
     /// Largest request body, in bytes (answered 413 past it).
     #[arg(long, env = "LODGE_MAX_REQUEST_BODY", default_value_t = Limits::DEFAULT_MAX_REQUEST_BODY)]
     pub max_request_body: u64,
@@ -175,6 +184,8 @@ impl PlanArgs {
             timeout: Duration::from_millis(self.timeout_ms),
             max_concurrency: self.max_concurrency,
             max_request_body: self.max_request_body,
+            rate_per_second: self.rate_limit,
+            rate_burst: self.rate_burst,
             ..Limits::default()
         }
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Per-tenant limits (a plan). Every request of the tenant runs under these.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Fuel (roughly, WebAssembly instructions) one request may burn.
     pub fuel: u64,
@@ -34,6 +34,10 @@ pub struct Limits {
     pub wallet_max_per_day: i64,
     /// Convergence tokens per UTC day.
     pub convergence_tokens_per_day: u64,
+    /// Requests per second on average (token bucket); 0 = unlimited.
+    pub rate_per_second: f64,
+    /// Requests allowed at once above the average rate.
+    pub rate_burst: u32,
 }
 
 impl Limits {
@@ -64,6 +68,8 @@ impl Default for Limits {
             wallet_max_per_transfer: 1_000_000,
             wallet_max_per_day: 10_000_000,
             convergence_tokens_per_day: 1_000_000,
+            rate_per_second: 0.0,
+            rate_burst: 50,
         }
     }
 }

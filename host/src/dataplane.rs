@@ -85,6 +85,11 @@ async fn run(
         return Err(DataPlaneError::BodyTooLarge);
     }
 
+    if let Err(wait) = tenant.rate().try_acquire() {
+        return Err(DataPlaneError::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        });
+    }
     let admission = limits::admit(tenant.concurrency(), lodge.runtime.slots())?;
 
     let id_header =

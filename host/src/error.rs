@@ -24,6 +24,12 @@ pub enum DataPlaneError {
     /// The tenant was stopped by its owner.
     #[error("this app is stopped")]
     Stopped,
+    /// The tenant is over its request rate; retry after this many seconds.
+    #[error("this app is receiving too many requests; retry later")]
+    RateLimited {
+        /// Seconds until a request would be admitted.
+        retry_after_secs: u64,
+    },
     /// The tenant is at its concurrency limit.
     #[error("this app is handling too many requests; retry shortly")]
     OverConcurrency,
@@ -61,6 +67,7 @@ impl DataPlaneError {
             | Self::HostBusy
             | Self::FuelExhausted => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
             Self::AppFailed | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoResponse => StatusCode::BAD_GATEWAY,
@@ -74,6 +81,7 @@ impl DataPlaneError {
             Self::NoDeployment => "no_deployment",
             Self::Stopped => "tenant_stopped",
             Self::OverConcurrency => "over_concurrency",
+            Self::RateLimited { .. } => "rate_limited",
             Self::HostBusy => "host_busy",
             Self::BodyTooLarge => "body_too_large",
             Self::Deadline => "deadline_exceeded",
@@ -87,10 +95,15 @@ impl DataPlaneError {
     /// The response for this failure.
     pub fn into_response(self) -> http::Response<ResponseBody> {
         let mut response = json_error(self.status(), self.code(), &self.to_string());
-        if matches!(self, Self::OverConcurrency | Self::HostBusy) {
+        let retry_after = match self {
+            Self::OverConcurrency | Self::HostBusy => Some(1),
+            Self::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

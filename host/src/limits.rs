@@ -136,6 +136,49 @@ impl Drop for GuestLimiter {
     }
 }
 
+/// A token bucket: `rate` requests per second on average, bursts up to `burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimiter {
+    /// A full bucket; `rate` ≤ 0 means unlimited.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate,
+            burst,
+            state: std::sync::Mutex::new((burst, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn try_acquire(&self) -> Result<(), std::time::Duration> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let refilled =
+            (state.0 + now.duration_since(state.1).as_secs_f64() * self.rate).min(self.burst);
+        *state = (refilled, now);
+        if refilled >= 1.0 {
+            state.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - refilled) / self.rate,
+            ))
+        }
+    }
+}
+
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
@@ -275,6 +318,26 @@ mod tests {
         assert_eq!(other_tenant.available_permits(), 5);
         drop(first);
         assert!(admit(&tenant, &host).is_ok());
+    }
+
+    #[test]
+    fn the_token_bucket_allows_bursts_then_says_when() {
+        let bucket = RateLimiter::new(2.0, 3);
+        for _ in 0..3 {
+            assert!(bucket.try_acquire().is_ok());
+        }
+        let wait = bucket.try_acquire().expect_err("empty");
+        assert!(
+            wait > std::time::Duration::from_millis(300)
+                && wait <= std::time::Duration::from_millis(500),
+            "{wait:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(520));
+        assert!(bucket.try_acquire().is_ok(), "refilled");
+        assert!(
+            RateLimiter::new(0.0, 1).try_acquire().is_ok(),
+            "0 = unlimited"
+        );
     }
 
     #[tokio::test]

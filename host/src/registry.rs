@@ -105,6 +105,7 @@ pub struct Tenant {
     /// Serializes deploys, rollbacks, starts and stops of this tenant.
     pub changes: tokio::sync::Mutex<()>,
     concurrency: Arc<Semaphore>,
+    rate: crate::limits::RateLimiter,
     state: RwLock<TenantState>,
 }
 
@@ -120,6 +121,7 @@ impl Tenant {
             id: id.into(),
             slug: slug.into(),
             concurrency: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+            rate: crate::limits::RateLimiter::new(limits.rate_per_second, limits.rate_burst),
             limits,
             logs,
             counters: Arc::default(),
@@ -148,6 +150,11 @@ impl Tenant {
     /// The app serving new requests, if any.
     pub fn active(&self) -> Option<Active> {
         self.state().active
+    }
+
+    /// This tenant's request-rate bucket.
+    pub fn rate(&self) -> &crate::limits::RateLimiter {
+        &self.rate
     }
 
     /// Permits for this tenant's concurrent requests.

@@ -577,3 +577,49 @@ async fn bad_components_are_refused_with_a_precise_reason() {
         .await);
     assert!(truncated.contains("invalid component"), "{truncated}");
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_gets_429_and_others_do_not() {
+    let host = TestHost::start().await;
+    host.app(
+        "limited",
+        guests::HELLO,
+        Limits {
+            rate_per_second: 2.0,
+            rate_burst: 3,
+            ..limits()
+        },
+    )
+    .await;
+    host.app("free", guests::HELLO, limits()).await;
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..6 {
+        let response = host.get("limited", "/").await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 && limited.is_none() {
+            limited = Some(response);
+        }
+    }
+    assert_eq!(
+        &statuses[..3],
+        [200, 200, 200],
+        "the burst is allowed: {statuses:?}"
+    );
+    let limited = limited.expect("the rest is limited");
+    assert_eq!(limited.headers()["retry-after"], "1");
+    assert_error(limited, 429, "rate_limited").await;
+    for _ in 0..10 {
+        assert_eq!(
+            host.get("free", "/").await.status(),
+            200,
+            "other tenants are not limited"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        host.get("limited", "/").await.status(),
+        200,
+        "the bucket refills"
+    );
+}
