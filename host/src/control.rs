@@ -218,7 +218,7 @@ impl Lodge {
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(&wasm));
         let size = wasm.len() as i64;
-        let app = self.load_shared(wasm.clone()).await?;
+        let app = self.load(wasm.clone()).await?;
         let compile_ms = started.elapsed().as_millis() as i64;
         self.storage.put_blob(&sha256, &wasm).await?;
         let deployment = self
@@ -236,15 +236,6 @@ impl Lodge {
         Ok(deployment)
     }
 
-    /// Compiles off the async threads, or loads the cached artifact.
-    async fn load_shared(&self, wasm: Vec<u8>) -> Result<Arc<App>, ControlError> {
-        let runtime = self.runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
-            .await
-            .map_err(|e| ControlError::Component(LoadError::Internal(e.into())))?
-            .map_err(ControlError::Component)
-    }
-
     /// Loads a stored version: from the artifact cache if possible, else from its blob.
     async fn load_version(&self, deployment: &Deployment) -> Result<Arc<App>, ControlError> {
         let runtime = self.runtime.clone();
@@ -258,7 +249,7 @@ impl Lodge {
             return Ok(Arc::new(app));
         }
         let wasm = self.storage.get_blob(&deployment.sha256).await?;
-        self.load_shared(wasm).await
+        Ok(self.load(wasm).await?)
     }
 
     /// Makes a previous version active again.

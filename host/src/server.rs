@@ -130,7 +130,7 @@ impl Lodge {
     }
 
     /// Compiles `wasm` off the async threads (validation only; nothing is stored).
-    pub async fn load(self: &Arc<Self>, wasm: Vec<u8>) -> Result<Arc<App>, LoadError> {
+    pub async fn load(&self, wasm: Vec<u8>) -> Result<Arc<App>, LoadError> {
         let runtime = self.runtime.clone();
         tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
             .await
