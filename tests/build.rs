@@ -43,6 +43,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=LODGE_GUEST_TARGET_DIR");
 
+    ensure_wasm_target(&root);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -103,5 +104,33 @@ fn rerun_if_changed_tree(path: &Path) {
         } else {
             println!("cargo:rerun-if-changed={}", p.display());
         }
+    }
+}
+
+/// Adds the `wasm32-wasip2` target if the toolchain lacks it: rustup installs the
+/// targets of `rust-toolchain.toml` only with a toolchain it installs itself, so
+/// a machine that already had 1.95.0 would otherwise fail here on a fresh clone.
+fn ensure_wasm_target(root: &Path) {
+    let sysroot = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output();
+    let installed = sysroot.ok().is_some_and(|out| {
+        let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Path::new(&sysroot)
+            .join("lib/rustlib/wasm32-wasip2")
+            .exists()
+    });
+    if installed {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup");
+    let added = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    if !added.is_ok_and(|s| s.success()) {
+        println!(
+            "cargo:warning=`rustup target add wasm32-wasip2` failed; install the target by hand"
+        );
     }
 }

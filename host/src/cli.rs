@@ -22,6 +22,18 @@ pub struct Cli {
     command: Command,
     #[command(flatten)]
     conn: Connection,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for collectors.
+    #[arg(long, global = true, env = "LODGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How the host writes its own logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the request span's tenant, request id and version.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +126,11 @@ pub struct ServeArgs {
     /// (about twice as fast to deploy, slower guest code).
     #[arg(long, env = "LODGE_FAST_COMPILE")]
     pub fast_compile: bool,
+
+    /// Plans and prices (`lodge.toml`, see docs/operations.md); re-read when it
+    /// changes and on SIGHUP. `LODGE__PLANS__<PLAN>__<FIELD>` variables override it.
+    #[arg(long, env = "LODGE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
 
     /// Largest component accepted by a deploy, in MiB.
     #[arg(long, env = "LODGE_MAX_COMPONENT_MIB", default_value_t = 64)]
@@ -220,6 +237,7 @@ impl ServeArgs {
                     backoff: Duration::from_millis(500),
                 }),
             max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
+            config_file: self.config.clone(),
             ..HostConfig::default()
         }
         .with(|c| {
@@ -247,7 +265,7 @@ fn parse_app(s: &str) -> Result<(String, PathBuf), String> {
 /// client commands add 3 (credentials refused), 4 (not found), 5 (request rejected).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -292,15 +310,22 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("LODGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -38,6 +38,16 @@ pub struct Limits {
     pub rate_per_second: f64,
     /// Requests allowed at once above the average rate.
     pub rate_burst: u32,
+    /// Hosts outbound HTTP may reach: exact names, or `*.example.com` for subdomains.
+    pub outbound_allow: Vec<String>,
+    /// Whether outbound HTTP may reach private, loopback and link-local addresses.
+    pub outbound_allow_private: bool,
+    /// Outbound HTTP requests one incoming request may make.
+    pub outbound_max_requests: u32,
+    /// Longest an outbound request may take (connect, first byte, between bytes each).
+    pub outbound_timeout: Duration,
+    /// Share of the CPU when tenants compete for it (1 = one fair share).
+    pub weight: u32,
 }
 
 impl Limits {
@@ -70,6 +80,11 @@ impl Default for Limits {
             convergence_tokens_per_day: 1_000_000,
             rate_per_second: 0.0,
             rate_burst: 50,
+            outbound_allow: Vec::new(),
+            outbound_allow_private: false,
+            outbound_max_requests: 10,
+            outbound_timeout: Duration::from_secs(10),
+            weight: 1,
         }
     }
 }
@@ -111,6 +126,12 @@ pub struct HostConfig {
     pub llm: Option<crate::convergence::provider::OpenAiConfig>,
     /// Workers running asynchronous convergence tasks.
     pub convergence_workers: usize,
+    /// `lodge.toml`: plans and prices, reloaded when it changes.
+    pub config_file: Option<PathBuf>,
+    /// How often the config file is checked for changes.
+    pub config_poll: Duration,
+    /// Tenants given their own label in `/metrics`; the rest share `_other`.
+    pub metrics_tenant_labels: usize,
 }
 
 /// Engine knobs (pooling allocator, compiler) measured in `docs/benchmarks.md`.
@@ -191,6 +212,9 @@ impl Default for HostConfig {
             master_key: None,
             llm: None,
             convergence_workers: 2,
+            config_file: None,
+            config_poll: Duration::from_secs(1),
+            metrics_tenant_labels: 100,
         }
     }
 }

@@ -9,14 +9,13 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::auth;
+use crate::config::Limits;
 use crate::instance::{App, LoadError};
 use crate::logs::TenantLogs;
+use crate::plans::{LimitsPatch, PlanBook};
 use crate::registry::{Active, Tenant};
 use crate::server::Lodge;
 use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, now_rfc3339};
-
-/// Plans this host knows (per-plan limits arrive with the plans work).
-pub const PLANS: &[&str] = &["default"];
 
 /// Why a control-plane operation failed, in terms the API can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -79,19 +78,71 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-fn check_plan(plan: Option<String>) -> Result<String, ControlError> {
-    let plan = plan.unwrap_or_else(|| "default".to_owned());
-    if PLANS.contains(&plan.as_str()) {
-        Ok(plan)
-    } else {
-        Err(ControlError::Invalid(format!(
-            "unknown plan {plan:?}; known plans: {}",
-            PLANS.join(", ")
-        )))
-    }
-}
-
 impl Lodge {
+    /// `plan`, or `default`, if this host knows it.
+    fn check_plan(&self, plan: Option<String>) -> Result<String, ControlError> {
+        let plan = plan.unwrap_or_else(|| crate::plans::DEFAULT_PLAN.to_owned());
+        let book = self.plans();
+        if book.get(&plan).is_some() {
+            Ok(plan)
+        } else {
+            Err(ControlError::Invalid(format!(
+                "unknown plan {plan:?}; known plans: {}",
+                book.names().join(", ")
+            )))
+        }
+    }
+
+    /// Changes a tenant's plan and/or replaces its own overrides; applies to new requests at once.
+    pub async fn set_tenant_limits(
+        &self,
+        record: &TenantRecord,
+        plan: Option<String>,
+        overrides: Option<LimitsPatch>,
+    ) -> Result<Limits, ControlError> {
+        let tenant = self.live(record)?;
+        let (current_plan, current_overrides) = tenant.plan();
+        let plan = match plan {
+            Some(plan) => self.check_plan(Some(plan))?,
+            None => current_plan,
+        };
+        let overrides = overrides.unwrap_or(current_overrides);
+        overrides
+            .validate(self.config.max_memory_per_instance)
+            .map_err(ControlError::Invalid)?;
+        self.storage
+            .set_tenant_limits(&record.id, &plan, &overrides)
+            .await?;
+        let limits = self.plans().effective(&plan, &overrides);
+        tenant.set_plan(plan, overrides);
+        tenant.set_limits(limits.clone());
+        tracing::info!(tenant = %record.slug, "limits changed");
+        Ok(limits)
+    }
+
+    /// Re-reads the config file; on a change, every tenant's limits follow at once.
+    /// A broken file is reported and the plans in force stay.
+    pub fn reload_plans(&self) -> Result<bool, String> {
+        let Some(path) = &self.config.config_file else {
+            return Ok(false);
+        };
+        let book = PlanBook::load(
+            path,
+            &self.config.default_limits,
+            self.config.max_memory_per_instance,
+        )?;
+        if *self.plans() == book {
+            return Ok(false);
+        }
+        self.set_plans(book);
+        for tenant in self.registry.all() {
+            let (plan, overrides) = tenant.plan();
+            tenant.set_limits(self.plans().effective(&plan, &overrides));
+        }
+        tracing::info!(path = %path.display(), "plans reloaded");
+        Ok(true)
+    }
+
     /// Creates an organization and its first key.
     pub async fn create_org(
         &self,
@@ -107,7 +158,7 @@ impl Lodge {
         let org = Org {
             id: new_id("org"),
             name: name.to_owned(),
-            plan: check_plan(plan)?,
+            plan: self.check_plan(plan)?,
             created_at: now_rfc3339(),
         };
         self.storage.create_org(&org).await?;
@@ -140,7 +191,8 @@ impl Lodge {
             name: name.trim().to_owned(),
             slug,
             status: TenantStatus::Provisioning,
-            plan: check_plan(plan.or(Some(org.plan)))?,
+            plan: self.check_plan(plan.or(Some(org.plan)))?,
+            limits: LimitsPatch::default(),
             active_version: None,
             last_error: None,
             created_at: now.clone(),
@@ -180,12 +232,16 @@ impl Lodge {
             self.log_archive.clone(),
             history,
         ));
-        let tenant = Arc::new(Tenant::new(
-            record.id.clone(),
-            record.slug.clone(),
-            self.config.default_limits.clone(),
-            logs,
-        ));
+        let tenant = Arc::new(
+            Tenant::new(
+                record.id.clone(),
+                record.slug.clone(),
+                self.plans().effective(&record.plan, &record.limits),
+                logs,
+            )
+            .with_metrics(self.metrics.tenant(&record.slug)),
+        );
+        tenant.set_plan(record.plan.clone(), record.limits.clone());
         let status = record.status;
         tenant.update(|state| {
             state.status = status;
@@ -399,12 +455,14 @@ impl Lodge {
 
     /// Writes one tenant's unflushed usage.
     pub async fn flush_usage_of(&self, tenant: &Tenant) {
-        let delta = tenant.counters.take(crate::storage::today());
-        if delta.requests == 0 && delta.fuel == 0 && delta.tokens == 0 {
+        let delta = tenant.counters.take();
+        if delta.is_empty() {
             return;
         }
-        if let Err(e) = self.storage.add_usage(&tenant.id, &delta).await {
-            tracing::warn!(tenant = %tenant.slug, error = %e, "usage not recorded");
+        let hour = crate::storage::this_hour();
+        if let Err(e) = self.storage.add_usage(&tenant.id, &hour, &delta).await {
+            tracing::warn!(tenant = %tenant.slug, error = %e, "usage not recorded; kept for the next flush");
+            tenant.counters.restore(&delta);
         }
     }
 

@@ -14,12 +14,13 @@ use hyper::body::Incoming;
 
 use crate::capability::convergence::ConvergenceCtx;
 use crate::capability::keyvalue::KeyValueCtx;
+use crate::capability::outbound_http::OutboundPolicy;
 use crate::capability::wallet::WalletCtx;
 use crate::error::DataPlaneError;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
 use crate::logs::LogStream;
-use crate::registry::Tenant;
+use crate::registry::{Tenant, TenantCounters};
 use crate::routing::{self, Route};
 use crate::server::{Lodge, ResponseBody};
 use crate::storage::{KvQuota, TenantStatus};
@@ -37,18 +38,114 @@ pub async fn handle(
         Some(tenant) => run(lodge, tenant, &route, &request_id, req).await,
         None => Err(DataPlaneError::TenantNotFound),
     };
-    if let Some(tenant) = &tenant {
-        tenant
-            .counters
-            .record(result.as_ref().err().map(|e| e.code()));
-    }
+    let failure = result.as_ref().err().copied();
     let response = result.unwrap_or_else(DataPlaneError::into_response);
-    tracing::debug!(
-        status = response.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "served"
-    );
-    response
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Some(tenant) = &tenant {
+        tenant.counters.record(status, failure.map(|e| e.code()));
+        tenant.metrics.request(status, elapsed);
+        if let Some(failure) = failure {
+            report_limit(tenant, &request_id, failure);
+        }
+    }
+    tracing::debug!(status, elapsed_us = elapsed.as_micros() as u64, "served");
+    match &tenant {
+        Some(tenant) => response.map(|body| {
+            MeteredBody {
+                inner: body,
+                counters: tenant.counters.clone(),
+            }
+            .boxed_unsync()
+        }),
+        None => response,
+    }
+}
+
+/// Counts a refused or failed request in `/metrics`, and tells the tenant why in
+/// its log (refusals that come in floods at most once a second).
+fn report_limit(tenant: &Tenant, request_id: &str, failure: DataPlaneError) {
+    let limit = match failure {
+        DataPlaneError::RateLimited { .. }
+        | DataPlaneError::OverConcurrency
+        | DataPlaneError::HostBusy
+        | DataPlaneError::BodyTooLarge
+        | DataPlaneError::Deadline
+        | DataPlaneError::FuelExhausted => failure.code(),
+        DataPlaneError::AppFailed => {
+            tenant.metrics.guest_failure("trap");
+            return;
+        }
+        DataPlaneError::NoResponse => {
+            tenant.metrics.guest_failure("no_response");
+            return;
+        }
+        _ => return,
+    };
+    tenant.metrics.limit_hit(limit);
+    let why = match failure {
+        DataPlaneError::RateLimited { .. } => format!(
+            "request refused (429): over the plan's rate of {}/s",
+            tenant.governor().limits.rate_per_second
+        ),
+        DataPlaneError::OverConcurrency => format!(
+            "request refused (503): {} requests already running, the plan's concurrency limit",
+            tenant.governor().limits.max_concurrency
+        ),
+        DataPlaneError::HostBusy => {
+            "request refused (503): the host's instance pool has no slot for this app now".into()
+        }
+        // Logged where they happen, with detail.
+        _ => return,
+    };
+    let now = crate::storage::now_ms() as u64;
+    let last = tenant.last_limit_log.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && tenant
+            .last_limit_log
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tenant.logs.push(
+            request_id,
+            LogStream::Host,
+            format!("{why} (further refusals this second are not logged)"),
+        );
+    }
+}
+
+/// A response body that meters the bytes it sends.
+struct MeteredBody {
+    inner: ResponseBody,
+    counters: Arc<TenantCounters>,
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = bytes::Bytes;
+    type Error = crate::server::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.counters
+                .bytes_out
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn run(
@@ -59,13 +156,16 @@ async fn run(
     mut req: http::Request<Incoming>,
 ) -> Result<http::Response<ResponseBody>, DataPlaneError> {
     let state = tenant.state();
-    let app = match (state.status, state.active) {
+    let active = match (state.status, state.active) {
         (TenantStatus::Destroyed, _) => return Err(DataPlaneError::TenantNotFound),
         (TenantStatus::Stopped, _) => return Err(DataPlaneError::Stopped),
         (_, None) => return Err(DataPlaneError::NoDeployment),
-        (_, Some(active)) => active.app,
+        (_, Some(active)) => active,
     };
-    let limits = &tenant.limits;
+    tracing::Span::current().record("version", active.version);
+    let app = active.app;
+    let governor = tenant.governor();
+    let limits = &governor.limits;
 
     let declared = req
         .headers()
@@ -85,19 +185,20 @@ async fn run(
         return Err(DataPlaneError::BodyTooLarge);
     }
 
-    if let Err(wait) = tenant.rate().try_acquire() {
+    if let Err(wait) = governor.rate.try_acquire() {
         return Err(DataPlaneError::RateLimited {
             retry_after_secs: wait.as_secs_f64().ceil() as u64,
         });
     }
-    let admission = limits::admit(tenant.concurrency(), lodge.runtime.slots())?;
+    let admission = limits::admit(lodge.runtime.pool(), &tenant.load, limits.max_concurrency)?;
 
     let id_header =
         http::HeaderValue::from_str(request_id).map_err(|_| DataPlaneError::Internal)?;
     routing::prepare_for_guest(&mut req, route, &id_header);
     let tripped = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
-    let body = CappedBody::new(body, limits.max_request_body, tripped.clone());
+    let body = CappedBody::new(body, limits.max_request_body, tripped.clone())
+        .metered(tenant.counters.clone());
     let request = http::Request::from_parts(parts, body);
 
     let call = Invocation {
@@ -114,6 +215,7 @@ async fn run(
                 max_keys: limits.kv_max_keys,
                 max_bytes: limits.kv_max_bytes,
             },
+            counters: tenant.counters.clone(),
         },
         wallet: WalletCtx {
             tenant_id: tenant.id.clone(),
@@ -121,11 +223,20 @@ async fn run(
             master: lodge.master.clone(),
             max_per_transfer: limits.wallet_max_per_transfer,
             max_per_day: limits.wallet_max_per_day,
+            counters: tenant.counters.clone(),
         },
         convergence: ConvergenceCtx {
             tenant_id: tenant.id.clone(),
             lodge: lodge.weak(),
         },
+        outbound: OutboundPolicy::new(
+            limits,
+            tenant.logs.clone(),
+            request_id.clone(),
+            tenant.counters.clone(),
+        ),
+        load: tenant.load.clone(),
+        lanes: lodge.runtime.lanes().saturating_mul(limits.weight.max(1)),
     };
     match lodge.runtime.invoke(&app, call, request).await {
         Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),

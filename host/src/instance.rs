@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use http_body::Body;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
@@ -28,7 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::capability::{self, GuestGrant, GuestState};
 use crate::config::{HostConfig, Limits};
-use crate::limits::{Admission, GrowthDenied, GuestLimiter, MemoryBudget};
+use crate::limits::{Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, TenantLoad};
 use crate::logs::{LogStream, TenantLogs};
 use crate::registry::TenantCounters;
 
@@ -119,6 +119,14 @@ pub struct RuntimeStats {
     pub instantiations: AtomicU64,
     /// Total nanoseconds spent in `instantiate_async`.
     pub instantiate_nanos: AtomicU64,
+    /// Components compiled.
+    pub compiles: AtomicU64,
+    /// Total nanoseconds spent compiling.
+    pub compile_nanos: AtomicU64,
+    /// Components loaded from the artifact cache.
+    pub cache_hits: AtomicU64,
+    /// Components looked up in the cache and not found.
+    pub cache_misses: AtomicU64,
 }
 
 /// One per process: the engine, the linker and the artifact cache.
@@ -128,7 +136,8 @@ pub struct Runtime {
     artifacts: PathBuf,
     compat: String,
     budget: Arc<MemoryBudget>,
-    slots: Arc<Semaphore>,
+    pool: Arc<Pool>,
+    lanes: u32,
     fuel_yield_interval: u64,
     epoch_tick: Duration,
     stats: Arc<RuntimeStats>,
@@ -165,6 +174,12 @@ pub struct Invocation<'a> {
     pub wallet: capability::wallet::WalletCtx,
     /// Convergence for the tenant.
     pub convergence: capability::convergence::ConvergenceCtx,
+    /// Where outbound HTTP may go.
+    pub outbound: capability::outbound_http::OutboundPolicy,
+    /// The tenant's load, whose CPU lanes the guest runs on.
+    pub load: Arc<TenantLoad>,
+    /// How many CPU lanes the tenant has.
+    pub lanes: u32,
 }
 
 impl Runtime {
@@ -231,16 +246,22 @@ impl Runtime {
             artifacts,
             compat,
             budget: MemoryBudget::new(config.memory_budget_bytes),
-            slots: Arc::new(Semaphore::new(config.max_instances as usize)),
+            pool: Pool::new(config.max_instances),
+            lanes: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             epoch_tick: config.epoch_tick,
             stats: Arc::default(),
         })
     }
 
-    /// The host-wide instance slots, acquired at admission.
-    pub fn slots(&self) -> &Arc<Semaphore> {
-        &self.slots
+    /// The host-wide instance slots, taken at admission.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// CPU lanes of a tenant of weight 1: one per core.
+    pub fn lanes(&self) -> u32 {
+        self.lanes
     }
 
     /// The host-wide memory budget.
@@ -272,8 +293,20 @@ impl Runtime {
         let digest = hex::encode(Sha256::digest(wasm));
         let path = self.artifact_path(&digest);
         let (component, from_cache) = match self.read_artifact(&path) {
-            Some(component) => (component, true),
-            None => (self.compile(wasm, &path)?, false),
+            Some(component) => {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                (component, true)
+            }
+            None => {
+                self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                let compiling = Instant::now();
+                let component = self.compile(wasm, &path)?;
+                self.stats.compiles.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .compile_nanos
+                    .fetch_add(compiling.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                (component, false)
+            }
         };
         self.prepare(component, digest, wasm.len(), started, from_cache)
     }
@@ -283,6 +316,7 @@ impl Runtime {
     pub fn load_cached(&self, digest: &str, size: usize) -> Option<App> {
         let started = Instant::now();
         let component = self.read_artifact(&self.artifact_path(digest))?;
+        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.prepare(component, digest.to_owned(), size, started, true)
             .ok()
     }
@@ -381,6 +415,7 @@ impl Runtime {
             keyvalue: call.keyvalue,
             wallet: call.wallet,
             convergence: call.convergence,
+            outbound: call.outbound,
         };
         let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
         let mut store = Store::new(&self.engine, GuestState::new(grant, limiter));
@@ -424,8 +459,10 @@ impl Runtime {
         let admission = call.admission;
         let counters = call.counters.clone();
         let fuel = limits.fuel;
+        let (load, lanes) = (call.load, call.lanes);
         let task = tokio::spawn(
             async move {
+                let started = Instant::now();
                 let run = async {
                     let started = Instant::now();
                     let proxy = pre.instantiate_async(&mut store).await?;
@@ -438,10 +475,16 @@ impl Runtime {
                         .call_handle(&mut store, req, out)
                         .await
                 };
-                let result = tokio::time::timeout_at(deadline, run).await;
+                let result = tokio::time::timeout_at(deadline, Fair::new(load, lanes, run)).await;
                 let denied = store.data().limiter.denied;
                 let burnt = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));
                 counters.fuel.fetch_add(burnt, Ordering::Relaxed);
+                counters
+                    .peak_memory
+                    .fetch_max(store.data().limiter.peak(), Ordering::Relaxed);
+                counters
+                    .wall_us
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 drop(store);
                 drop(admission);
                 let failure = classify(result, denied);

@@ -7,7 +7,8 @@
 //! restart). [`server`] accepts connections,
 //! [`dataplane`] ties the stages together, [`logs`] keeps each tenant's output,
 //! [`registry`] holds the tenants, [`control`] and [`api`] are the control
-//! plane, [`auth`] its keys, and [`cli`] is the `lodge` binary.
+//! plane, [`auth`] its keys, [`plans`] the plans and prices of `lodge.toml`,
+//! [`metrics`] the Prometheus exposition, and [`cli`] is the `lodge` binary.
 
 pub mod api;
 pub mod auth;
@@ -23,6 +24,8 @@ pub mod error;
 pub mod instance;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
+pub mod plans;
 pub mod registry;
 pub mod routing;
 pub mod server;

@@ -5,14 +5,14 @@
 //! reads; [`GuestLimiter`] caps linear memory per instance and charges it to the
 //! host-wide [`MemoryBudget`] while the instance lives.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// Linear memory all live instances together may hold.
 #[derive(Debug)]
@@ -65,6 +65,7 @@ pub struct GuestLimiter {
     max_memory: usize,
     max_table_elements: usize,
     charged: u64,
+    peak: u64,
     budget: Arc<MemoryBudget>,
     /// Set when a growth was refused; explains a trap that follows.
     pub denied: Option<GrowthDenied>,
@@ -77,9 +78,17 @@ impl GuestLimiter {
             max_memory,
             max_table_elements: 100_000,
             charged: 0,
+            peak: 0,
             budget,
             denied: None,
         }
+    }
+}
+
+impl GuestLimiter {
+    /// The largest linear memory this instance reached, in bytes.
+    pub fn peak(&self) -> u64 {
+        self.peak
     }
 }
 
@@ -100,6 +109,7 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
             return Ok(false);
         }
         self.charged += extra;
+        self.peak = self.peak.max(desired as u64);
         Ok(true)
     }
 
@@ -137,11 +147,11 @@ impl Drop for GuestLimiter {
 }
 
 /// A token bucket: `rate` requests per second on average, bursts up to `burst`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    state: std::sync::Mutex<(f64, std::time::Instant)>,
+    state: Arc<std::sync::Mutex<(f64, std::time::Instant)>>,
 }
 
 impl RateLimiter {
@@ -151,7 +161,7 @@ impl RateLimiter {
         Self {
             rate,
             burst,
-            state: std::sync::Mutex::new((burst, std::time::Instant::now())),
+            state: Arc::new(std::sync::Mutex::new((burst, std::time::Instant::now()))),
         }
     }
 
@@ -184,30 +194,284 @@ impl RateLimiter {
 pub enum Rejected {
     /// The tenant already runs its maximum of concurrent requests.
     TenantBusy,
-    /// Every instance slot of the host is in use.
+    /// Every instance slot the tenant may use is taken.
     HostBusy,
+}
+
+/// The host's instance slots, shared fairly among tenants.
+///
+/// Most of the pool is first come, first served. The last `reserve` slots are
+/// open only to tenants holding fewer than their fair share (`capacity` divided
+/// by the tenants with requests in flight), so a tenant flooding the host cannot
+/// take the slots another tenant needs for its first requests.
+#[derive(Debug)]
+pub struct Pool {
+    capacity: u32,
+    reserve: u32,
+    in_use: AtomicU32,
+    active_tenants: AtomicU32,
+}
+
+impl Pool {
+    /// A pool of `capacity` slots keeping a tenth in reserve.
+    pub fn new(capacity: u32) -> Arc<Self> {
+        let capacity = capacity.max(1);
+        Arc::new(Self {
+            capacity,
+            reserve: capacity / 10,
+            in_use: AtomicU32::new(0),
+            active_tenants: AtomicU32::new(0),
+        })
+    }
+
+    /// Slots in use now.
+    pub fn in_use(&self) -> u32 {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Slots in the pool.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Tenants with at least one request in flight.
+    pub fn active_tenants(&self) -> u32 {
+        self.active_tenants.load(Ordering::Relaxed)
+    }
+}
+
+/// What one tenant is using right now: requests in flight and CPU lanes.
+#[derive(Debug, Default)]
+pub struct TenantLoad {
+    in_flight: AtomicU32,
+    cpu: std::sync::Mutex<CpuState>,
+}
+
+impl TenantLoad {
+    /// Requests of this tenant running now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
 }
 
 /// Permits held for as long as a request's instance lives.
 #[derive(Debug)]
 pub struct Admission {
-    _tenant: OwnedSemaphorePermit,
-    _host: OwnedSemaphorePermit,
+    pool: Arc<Pool>,
+    tenant: Arc<TenantLoad>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.pool.in_use.fetch_sub(1, Ordering::AcqRel);
+        if self.tenant.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.pool.active_tenants.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Admits a request or says why not, never waiting: overload is an answer, not a queue.
-pub fn admit(tenant: &Arc<Semaphore>, host: &Arc<Semaphore>) -> Result<Admission, Rejected> {
-    let tenant = tenant.clone().try_acquire_owned().map_err(|e| match e {
-        TryAcquireError::NoPermits | TryAcquireError::Closed => Rejected::TenantBusy,
-    })?;
-    let host = host
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Rejected::HostBusy)?;
+pub fn admit(
+    pool: &Arc<Pool>,
+    tenant: &Arc<TenantLoad>,
+    max_concurrency: u32,
+) -> Result<Admission, Rejected> {
+    let held = tenant
+        .in_flight
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max_concurrency).then_some(n + 1)
+        })
+        .map_err(|_| Rejected::TenantBusy)?;
+    if held == 0 {
+        pool.active_tenants.fetch_add(1, Ordering::AcqRel);
+    }
+    // Fair share as if one more tenant were about to arrive, so one alone
+    // cannot take the reserve either.
+    let fair_share = (pool.capacity / (pool.active_tenants() + 1)).max(1);
+    let shared = pool.capacity - pool.reserve;
+    let took = pool
+        .in_use
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            let open = used < shared || (used < pool.capacity && held < fair_share);
+            open.then_some(used + 1)
+        });
+    if took.is_err() {
+        // Undo the tenant's count; no slot was taken.
+        if tenant.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            pool.active_tenants.fetch_sub(1, Ordering::AcqRel);
+        }
+        return Err(Rejected::HostBusy);
+    }
     Ok(Admission {
-        _tenant: tenant,
-        _host: host,
+        pool: pool.clone(),
+        tenant: tenant.clone(),
     })
+}
+
+/// Waits of guests for a CPU lane since start (for `/metrics`).
+pub static CPU_WAITS: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Default)]
+struct CpuState {
+    running: u32,
+    next_id: u64,
+    queue: std::collections::VecDeque<(u64, std::task::Waker)>,
+    granted: Vec<u64>,
+}
+
+/// A guest's execution, scheduled fairly against other tenants' guests.
+///
+/// A guest runs (is polled) only while it holds one of its tenant's CPU lanes
+/// (`lanes` = worker threads × the plan's weight). When it yields at a fuel
+/// interval while another guest of the same tenant waits, the lane passes to
+/// that guest and the yielder queues behind it; when it waits for I/O it gives
+/// the lane back. Guests without a lane wait off the executor's run queue, in
+/// FIFO order per tenant. So a tenant has at most `lanes` guests competing for
+/// the executor whatever its requests in flight: one flooding the host with
+/// CPU-bound requests gets its share of the cores, and another tenant's request
+/// waits behind at most one time slice per core.
+#[derive(Debug)]
+pub struct Fair<F> {
+    inner: Pin<Box<F>>,
+    load: Arc<TenantLoad>,
+    lanes: u32,
+    id: u64,
+    holding: bool,
+    queued: bool,
+    wake: Arc<SelfWake>,
+    waker: std::task::Waker,
+}
+
+/// Forwards wakes to the task and notes that one happened (a yield, if during a poll).
+#[derive(Debug, Default)]
+struct SelfWake {
+    woken: AtomicBool,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for SelfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = lock(&self.task).as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl<F: Future> Fair<F> {
+    /// Schedules `inner` on `load`'s lanes.
+    pub fn new(load: Arc<TenantLoad>, lanes: u32, inner: F) -> Self {
+        let id = {
+            let mut cpu = lock(&load.cpu);
+            cpu.next_id += 1;
+            cpu.next_id
+        };
+        let wake = Arc::new(SelfWake::default());
+        Self {
+            inner: Box::pin(inner),
+            load,
+            lanes: lanes.max(1),
+            id,
+            holding: false,
+            queued: false,
+            waker: std::task::Waker::from(wake.clone()),
+            wake,
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Gives a lane back: to the first waiter if there is one.
+fn release(cpu: &mut CpuState) {
+    match cpu.queue.pop_front() {
+        Some((id, waker)) => {
+            cpu.granted.push(id);
+            waker.wake();
+        }
+        None => cpu.running = cpu.running.saturating_sub(1),
+    }
+}
+
+impl<F: Future> Future for Fair<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if !this.holding {
+            let mut cpu = lock(&this.load.cpu);
+            if let Some(at) = cpu.granted.iter().position(|g| *g == this.id) {
+                cpu.granted.swap_remove(at);
+            } else if !this.queued && cpu.running < this.lanes {
+                cpu.running += 1;
+            } else {
+                match cpu.queue.iter_mut().find(|(id, _)| *id == this.id) {
+                    Some((_, waker)) => waker.clone_from(cx.waker()),
+                    None => {
+                        cpu.queue.push_back((this.id, cx.waker().clone()));
+                        CPU_WAITS.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                this.queued = true;
+                return Poll::Pending;
+            }
+            this.queued = false;
+            this.holding = true;
+        }
+        {
+            let mut task = lock(&this.wake.task);
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        this.wake.woken.store(false, Ordering::Release);
+        let result = this
+            .inner
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker));
+        let yielded = this.wake.woken.load(Ordering::Acquire);
+        let mut cpu = lock(&this.load.cpu);
+        match result {
+            Poll::Pending if yielded => {
+                // Still runnable: keep the lane unless a sibling waits for it.
+                if !cpu.queue.is_empty() {
+                    release(&mut cpu);
+                    cpu.queue.push_back((this.id, cx.waker().clone()));
+                    this.holding = false;
+                    this.queued = true;
+                }
+            }
+            _ => {
+                release(&mut cpu);
+                this.holding = false;
+            }
+        }
+        result
+    }
+}
+
+impl<F> Drop for Fair<F> {
+    fn drop(&mut self) {
+        if !self.holding && !self.queued {
+            return;
+        }
+        let mut cpu = lock(&self.load.cpu);
+        if self.holding {
+            release(&mut cpu);
+            return;
+        }
+        cpu.queue.retain(|(id, _)| *id != self.id);
+        if let Some(at) = cpu.granted.iter().position(|g| *g == self.id) {
+            cpu.granted.swap_remove(at);
+            release(&mut cpu);
+        }
+    }
 }
 
 /// A request body that fails once more than `limit` bytes have passed.
@@ -220,6 +484,7 @@ pub struct CappedBody<B> {
     limit: u64,
     seen: u64,
     tripped: Arc<AtomicBool>,
+    counters: Option<Arc<crate::registry::TenantCounters>>,
 }
 
 impl<B> CappedBody<B> {
@@ -230,7 +495,14 @@ impl<B> CappedBody<B> {
             limit,
             seen: 0,
             tripped,
+            counters: None,
         }
+    }
+
+    /// Also counts the bytes read as the tenant's `bytes_in`.
+    pub fn metered(mut self, counters: Arc<crate::registry::TenantCounters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 }
 
@@ -251,6 +523,11 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    if let Some(counters) = &this.counters {
+                        counters
+                            .bytes_in
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         this.tripped.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(
@@ -307,17 +584,77 @@ mod tests {
     }
 
     #[test]
-    fn admission_never_waits() {
-        let tenant = Arc::new(Semaphore::new(1));
-        let host = Arc::new(Semaphore::new(1));
-        let first = admit(&tenant, &host);
-        assert!(first.is_ok());
-        assert_eq!(admit(&tenant, &host).err(), Some(Rejected::TenantBusy));
-        let other_tenant = Arc::new(Semaphore::new(5));
-        assert_eq!(admit(&other_tenant, &host).err(), Some(Rejected::HostBusy));
-        assert_eq!(other_tenant.available_permits(), 5);
-        drop(first);
-        assert!(admit(&tenant, &host).is_ok());
+    fn admission_never_waits_and_keeps_a_reserve() {
+        let pool = Pool::new(10);
+        let flood = Arc::new(TenantLoad::default());
+        let held: Vec<_> = (0..9)
+            .filter_map(|_| admit(&pool, &flood, 100).ok())
+            .collect();
+        assert_eq!(
+            held.len(),
+            9,
+            "the shared part plus its fair share of the reserve"
+        );
+        assert_eq!(admit(&pool, &flood, 100).err(), Some(Rejected::HostBusy));
+        assert_eq!(flood.in_flight(), 9, "a refused request holds nothing");
+        let other = Arc::new(TenantLoad::default());
+        let first = admit(&pool, &other, 5);
+        assert!(first.is_ok(), "the reserve serves a newcomer");
+        assert_eq!(admit(&pool, &other, 5).err(), Some(Rejected::HostBusy));
+        assert_eq!(pool.active_tenants(), 2);
+        drop(held);
+        assert_eq!(pool.active_tenants(), 1);
+        let capped = Arc::new(TenantLoad::default());
+        let one = admit(&pool, &capped, 1);
+        assert!(one.is_ok());
+        assert_eq!(admit(&pool, &capped, 1).err(), Some(Rejected::TenantBusy));
+        drop((one, first));
+        assert_eq!((pool.in_use(), pool.active_tenants()), (0, 0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flooding_tenant_cannot_queue_ahead_of_another() {
+        // One lane per tenant: A's three spinners take turns; B's one request
+        // does not wait behind all of them.
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let a = Arc::new(TenantLoad::default());
+        let b = Arc::new(TenantLoad::default());
+        let spinner = |name: &'static str, load: &Arc<TenantLoad>, slices: u32| {
+            let order = order.clone();
+            tokio::spawn(Fair::new(load.clone(), 1, async move {
+                for _ in 0..slices {
+                    lock(&order).push(name);
+                    // Yields the way wasmtime's fuel interval does: woken during the poll.
+                    let mut yielded = false;
+                    std::future::poll_fn(|cx| {
+                        if yielded {
+                            return Poll::Ready(());
+                        }
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    })
+                    .await;
+                }
+            }))
+        };
+        let tasks = vec![
+            spinner("a1", &a, 3),
+            spinner("a2", &a, 3),
+            spinner("a3", &a, 3),
+            spinner("b", &b, 1),
+        ];
+        for task in tasks {
+            assert!(task.await.is_ok());
+        }
+        let order = lock(&order).clone();
+        assert_eq!(order.len(), 10);
+        let b_at = order.iter().position(|n| *n == "b");
+        assert!(b_at.is_some_and(|at| at <= 2), "{order:?}");
+        let a2_first = order.iter().position(|n| *n == "a2").unwrap_or(99);
+        let a1_last = order.iter().rposition(|n| *n == "a1").unwrap_or(0);
+        assert!(a2_first < a1_last, "A's guests take turns: {order:?}");
+        assert_eq!(lock(&a.cpu).running, 0);
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use tokio::sync::Semaphore;
-
 use crate::config::Limits;
 use crate::instance::App;
+use crate::limits::{RateLimiter, TenantLoad};
 use crate::logs::TenantLogs;
-use crate::storage::{TenantStatus, UsageDay};
+use crate::metrics::TenantMetrics;
+use crate::plans::LimitsPatch;
+use crate::storage::{TenantStatus, Usage};
 
 /// The deployment serving a tenant's requests.
 #[derive(Debug, Clone)]
@@ -36,17 +37,33 @@ pub struct TenantState {
     pub env: Arc<[(String, String)]>,
 }
 
-/// Usage not yet written to storage.
+/// Usage not yet written to storage, counted lock-free on the hot path.
 #[derive(Debug, Default)]
 pub struct TenantCounters {
     /// Requests routed to this tenant.
     pub requests: AtomicU64,
     /// Of those, the ones Lodge answered with an error.
     pub failures: AtomicU64,
+    /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
+    pub status: [AtomicU64; 4],
     /// Fuel burnt.
     pub fuel: AtomicU64,
-    /// Convergence tokens used.
+    /// Guest wall time, microseconds.
+    pub wall_us: AtomicU64,
+    /// Largest linear memory of one instance since the last flush.
+    pub peak_memory: AtomicU64,
+    /// Request body bytes read.
+    pub bytes_in: AtomicU64,
+    /// Response body bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Outbound HTTP requests.
+    pub outbound: AtomicU64,
+    /// Convergence tokens used (by guests; the API meters its own).
     pub tokens: AtomicU64,
+    /// Key-value operations.
+    pub kv_ops: AtomicU64,
+    /// Wallet transfers.
+    pub wallet_txs: AtomicU64,
     /// Requests since start (never reset; for status).
     pub total_requests: AtomicU64,
     /// Failures since start (never reset; for status).
@@ -55,10 +72,13 @@ pub struct TenantCounters {
 }
 
 impl TenantCounters {
-    /// Counts one request and whether it failed (with a code for `lastError`).
-    pub fn record(&self, failure: Option<&str>) {
+    /// Counts one request, its status and whether Lodge failed it (with a code for `lastError`).
+    pub fn record(&self, status: u16, failure: Option<&str>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.total_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(class) = (status / 100).checked_sub(2).filter(|c| *c < 4) {
+            self.status[usize::from(class)].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(code) = failure {
             self.failures.fetch_add(1, Ordering::Relaxed);
             self.total_failures.fetch_add(1, Ordering::Relaxed);
@@ -78,15 +98,61 @@ impl TenantCounters {
     }
 
     /// Takes the unflushed usage, leaving zeros.
-    pub fn take(&self, day: String) -> UsageDay {
-        UsageDay {
-            day,
-            requests: self.requests.swap(0, Ordering::Relaxed) as i64,
-            failures: self.failures.swap(0, Ordering::Relaxed) as i64,
-            fuel: self.fuel.swap(0, Ordering::Relaxed) as i64,
-            tokens: self.tokens.swap(0, Ordering::Relaxed) as i64,
+    pub fn take(&self) -> Usage {
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) as i64;
+        let wall_us = self.wall_us.swap(0, Ordering::Relaxed);
+        // Keep the sub-millisecond remainder for the next flush.
+        self.wall_us.fetch_add(wall_us % 1000, Ordering::Relaxed);
+        Usage {
+            requests: take(&self.requests),
+            failures: take(&self.failures),
+            status_2xx: take(&self.status[0]),
+            status_3xx: take(&self.status[1]),
+            status_4xx: take(&self.status[2]),
+            status_5xx: take(&self.status[3]),
+            fuel: take(&self.fuel),
+            wall_ms: (wall_us / 1000) as i64,
+            peak_memory_bytes: take(&self.peak_memory),
+            bytes_in: take(&self.bytes_in),
+            bytes_out: take(&self.bytes_out),
+            outbound_requests: take(&self.outbound),
+            tokens: take(&self.tokens),
+            kv_ops: take(&self.kv_ops),
+            wallet_txs: take(&self.wallet_txs),
         }
     }
+
+    /// Puts back usage that could not be written, so the next flush retries it.
+    pub fn restore(&self, usage: &Usage) {
+        let add = |c: &AtomicU64, v: i64| {
+            c.fetch_add(v.max(0) as u64, Ordering::Relaxed);
+        };
+        add(&self.requests, usage.requests);
+        add(&self.failures, usage.failures);
+        add(&self.status[0], usage.status_2xx);
+        add(&self.status[1], usage.status_3xx);
+        add(&self.status[2], usage.status_4xx);
+        add(&self.status[3], usage.status_5xx);
+        add(&self.fuel, usage.fuel);
+        add(&self.wall_us, usage.wall_ms.saturating_mul(1000));
+        self.peak_memory
+            .fetch_max(usage.peak_memory_bytes.max(0) as u64, Ordering::Relaxed);
+        add(&self.bytes_in, usage.bytes_in);
+        add(&self.bytes_out, usage.bytes_out);
+        add(&self.outbound, usage.outbound_requests);
+        add(&self.tokens, usage.tokens);
+        add(&self.kv_ops, usage.kv_ops);
+        add(&self.wallet_txs, usage.wallet_txs);
+    }
+}
+
+/// A tenant's effective limits and the rate bucket they configure, swapped as one.
+#[derive(Debug)]
+pub struct Governor {
+    /// The limits requests run under.
+    pub limits: Limits,
+    /// The request-rate bucket.
+    pub rate: RateLimiter,
 }
 
 /// One tenant as the data plane sees it.
@@ -96,33 +162,46 @@ pub struct Tenant {
     pub id: Arc<str>,
     /// The slug requests address it by.
     pub slug: String,
-    /// Its plan's limits.
-    pub limits: Limits,
     /// Its recent logs.
     pub logs: Arc<TenantLogs>,
     /// Usage not yet flushed, and totals.
     pub counters: Arc<TenantCounters>,
     /// Serializes deploys, rollbacks, starts and stops of this tenant.
     pub changes: tokio::sync::Mutex<()>,
-    concurrency: Arc<Semaphore>,
-    rate: crate::limits::RateLimiter,
+    /// Requests in flight and CPU lanes in use.
+    pub load: Arc<TenantLoad>,
+    /// Its series in `/metrics`.
+    pub metrics: TenantMetrics,
+    /// When a flood of refusals was last written to its log (ms since the epoch).
+    pub last_limit_log: AtomicU64,
+    governor: RwLock<Arc<Governor>>,
+    plan: RwLock<(String, LimitsPatch)>,
     state: RwLock<TenantState>,
 }
 
 impl Tenant {
-    /// A tenant with no deployment yet.
+    /// A tenant with no deployment yet, on plan `default` with `limits`.
     pub fn new(
         id: impl Into<Arc<str>>,
         slug: impl Into<String>,
         limits: Limits,
         logs: Arc<TenantLogs>,
     ) -> Self {
+        let slug = slug.into();
         Self {
             id: id.into(),
-            slug: slug.into(),
-            concurrency: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
-            rate: crate::limits::RateLimiter::new(limits.rate_per_second, limits.rate_burst),
-            limits,
+            metrics: TenantMetrics::default(),
+            last_limit_log: AtomicU64::new(0),
+            slug,
+            governor: RwLock::new(Arc::new(Governor {
+                rate: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
+                limits,
+            })),
+            plan: RwLock::new((
+                crate::plans::DEFAULT_PLAN.to_owned(),
+                LimitsPatch::default(),
+            )),
+            load: Arc::default(),
             logs,
             counters: Arc::default(),
             changes: tokio::sync::Mutex::new(()),
@@ -132,6 +211,12 @@ impl Tenant {
                 env: Arc::from(Vec::new()),
             }),
         }
+    }
+
+    /// This tenant with its `/metrics` series.
+    pub fn with_metrics(mut self, metrics: TenantMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The state a request runs under.
@@ -152,20 +237,55 @@ impl Tenant {
         self.state().active
     }
 
-    /// This tenant's request-rate bucket.
-    pub fn rate(&self) -> &crate::limits::RateLimiter {
-        &self.rate
+    /// The limits (and rate bucket) new requests run under.
+    pub fn governor(&self) -> Arc<Governor> {
+        self.governor
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Permits for this tenant's concurrent requests.
-    pub fn concurrency(&self) -> &Arc<Semaphore> {
-        &self.concurrency
+    /// The limits new requests run under.
+    pub fn limits(&self) -> Limits {
+        self.governor().limits.clone()
+    }
+
+    /// Applies new limits to new requests; running ones finish under the old.
+    /// The rate bucket is kept (with its tokens) unless the rate changed.
+    pub fn set_limits(&self, limits: Limits) {
+        let mut governor = self
+            .governor
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if governor.limits == limits {
+            return;
+        }
+        let same_rate = governor.limits.rate_per_second == limits.rate_per_second
+            && governor.limits.rate_burst == limits.rate_burst;
+        let rate = if same_rate {
+            governor.rate.clone()
+        } else {
+            RateLimiter::new(limits.rate_per_second, limits.rate_burst)
+        };
+        *governor = Arc::new(Governor { limits, rate });
+    }
+
+    /// Its plan's name and its own overrides.
+    pub fn plan(&self) -> (String, LimitsPatch) {
+        self.plan
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records its plan and overrides (the caller then applies the limits).
+    pub fn set_plan(&self, plan: String, overrides: LimitsPatch) {
+        *self.plan.write().unwrap_or_else(PoisonError::into_inner) = (plan, overrides);
     }
 
     /// Requests running now.
     pub fn in_flight(&self) -> u64 {
-        (self.limits.max_concurrency as usize).saturating_sub(self.concurrency.available_permits())
-            as u64
+        u64::from(self.load.in_flight())
     }
 }
 

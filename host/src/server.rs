@@ -27,6 +27,8 @@ use crate::convergence::provider::{Offline, OpenAiCompatible, Provider};
 use crate::dataplane;
 use crate::instance::{App, LoadError, Runtime};
 use crate::logs::ArchiveSender;
+use crate::metrics::Metrics;
+use crate::plans::PlanBook;
 use crate::registry::{Registry, Tenant};
 use crate::routing::{self, REQUEST_ID, is_valid_slug};
 use crate::storage::Storage;
@@ -55,6 +57,9 @@ pub struct Lodge {
     pub master: Arc<MasterKey>,
     /// The model provider convergence runs on.
     pub provider: Arc<dyn Provider>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    plans: std::sync::RwLock<Arc<PlanBook>>,
     /// Wakes convergence workers when a task is queued.
     pub(crate) task_wakeup: Arc<tokio::sync::Notify>,
     me: std::sync::Weak<Lodge>,
@@ -79,7 +84,15 @@ impl Lodge {
             &config.data_dir,
             config.master_key.clone(),
         )?);
+        let plans = match &config.config_file {
+            Some(path) => {
+                PlanBook::load(path, &config.default_limits, config.max_memory_per_instance)
+                    .map_err(|e| anyhow::anyhow!(e))?
+            }
+            None => PlanBook::only_default(config.default_limits.clone()),
+        };
         let runtime = Arc::new(Runtime::new(&config)?);
+        let metrics = Metrics::new(runtime.clone(), config.metrics_tenant_labels);
         let provider: Arc<dyn Provider> = match &config.llm {
             Some(llm) => Arc::new(OpenAiCompatible::new(llm.clone())),
             None => Arc::new(Offline),
@@ -95,6 +108,8 @@ impl Lodge {
             admin,
             master,
             provider,
+            metrics,
+            plans: std::sync::RwLock::new(Arc::new(plans)),
             task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
@@ -105,7 +120,25 @@ impl Lodge {
         crate::convergence::tasks::spawn_workers(&lodge, lodge.config.convergence_workers);
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
         tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
+        if lodge.config.config_file.is_some() {
+            tokio::spawn(watch_config(Arc::downgrade(&lodge)));
+        }
         Ok(lodge)
+    }
+
+    /// The plans in force.
+    pub fn plans(&self) -> Arc<PlanBook> {
+        self.plans
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_plans(&self, book: PlanBook) {
+        *self
+            .plans
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(book);
     }
 
     /// A weak handle to this host, for capabilities that call back into it.
@@ -138,7 +171,7 @@ impl Lodge {
     }
 
     /// Creates (or updates) tenant `slug` in the `local` organization serving
-    /// `wasm`; `limits` overrides its plan in this process only.
+    /// `wasm`; `limits`, if given, become the tenant's own (stored) limits.
     pub async fn add_app(
         self: &Arc<Self>,
         slug: &str,
@@ -150,24 +183,17 @@ impl Lodge {
             "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', not at either end"
         );
         let tenant = self.ensure_local_app(slug, wasm).await?;
-        Ok(match limits {
-            Some(limits) => self.override_limits(&tenant, limits),
-            None => tenant,
-        })
-    }
-
-    /// Replaces a tenant's limits in this process (plans persist them later).
-    pub fn override_limits(&self, tenant: &Arc<Tenant>, limits: Limits) -> Arc<Tenant> {
-        let replacement = Arc::new(Tenant::new(
-            tenant.id.clone(),
-            tenant.slug.clone(),
-            limits,
-            tenant.logs.clone(),
-        ));
-        let state = tenant.state();
-        replacement.update(|s| *s = state);
-        self.registry.insert(replacement.clone());
-        replacement
+        if let Some(limits) = limits {
+            let (plan, _) = tenant.plan();
+            let overrides = crate::plans::LimitsPatch::full(&limits);
+            self.storage
+                .set_tenant_limits(&tenant.id, &plan, &overrides)
+                .await?;
+            tenant.set_plan(plan, overrides);
+            // Exactly these limits (the stored form rounds memory to MiB).
+            tenant.set_limits(limits);
+        }
+        Ok(tenant)
     }
 
     /// Adds tenant `slug` from a `.wasm` file (`lodge serve --app`).
@@ -194,7 +220,12 @@ impl Lodge {
         let id: Arc<str> = Arc::from(request_id.to_str().unwrap_or_default());
         let mut response = match routing::route(&req, self.config.base_domain.as_deref()) {
             Some(route) => {
-                let span = tracing::info_span!("request", tenant = %route.slug, request_id = %id);
+                let span = tracing::info_span!(
+                    "request",
+                    tenant = %route.slug,
+                    request_id = %id,
+                    version = tracing::field::Empty
+                );
                 dataplane::handle(self, route, id, req)
                     .instrument(span)
                     .await
@@ -220,6 +251,40 @@ async fn archive_logs(
             tracing::warn!(error = %e, lines = batch.len(), "log lines not archived");
         }
         batch.clear();
+    }
+}
+
+/// Re-reads the config file every `config_poll` (and on SIGHUP) while the host lives.
+async fn watch_config(lodge: std::sync::Weak<Lodge>) {
+    let poll = match lodge.upgrade() {
+        Some(lodge) => lodge.config.config_poll,
+        None => return,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last_error = None;
+    loop {
+        let signal = async {
+            match &mut hangup {
+                Some(hangup) => {
+                    hangup.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = signal => tracing::info!("SIGHUP: reloading the config file"),
+        }
+        let Some(lodge) = lodge.upgrade() else { return };
+        match lodge.reload_plans() {
+            Ok(_) => last_error = None,
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "config file not reloaded; the plans in force stay");
+                }
+                last_error = Some(e);
+            }
+        }
     }
 }
 

@@ -295,7 +295,7 @@ async fn the_daily_token_budget_answers_quota_exceeded() {
         .await
         .1;
     assert!(
-        usage["days"][0]["tokens"].as_i64().unwrap_or(0) > 50,
+        usage["total"]["tokens"].as_i64().unwrap_or(0) > 50,
         "{usage}"
     );
 }

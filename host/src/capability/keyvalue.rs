@@ -31,6 +31,8 @@ pub struct KeyValueCtx {
     pub storage: Arc<dyn Storage>,
     /// The tenant's quota.
     pub quota: KvQuota,
+    /// Where operations are metered.
+    pub counters: Arc<crate::registry::TenantCounters>,
 }
 
 /// An open bucket: just its name; every call goes to storage.
@@ -100,7 +102,12 @@ impl<'a> KeyValue<'a> {
         Self { ctx, table }
     }
 
+    /// The bucket's name; every data operation goes through here and is metered.
     fn bucket(&self, bucket: &Resource<Bucket>) -> Result<String, Error> {
+        self.ctx
+            .counters
+            .kv_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.table.get(bucket)?.name.clone())
     }
 }
@@ -256,6 +263,10 @@ impl atomics::Host for KeyValue<'_> {
         cas: Resource<Cas>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        self.ctx
+            .counters
+            .kv_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pending = self.table.delete(cas)?;
         let outcome = async {
             check_value(&value)?;

@@ -2,7 +2,7 @@
 //!
 //! [`GuestState`] is the data of one request's `Store`: the WASI context (no
 //! filesystem, no environment, no sockets), the `wasi:http` context whose
-//! outbound requests are denied ([`outbound_http`]), a capped resource table
+//! outbound requests follow the plan's policy ([`outbound_http`]), a capped resource table
 //! and the memory limiter. [`add_to_linker`] links every interface a tenant's
 //! component may import; the capabilities issue adds Lodge's own here, one
 //! module each.
@@ -26,7 +26,7 @@ use crate::logs::{LogSink, LogStream, RequestLogBudget, TenantLogs};
 pub struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: outbound_http::DenyOutbound,
+    hooks: outbound_http::OutboundPolicy,
     table: ResourceTable,
     keyvalue: keyvalue::KeyValueCtx,
     wallet: wallet::WalletCtx,
@@ -62,6 +62,8 @@ pub struct GuestGrant<'a> {
     pub wallet: wallet::WalletCtx,
     /// Convergence for the tenant.
     pub convergence: convergence::ConvergenceCtx,
+    /// Where outbound HTTP may go.
+    pub outbound: outbound_http::OutboundPolicy,
 }
 
 impl GuestState {
@@ -89,7 +91,7 @@ impl GuestState {
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: outbound_http::DenyOutbound,
+            hooks: grant.outbound,
             table,
             keyvalue: grant.keyvalue,
             wallet: grant.wallet,

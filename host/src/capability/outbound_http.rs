@@ -1,15 +1,113 @@
-//! Outbound HTTP from guests (`wasi:http/outgoing-handler`): denied.
+//! Outbound HTTP from guests (`wasi:http/outgoing-handler`), under the plan's policy.
 //!
-//! Until per-plan allowlists exist, every outgoing request is refused with
-//! `http-request-denied` before any connection is attempted.
+//! A request leaves only if its host matches the plan's allowlist (exact names,
+//! or `*.example.com` for any subdomain), the request has not used up its
+//! outbound count, and every address the name resolves to is public (private,
+//! loopback, link-local and similar ranges need `outbound_allow_private`). Each
+//! phase (connect, first byte, between bytes) is capped by the plan's
+//! `outbound_timeout`. Refusals reach the guest as the `error-code` that says
+//! why (`HTTP-request-denied`, `destination-IP-prohibited`, …) and a line in the
+//! tenant's log; nothing is connected.
 
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-/// Hooks that refuse every outgoing request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DenyOutbound;
+use crate::logs::{LogStream, TenantLogs};
+use crate::registry::TenantCounters;
+
+/// One request's outbound HTTP policy and what it has used.
+#[derive(Debug)]
+pub struct OutboundPolicy {
+    allow: Arc<[String]>,
+    allow_private: bool,
+    remaining: u32,
+    timeout: Duration,
+    logs: Arc<TenantLogs>,
+    request_id: Arc<str>,
+    counters: Arc<TenantCounters>,
+}
+
+impl OutboundPolicy {
+    /// The policy of a request of a tenant on `limits`.
+    pub fn new(
+        limits: &crate::config::Limits,
+        logs: Arc<TenantLogs>,
+        request_id: Arc<str>,
+        counters: Arc<TenantCounters>,
+    ) -> Self {
+        Self {
+            allow: limits.outbound_allow.clone().into(),
+            allow_private: limits.outbound_allow_private,
+            remaining: limits.outbound_max_requests,
+            timeout: limits.outbound_timeout,
+            logs,
+            request_id,
+            counters,
+        }
+    }
+
+    fn refuse(&self, why: String, error: Error) -> SendFuture {
+        tracing::debug!(%why, "outbound HTTP refused");
+        self.logs.push(
+            &self.request_id,
+            LogStream::Host,
+            format!("outbound HTTP {why}"),
+        );
+        Box::new(async move { Err(error) })
+    }
+}
+
+/// Whether `host` (lowercase, no port) matches an allowlist entry.
+pub fn allowed(allow: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    allow
+        .iter()
+        .any(|pattern| match pattern.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.len() > 1 && rest.ends_with('.')),
+            None => pattern == host,
+        })
+}
+
+/// Whether `ip` is reachable only inside a host or network (not the public internet).
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+                || (a == 198 && (18..20).contains(&b)) // benchmarking
+                || a >= 240 // reserved
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80 // link local
+                    || first == 0x2001 && v6.segments()[1] == 0xdb8 // documentation
+                    || first == 0x64 && v6.segments()[1] == 0xff9b // NAT64 to anything
+            }
+        },
+    }
+}
 
 type SendFuture = Box<
     dyn Future<
@@ -23,14 +121,123 @@ type SendFuture = Box<
         > + Send,
 >;
 
-impl WasiHttpHooks for DenyOutbound {
+fn cap(asked: Option<Duration>, plan: Duration) -> Option<Duration> {
+    Some(asked.map_or(plan, |asked| asked.min(plan)))
+}
+
+impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
-        tracing::debug!(uri = %request.uri(), "outbound HTTP denied");
-        Box::new(async { Err(Error::HttpRequestDenied) })
+        let Some(host) = request.uri().host().map(str::to_ascii_lowercase) else {
+            return self.refuse("refused: no host".into(), Error::HttpRequestUriInvalid);
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if !allowed(&self.allow, &host) {
+            return self.refuse(
+                format!("to {host} denied: not in the plan's outbound allowlist"),
+                Error::HttpRequestDenied,
+            );
+        }
+        if self.remaining == 0 {
+            return self.refuse(
+                format!("to {host} denied: this request used its outbound request limit"),
+                Error::HttpRequestDenied,
+            );
+        }
+        self.remaining -= 1;
+        self.counters.outbound.fetch_add(1, Ordering::Relaxed);
+        let secure = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = request
+            .uri()
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let options = RequestOptions {
+            connect_timeout: cap(options.and_then(|o| o.connect_timeout), self.timeout),
+            first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout), self.timeout),
+            between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout), self.timeout),
+        };
+        let allow_private = self.allow_private;
+        let timeout = self.timeout;
+        let logs = self.logs.clone();
+        let request_id = self.request_id.clone();
+        // Like wasmtime's default hooks, errors reach the guest through the result,
+        // not through `fut`.
+        drop(fut);
+        Box::new(async move {
+            if !allow_private {
+                let resolved =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
+                        .await
+                        .map_err(|_| Error::DnsTimeout)?
+                        .map_err(|_| Error::DestinationNotFound)?;
+                if let Some(ip) = resolved.map(|a| a.ip()).find(|ip| is_private(*ip)) {
+                    logs.push(
+                        &request_id,
+                        LogStream::Host,
+                        format!(
+                            "outbound HTTP to {host} refused: it resolves to {ip}, a private address"
+                        ),
+                    );
+                    return Err(Error::DestinationIpProhibited);
+                }
+            }
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(http_body_util::BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_matches_exact_names_and_subdomains_only() {
+        let allow = vec!["api.example.com".to_owned(), "*.example.org".to_owned()];
+        assert!(allowed(&allow, "api.example.com"));
+        assert!(allowed(&allow, "api.example.com."));
+        assert!(!allowed(&allow, "example.com"));
+        assert!(!allowed(&allow, "evil-api.example.com"));
+        assert!(allowed(&allow, "a.example.org"));
+        assert!(allowed(&allow, "a.b.example.org"));
+        assert!(
+            !allowed(&allow, "example.org"),
+            "*.d matches subdomains only"
+        );
+        assert!(!allowed(&allow, "badexample.org"));
+        assert!(!allowed(&[], "api.example.com"));
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_private(ip.parse().expect("ip")), "{ip}");
+        }
     }
 }

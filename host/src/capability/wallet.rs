@@ -26,6 +26,8 @@ pub struct WalletCtx {
     pub max_per_transfer: i64,
     /// The plan's cap per UTC day.
     pub max_per_day: i64,
+    /// Where transfers are metered.
+    pub counters: Arc<crate::registry::TenantCounters>,
 }
 
 /// The view host functions run on.
@@ -140,22 +142,24 @@ impl wallet::Host for Wallet<'_> {
             max_per_transfer: self.ctx.max_per_transfer,
             max_per_day: self.ctx.max_per_day,
         };
-        Ok(self
-            .ctx
-            .storage
-            .ledger_transfer(&request)
-            .await
-            .map_err(|e| match e {
-                LedgerError::UnknownAddress(a) => {
-                    Error::NotFound(format!("no wallet has the address {a}"))
-                }
-                LedgerError::InsufficientFunds { balance } => {
-                    Error::QuotaExceeded(format!("insufficient funds: the balance is {balance}"))
-                }
-                LedgerError::Limit(m) => Error::Limit(m),
-                LedgerError::Invalid(m) => Error::InvalidInput(m),
-                LedgerError::Storage(e) => unavailable(e),
-            }))
+        let done = self.ctx.storage.ledger_transfer(&request).await;
+        if done.is_ok() {
+            self.ctx
+                .counters
+                .wallet_txs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(done.map_err(|e| match e {
+            LedgerError::UnknownAddress(a) => {
+                Error::NotFound(format!("no wallet has the address {a}"))
+            }
+            LedgerError::InsufficientFunds { balance } => {
+                Error::QuotaExceeded(format!("insufficient funds: the balance is {balance}"))
+            }
+            LedgerError::Limit(m) => Error::Limit(m),
+            LedgerError::Invalid(m) => Error::InvalidInput(m),
+            LedgerError::Storage(e) => unavailable(e),
+        }))
     }
 
     async fn sign(&mut self, message: Vec<u8>) -> Outcome<Vec<u8>> {

@@ -18,7 +18,7 @@ use sha2::Sha256;
 
 use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge, validate};
 use crate::server::Lodge;
-use crate::storage::{StorageError, TaskRecord, UsageDay, today};
+use crate::storage::{StorageError, TaskRecord, Usage, today};
 
 /// Header carrying a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-lodge-signature";
@@ -73,13 +73,15 @@ pub enum TaskState {
 impl Lodge {
     /// Tokens `tenant_id` used today (stored plus not yet flushed).
     async fn tokens_today(&self, tenant_id: &str) -> Result<u64, StorageError> {
-        let stored = self
+        let day = today();
+        let stored: i64 = self
             .storage
-            .usage(tenant_id, 1)
+            .usage(tenant_id, &format!("{day}T00"), &format!("{day}T23"))
             .await?
-            .into_iter()
-            .find(|d| d.day == today())
-            .map_or(0, |d| d.tokens.max(0) as u64);
+            .iter()
+            .map(|(_, u)| u.tokens)
+            .sum();
+        let stored = stored.max(0) as u64;
         let pending = self.registry.by_id(tenant_id).map_or(0, |t| {
             t.counters.tokens.load(std::sync::atomic::Ordering::Relaxed)
         });
@@ -91,7 +93,7 @@ impl Lodge {
             .registry
             .by_id(tenant_id)
             .map_or(self.config.default_limits.convergence_tokens_per_day, |t| {
-                t.limits.convergence_tokens_per_day
+                t.governor().limits.convergence_tokens_per_day
             });
         let used = self.tokens_today(tenant_id).await?;
         if used >= budget {
@@ -101,12 +103,12 @@ impl Lodge {
     }
 
     async fn meter(&self, tenant_id: &str, outcome: &Outcome) {
-        let delta = UsageDay {
-            day: today(),
+        let delta = Usage {
             tokens: outcome.usage.total() as i64,
-            ..UsageDay::default()
+            ..Usage::default()
         };
-        if let Err(e) = self.storage.add_usage(tenant_id, &delta).await {
+        let hour = crate::storage::this_hour();
+        if let Err(e) = self.storage.add_usage(tenant_id, &hour, &delta).await {
             tracing::warn!(tenant_id, error = %e, "convergence tokens not recorded");
         }
     }

@@ -258,6 +258,8 @@ pub struct TenantRecord {
     pub status: TenantStatus,
     /// Plan name.
     pub plan: String,
+    /// Its own limits over the plan's.
+    pub limits: crate::plans::LimitsPatch,
     /// Version serving requests, if any.
     pub active_version: Option<i64>,
     /// Why the tenant is in `error`, if it is.
@@ -310,21 +312,66 @@ pub struct KeyRecord {
     pub revoked: bool,
 }
 
-/// One day of a tenant's usage.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+/// What a tenant used in one period (an hour as stored; summed for days and totals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct UsageDay {
-    /// `YYYY-MM-DD` (UTC).
-    pub day: String,
-    /// Requests that reached the tenant's guest or were refused by its limits.
+pub struct Usage {
+    /// Requests routed to the tenant, whatever their outcome.
     pub requests: i64,
-    /// Of those, the ones answered with a Lodge error.
+    /// Of those, the ones Lodge answered with an error (limits, traps, timeouts).
     pub failures: i64,
+    /// Responses with a 2xx status.
+    pub status_2xx: i64,
+    /// Responses with a 3xx status.
+    pub status_3xx: i64,
+    /// Responses with a 4xx status.
+    pub status_4xx: i64,
+    /// Responses with a 5xx status.
+    pub status_5xx: i64,
     /// Fuel burnt.
     pub fuel: i64,
+    /// Wall time of guest instances, milliseconds.
+    pub wall_ms: i64,
+    /// Largest linear memory one instance held, bytes (a maximum, not a sum).
+    pub peak_memory_bytes: i64,
+    /// Request body bytes read by guests.
+    pub bytes_in: i64,
+    /// Response body bytes sent.
+    pub bytes_out: i64,
+    /// Outbound HTTP requests made.
+    pub outbound_requests: i64,
     /// Convergence tokens used.
-    #[serde(default)]
     pub tokens: i64,
+    /// Key-value operations.
+    pub kv_ops: i64,
+    /// Wallet transfers made.
+    pub wallet_txs: i64,
+}
+
+impl Usage {
+    /// Adds `other` (peak memory takes the larger).
+    pub fn add(&mut self, other: &Usage) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.status_2xx += other.status_2xx;
+        self.status_3xx += other.status_3xx;
+        self.status_4xx += other.status_4xx;
+        self.status_5xx += other.status_5xx;
+        self.fuel += other.fuel;
+        self.wall_ms += other.wall_ms;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.outbound_requests += other.outbound_requests;
+        self.tokens += other.tokens;
+        self.kv_ops += other.kv_ops;
+        self.wallet_txs += other.wallet_txs;
+    }
+
+    /// Whether nothing was used.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Everything the control plane persists. One implementation per database.
@@ -492,9 +539,28 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn task_requeue_running(&self) -> StorageResult<u64>;
 
     /// Adds to a tenant's usage of `day`.
-    async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()>;
-    /// A tenant's usage, newest day first.
-    async fn usage(&self, tenant_id: &str, days: i64) -> StorageResult<Vec<UsageDay>>;
+    async fn add_usage(&self, tenant_id: &str, hour: &str, delta: &Usage) -> StorageResult<()>;
+    /// A tenant's usage per hour (`YYYY-MM-DDTHH`) in `from..=to`, oldest first.
+    async fn usage(
+        &self,
+        tenant_id: &str,
+        from: &str,
+        to: &str,
+    ) -> StorageResult<Vec<(String, Usage)>>;
+    /// Every tenant of `org_id` (deleted ones too) with its usage summed over `from..=to`.
+    async fn org_usage(
+        &self,
+        org_id: &str,
+        from: &str,
+        to: &str,
+    ) -> StorageResult<Vec<(String, String, Usage)>>;
+    /// Sets a tenant's plan and its own limit overrides.
+    async fn set_tenant_limits(
+        &self,
+        id: &str,
+        plan: &str,
+        overrides: &crate::plans::LimitsPatch,
+    ) -> StorageResult<()>;
 }
 
 /// Now, as RFC 3339 with milliseconds, UTC.
@@ -505,6 +571,11 @@ pub fn now_rfc3339() -> String {
 /// Today's date, `YYYY-MM-DD` UTC.
 pub fn today() -> String {
     now_rfc3339()[..10].to_owned()
+}
+
+/// This hour, `YYYY-MM-DDTHH` UTC: the key usage is stored under.
+pub fn this_hour() -> String {
+    now_rfc3339()[..13].to_owned()
 }
 
 /// Milliseconds since the Unix epoch.

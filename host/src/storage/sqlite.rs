@@ -10,7 +10,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     Deployment, KeyKind, KeyRecord, KvError, KvQuota, LedgerEntry, LedgerError, Org, Storage,
-    StorageError, StorageResult, TaskRecord, TenantRecord, TenantStatus, TransferRequest, UsageDay,
+    StorageError, StorageResult, TaskRecord, TenantRecord, TenantStatus, TransferRequest, Usage,
     WalletRecord, now_rfc3339,
 };
 use crate::logs::{LogLine, LogStream};
@@ -29,8 +29,7 @@ pub struct SqliteStorage {
     kv_writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-const TENANT_COLUMNS: &str =
-    "id, org_id, name, slug, status, plan, active_version, last_error, created_at, updated_at";
+const TENANT_COLUMNS: &str = "id, org_id, name, slug, status, plan, limits_override, active_version, last_error, created_at, updated_at";
 
 impl SqliteStorage {
     /// Opens (creating if needed) `<dir>/lodge.db` and migrates it.
@@ -66,6 +65,9 @@ impl SqliteStorage {
             slug: row.try_get("slug")?,
             status: TenantStatus::parse(row.try_get::<&str, _>("status")?)?,
             plan: row.try_get("plan")?,
+            limits: serde_json::from_str(row.try_get::<&str, _>("limits_override")?).map_err(
+                |e| StorageError::Backend(anyhow::anyhow!("tenant limits_override: {e}")),
+            )?,
             active_version: row.try_get("active_version")?,
             last_error: row.try_get("last_error")?,
             created_at: row.try_get("created_at")?,
@@ -321,8 +323,8 @@ impl Storage for SqliteStorage {
 
     async fn create_tenant(&self, t: &TenantRecord) -> StorageResult<()> {
         let result = sqlx::query(
-            "INSERT INTO tenants (id, org_id, name, slug, status, plan, active_version, last_error, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tenants (id, org_id, name, slug, status, plan, limits_override, active_version, last_error, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.org_id)
@@ -330,6 +332,7 @@ impl Storage for SqliteStorage {
         .bind(&t.slug)
         .bind(t.status.as_str())
         .bind(&t.plan)
+        .bind(serde_json::to_string(&t.limits).map_err(|e| StorageError::Backend(e.into()))?)
         .bind(t.active_version)
         .bind(&t.last_error)
         .bind(&t.created_at)
@@ -1019,44 +1022,144 @@ impl Storage for SqliteStorage {
         Ok(done.rows_affected())
     }
 
-    async fn add_usage(&self, tenant_id: &str, delta: &UsageDay) -> StorageResult<()> {
-        sqlx::query(
-            "INSERT INTO usage_daily (tenant_id, day, requests, failures, fuel, tokens) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant_id, day) DO UPDATE SET
+    async fn add_usage(&self, tenant_id: &str, hour: &str, d: &Usage) -> StorageResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO usage_hourly (tenant_id, hour, {USAGE_COLUMNS})
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, hour) DO UPDATE SET
                requests = requests + excluded.requests,
                failures = failures + excluded.failures,
+               status_2xx = status_2xx + excluded.status_2xx,
+               status_3xx = status_3xx + excluded.status_3xx,
+               status_4xx = status_4xx + excluded.status_4xx,
+               status_5xx = status_5xx + excluded.status_5xx,
                fuel = fuel + excluded.fuel,
-               tokens = tokens + excluded.tokens",
-        )
+               wall_ms = wall_ms + excluded.wall_ms,
+               peak_memory_bytes = MAX(peak_memory_bytes, excluded.peak_memory_bytes),
+               bytes_in = bytes_in + excluded.bytes_in,
+               bytes_out = bytes_out + excluded.bytes_out,
+               outbound_requests = outbound_requests + excluded.outbound_requests,
+               tokens = tokens + excluded.tokens,
+               kv_ops = kv_ops + excluded.kv_ops,
+               wallet_txs = wallet_txs + excluded.wallet_txs"
+        ))
         .bind(tenant_id)
-        .bind(&delta.day)
-        .bind(delta.requests)
-        .bind(delta.failures)
-        .bind(delta.fuel)
-        .bind(delta.tokens)
+        .bind(hour)
+        .bind(d.requests)
+        .bind(d.failures)
+        .bind(d.status_2xx)
+        .bind(d.status_3xx)
+        .bind(d.status_4xx)
+        .bind(d.status_5xx)
+        .bind(d.fuel)
+        .bind(d.wall_ms)
+        .bind(d.peak_memory_bytes)
+        .bind(d.bytes_in)
+        .bind(d.bytes_out)
+        .bind(d.outbound_requests)
+        .bind(d.tokens)
+        .bind(d.kv_ops)
+        .bind(d.wallet_txs)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn usage(&self, tenant_id: &str, days: i64) -> StorageResult<Vec<UsageDay>> {
-        let rows = sqlx::query(
-            "SELECT day, requests, failures, fuel, tokens FROM usage_daily WHERE tenant_id = ? ORDER BY day DESC LIMIT ?",
-        )
+    async fn usage(
+        &self,
+        tenant_id: &str,
+        from: &str,
+        to: &str,
+    ) -> StorageResult<Vec<(String, Usage)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT hour, {USAGE_COLUMNS} FROM usage_hourly
+             WHERE tenant_id = ? AND hour >= ? AND hour <= ? ORDER BY hour"
+        ))
         .bind(tenant_id)
-        .bind(days)
+        .bind(from)
+        .bind(to)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(UsageDay {
-                    day: r.try_get("day")?,
-                    requests: r.try_get("requests")?,
-                    failures: r.try_get("failures")?,
-                    fuel: r.try_get("fuel")?,
-                    tokens: r.try_get("tokens")?,
-                })
-            })
+            .map(|r| Ok((r.try_get("hour")?, usage_row(r)?)))
             .collect()
     }
+
+    async fn org_usage(
+        &self,
+        org_id: &str,
+        from: &str,
+        to: &str,
+    ) -> StorageResult<Vec<(String, String, Usage)>> {
+        let rows = sqlx::query(
+            "SELECT t.id AS tenant_id, t.slug AS slug,
+               COALESCE(SUM(u.requests), 0) AS requests, COALESCE(SUM(u.failures), 0) AS failures,
+               COALESCE(SUM(u.status_2xx), 0) AS status_2xx, COALESCE(SUM(u.status_3xx), 0) AS status_3xx,
+               COALESCE(SUM(u.status_4xx), 0) AS status_4xx, COALESCE(SUM(u.status_5xx), 0) AS status_5xx,
+               COALESCE(SUM(u.fuel), 0) AS fuel, COALESCE(SUM(u.wall_ms), 0) AS wall_ms,
+               COALESCE(MAX(u.peak_memory_bytes), 0) AS peak_memory_bytes,
+               COALESCE(SUM(u.bytes_in), 0) AS bytes_in, COALESCE(SUM(u.bytes_out), 0) AS bytes_out,
+               COALESCE(SUM(u.outbound_requests), 0) AS outbound_requests,
+               COALESCE(SUM(u.tokens), 0) AS tokens, COALESCE(SUM(u.kv_ops), 0) AS kv_ops,
+               COALESCE(SUM(u.wallet_txs), 0) AS wallet_txs
+             FROM tenants t
+             LEFT JOIN usage_hourly u ON u.tenant_id = t.id AND u.hour >= ? AND u.hour <= ?
+             WHERE t.org_id = ?
+             GROUP BY t.id, t.slug ORDER BY t.created_at",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant_id")?, r.try_get("slug")?, usage_row(r)?)))
+            .collect()
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        id: &str,
+        plan: &str,
+        overrides: &crate::plans::LimitsPatch,
+    ) -> StorageResult<()> {
+        let json = serde_json::to_string(overrides)
+            .map_err(|e| StorageError::Backend(anyhow::Error::from(e)))?;
+        let done = sqlx::query(
+            "UPDATE tenants SET plan = ?, limits_override = ?, updated_at = ?
+             WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(plan)
+        .bind(json)
+        .bind(now_rfc3339())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+const USAGE_COLUMNS: &str = "requests, failures, status_2xx, status_3xx, status_4xx, status_5xx, fuel, wall_ms, peak_memory_bytes, bytes_in, bytes_out, outbound_requests, tokens, kv_ops, wallet_txs";
+
+fn usage_row(r: &sqlx::sqlite::SqliteRow) -> StorageResult<Usage> {
+    Ok(Usage {
+        requests: r.try_get("requests")?,
+        failures: r.try_get("failures")?,
+        status_2xx: r.try_get("status_2xx")?,
+        status_3xx: r.try_get("status_3xx")?,
+        status_4xx: r.try_get("status_4xx")?,
+        status_5xx: r.try_get("status_5xx")?,
+        fuel: r.try_get("fuel")?,
+        wall_ms: r.try_get("wall_ms")?,
+        peak_memory_bytes: r.try_get("peak_memory_bytes")?,
+        bytes_in: r.try_get("bytes_in")?,
+        bytes_out: r.try_get("bytes_out")?,
+        outbound_requests: r.try_get("outbound_requests")?,
+        tokens: r.try_get("tokens")?,
+        kv_ops: r.try_get("kv_ops")?,
+        wallet_txs: r.try_get("wallet_txs")?,
+    })
 }

@@ -1,0 +1,265 @@
+//! Prometheus metrics at `GET /metrics` (admin token required).
+//!
+//! Per-tenant series carry a `tenant` label: the slug for the first
+//! `metrics_tenant_labels` tenants (default 100), `_other` for the rest, so the
+//! number of series stays bounded however many tenants a host serves. Each
+//! tenant caches its own counter handles, so the hot path is a few atomic adds.
+//! Pool, CPU, compile and cache figures are read from the runtime at scrape time.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::instance::Runtime;
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// The label shared by tenants past the label cap.
+pub const OTHER: &str = "_other";
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// A tenant's cached series.
+#[derive(Debug, Clone)]
+pub struct TenantMetrics {
+    /// Its `tenant` label.
+    pub label: Arc<str>,
+    requests: [Counter; 5],
+    duration: Histogram,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Default for TenantMetrics {
+    /// Series registered nowhere (a tenant outside a host, in tests).
+    fn default() -> Self {
+        Self {
+            label: Arc::from(OTHER),
+            requests: Default::default(),
+            duration: latency_histogram(),
+            metrics: None,
+        }
+    }
+}
+
+impl TenantMetrics {
+    /// Records one request: its status and how long it took.
+    pub fn request(&self, status: u16, elapsed: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        self.requests[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a limit the tenant ran into (`rate_limited`, `fuel_exhausted` …).
+    pub fn limit_hit(&self, limit: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.limits
+                .get_or_create(&vec![
+                    ("tenant", self.label.to_string()),
+                    ("limit", limit.into()),
+                ])
+                .inc();
+        }
+    }
+
+    /// Records a guest that failed (`trap`, `deadline`, `fuel`, `no_response` …).
+    pub fn guest_failure(&self, kind: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.failures
+                .get_or_create(&vec![
+                    ("tenant", self.label.to_string()),
+                    ("kind", kind.into()),
+                ])
+                .inc();
+        }
+    }
+}
+
+/// Every metric of the host.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    duration: HistogramFamily,
+    limits: Family<Labels, Counter>,
+    failures: Family<Labels, Counter>,
+    labelled: Mutex<HashSet<String>>,
+    max_labels: usize,
+}
+
+impl Metrics {
+    /// The metrics of a host running `runtime`, labelling at most `max_labels` tenants.
+    pub fn new(runtime: Arc<Runtime>, max_labels: usize) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("lodge");
+        let requests = Family::<Labels, Counter>::default();
+        let duration = HistogramFamily::new_with_constructor(latency_histogram);
+        let limits = Family::<Labels, Counter>::default();
+        let failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests routed to tenants, by response status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from routing to the response head, per tenant",
+            duration.clone(),
+        );
+        registry.register(
+            "limits_hit",
+            "Requests stopped by a limit (rate, concurrency, pool, body, fuel, time, memory)",
+            limits.clone(),
+        );
+        registry.register(
+            "guest_failures",
+            "Guests that trapped, timed out, ran out of fuel or answered nothing",
+            failures.clone(),
+        );
+        registry.register_collector(Box::new(RuntimeCollector { runtime }));
+        Arc::new(Self {
+            registry,
+            requests,
+            duration,
+            limits,
+            failures,
+            labelled: Mutex::default(),
+            max_labels,
+        })
+    }
+
+    /// The series of tenant `slug` (its own label while under the cap).
+    pub fn tenant(self: &Arc<Self>, slug: &str) -> TenantMetrics {
+        let label = {
+            let mut labelled = self.labelled.lock().unwrap_or_else(PoisonError::into_inner);
+            if labelled.contains(slug) || labelled.len() < self.max_labels {
+                labelled.insert(slug.to_owned());
+                slug.to_owned()
+            } else {
+                OTHER.to_owned()
+            }
+        };
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        TenantMetrics {
+            requests: classes.map(|class| {
+                self.requests
+                    .get_or_create(&vec![("tenant", label.clone()), ("status", class.into())])
+                    .clone()
+            }),
+            duration: self
+                .duration
+                .get_or_create(&vec![("tenant", label.clone())])
+                .clone(),
+            label: Arc::from(label),
+            metrics: Some(self.clone()),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Figures read from the runtime at scrape time.
+#[derive(Debug)]
+struct RuntimeCollector {
+    runtime: Arc<Runtime>,
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter<N>(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> std::fmt::Result
+where
+    ConstCounter<N>: EncodeMetric + TypedMetric,
+{
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl prometheus_client::collector::Collector for RuntimeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pool = self.runtime.pool();
+        let stats = self.runtime.stats();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "instances_in_use",
+            "Instance slots taken now",
+            i64::from(pool.in_use()),
+        )?;
+        gauge(
+            e,
+            "instance_slots",
+            "Instance slots of the host",
+            i64::from(pool.capacity()),
+        )?;
+        gauge(
+            e,
+            "active_tenants",
+            "Tenants with requests in flight",
+            i64::from(pool.active_tenants()),
+        )?;
+        gauge(
+            e,
+            "memory_budget_used_bytes",
+            "Linear memory held by live instances",
+            self.runtime.memory_budget().used() as i64,
+        )?;
+        counter(
+            e,
+            "cpu_waits",
+            "Times a guest waited for one of its tenant's CPU lanes",
+            crate::limits::CPU_WAITS.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "instantiations",
+            "Instances created",
+            stats.instantiations.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "compiles",
+            "Components compiled (not from the cache)",
+            stats.compiles.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "compile_seconds",
+            "Time spent compiling components",
+            stats.compile_nanos.load(Relaxed) as f64 / 1e9,
+        )?;
+        counter(
+            e,
+            "artifact_cache_hits",
+            "Components loaded from the artifact cache",
+            stats.cache_hits.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "artifact_cache_misses",
+            "Components not in the artifact cache (compiled)",
+            stats.cache_misses.load(Relaxed),
+        )?;
+        Ok(())
+    }
+}
