@@ -15,7 +15,7 @@ guests:
 
 ## Start a host on $(LISTEN) serving every example tenant.
 demo: guests
-	cargo run --release -p lodge-host -- serve --listen $(LISTEN) \
+	cargo run --release -p lodge-host -- serve --listen $(LISTEN) --config lodge.toml \
 		$(foreach e,$(EXAMPLES),--app $(e)=$(GUEST_DIR)/$(e).wasm)
 
 ## Throughput and latency of the hello example (see docs/benchmarks.md).

@@ -109,6 +109,32 @@ pub struct BenchArgs {
     /// Skip the throughput runs (deploy and restart timings only).
     #[arg(long)]
     pub deploy_only: bool,
+
+    /// Run the noisy-neighbour benchmark instead: tenant A floods the host with
+    /// CPU-spinning requests at 4× its concurrency while tenant B sends ordinary ones.
+    #[arg(long)]
+    pub noisy: bool,
+
+    /// Noisy neighbour: tenant A's concurrency limit (it is sent 4× this).
+    #[arg(long, default_value_t = 4)]
+    pub noisy_concurrency: u32,
+
+    /// Noisy neighbour: milliseconds each of A's requests spins.
+    #[arg(long, default_value_t = 20)]
+    pub noisy_spin_ms: u64,
+
+    /// Noisy neighbour: tenant B's connections.
+    #[arg(long, default_value_t = 4)]
+    pub noisy_b_connections: usize,
+
+    /// Noisy neighbour: the hostile component A runs.
+    #[arg(long, default_value = "target/guests/wasm32-wasip2/guest/hostile.wasm")]
+    pub noisy_component: PathBuf,
+
+    /// CPU lanes per tenant of weight 1 (default: one per core). A large number
+    /// turns the fair CPU scheduler off, for comparison.
+    #[arg(long)]
+    pub cpu_lanes: Option<u32>,
 }
 
 impl BenchArgs {
@@ -132,6 +158,7 @@ impl BenchArgs {
         config.fuel_yield_interval = self
             .fuel_yield_interval
             .unwrap_or(config.fuel_yield_interval);
+        config.cpu_lanes = self.cpu_lanes.or(config.cpu_lanes);
         config
     }
 }
@@ -153,6 +180,9 @@ pub struct Sample {
 
 /// Runs `lodge bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.noisy {
+        return noisy_neighbour(&args).await;
+    }
     if !args.deploy_only {
         throughput(&args).await?;
     }
@@ -287,12 +317,7 @@ async fn start_host(
 
 /// Requests/s and latency of the hello component, and of `wasmtime serve` if given.
 async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
-    let wasm = std::fs::read(&args.component).with_context(|| {
-        format!(
-            "reading {} (build it with `cargo test` or `cargo build -p hello --target wasm32-wasip2 --profile guest --target-dir target/guests`)",
-            args.component.display()
-        )
-    })?;
+    let wasm = read_component(&args.component)?;
     let tmp = tempfile::tempdir()?;
     let data_dir = args
         .data_dir
@@ -317,11 +342,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     // The host gets a runtime of its own so its threads are not the load generator's.
-    let host_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.host_threads.max(1))
-        .thread_name("lodge-host")
-        .enable_all()
-        .build()?;
+    let host_rt = host_runtime(args)?;
     let lodge = {
         let _guard = host_rt.enter();
         host_rt.spawn(Lodge::open(config)).await??
@@ -423,6 +444,25 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A component built by `cargo test`, or a hint how to build it.
+fn read_component(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "reading {} (build it with `cargo test` or `make guests`)",
+            path.display()
+        )
+    })
+}
+
+/// The host's own runtime, so its threads are not the load generator's.
+fn host_runtime(args: &BenchArgs) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.host_threads.max(1))
+        .thread_name("lodge-host")
+        .enable_all()
+        .build()?)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -482,23 +522,26 @@ async fn drive(
     conns: usize,
     args: &BenchArgs,
 ) -> anyhow::Result<Sample> {
-    let _ = load(addr, host, conns, Duration::from_secs(args.warmup)).await?;
-    load(addr, host, conns, Duration::from_secs(args.seconds)).await
+    let _ = load(addr, host, "/", conns, Duration::from_secs(args.warmup)).await?;
+    load(addr, host, "/", conns, Duration::from_secs(args.seconds)).await
 }
 
 async fn load(
     addr: SocketAddr,
     host: &str,
+    path: &str,
     conns: usize,
     duration: Duration,
 ) -> anyhow::Result<Sample> {
     let deadline = Instant::now() + duration;
     let host: Arc<str> = Arc::from(host);
+    let path: Arc<str> = Arc::from(path);
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
         let host = host.clone();
+        let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            connection_loop(addr, &host, deadline).await
+            connection_loop(addr, &host, &path, deadline).await
         }));
     }
     let mut latencies = Vec::new();
@@ -528,6 +571,7 @@ async fn load(
 async fn connection_loop(
     addr: SocketAddr,
     host: &str,
+    path: &str,
     deadline: Instant,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
     let mut latencies = Vec::with_capacity(64 * 1024);
@@ -539,7 +583,7 @@ async fn connection_loop(
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         while Instant::now() < deadline {
-            let req = http::Request::get("/")
+            let req = http::Request::get(path)
                 .header(http::header::HOST, host)
                 .body(Empty::<Bytes>::new())?;
             let start = Instant::now();
@@ -563,4 +607,101 @@ async fn connection_loop(
         }
     }
     Ok((latencies, errors))
+}
+
+/// The noisy neighbour: B's latency alone, then while A floods the host with
+/// CPU-spinning requests at 4× its concurrency limit.
+async fn noisy_neighbour(args: &BenchArgs) -> anyhow::Result<()> {
+    let hello = read_component(&args.component)?;
+    let hostile = read_component(&args.noisy_component)?;
+    let tmp = tempfile::tempdir()?;
+    let config = args.tuned(HostConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: tmp.path().to_owned(),
+        ..HostConfig::default()
+    });
+    let host_rt = host_runtime(args)?;
+    let lodge = {
+        let _guard = host_rt.enter();
+        host_rt.spawn(Lodge::open(config)).await??
+    };
+    let a_limits = Limits {
+        max_concurrency: args.noisy_concurrency.max(1),
+        ..Limits::default()
+    };
+    {
+        let lodge = lodge.clone();
+        let b_limits = Limits {
+            max_concurrency: (args.noisy_b_connections * 2) as u32,
+            ..Limits::default()
+        };
+        host_rt
+            .spawn(async move {
+                lodge.add_app("a", hostile, Some(a_limits)).await?;
+                lodge.add_app("b", hello, Some(b_limits)).await
+            })
+            .await??;
+    }
+    let listener = bind_in(&host_rt, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    host_rt.spawn(serve(lodge.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+
+    let seconds = Duration::from_secs(args.seconds);
+    let warmup = Duration::from_secs(args.warmup);
+    let b_conns = args.noisy_b_connections;
+    let _ = load(addr, "b.localhost", "/", b_conns, warmup).await?;
+    let alone = load(addr, "b.localhost", "/", b_conns, seconds).await?;
+
+    let a_conns = args.noisy_concurrency.max(1) as usize * 4;
+    let spin = format!("/spin?ms={}", args.noisy_spin_ms);
+    let flood =
+        tokio::spawn(
+            async move { load(addr, "a.localhost", &spin, a_conns, warmup + seconds).await },
+        );
+    tokio::time::sleep(warmup).await;
+    let shared = load(addr, "b.localhost", "/", b_conns, seconds).await?;
+    let flood = flood.await??;
+    let _ = stop.send(());
+
+    println!("# lodge bench --noisy");
+    println!();
+    println!(
+        "tenant A: hostile `/spin?ms={}`, concurrency limit {}, sent by {a_conns} connections; \
+         tenant B: hello, {b_conns} connections; host: {} worker threads, CPU lanes per tenant {}; {} s each",
+        args.noisy_spin_ms,
+        args.noisy_concurrency,
+        args.host_threads,
+        lodge.runtime.lanes(),
+        args.seconds,
+    );
+    println!();
+    println!("| run | B req/s | B p50 | B p99 | B failed | A served | A refused (503) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| B alone | {:.0} | {:.2} ms | {:.2} ms | {} | — | — |",
+        alone.rps,
+        ms(alone.p50),
+        ms(alone.p99),
+        alone.errors
+    );
+    println!(
+        "| B while A floods | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+        shared.rps,
+        ms(shared.p50),
+        ms(shared.p99),
+        shared.errors,
+        flood.ok,
+        flood.errors
+    );
+    println!();
+    println!(
+        "B's p99 with the flood / alone: {:.2}× (target ≤ 2×); B requests failed: {}",
+        ms(shared.p99) / ms(alone.p99).max(1e-6),
+        shared.errors
+    );
+    host_rt.shutdown_background();
+    Ok(())
 }

@@ -130,6 +130,8 @@ pub struct HostConfig {
     pub config_file: Option<PathBuf>,
     /// How often the config file is checked for changes.
     pub config_poll: Duration,
+    /// CPU lanes of a tenant of weight 1 (`None`: one per core). See `limits::Fair`.
+    pub cpu_lanes: Option<u32>,
     /// Tenants given their own label in `/metrics`; the rest share `_other`.
     pub metrics_tenant_labels: usize,
 }
@@ -204,7 +206,7 @@ impl Default for HostConfig {
             memory_budget_bytes: 8 * 1024 * 1024 * 1024,
             max_memory_per_instance: 1024 * 1024 * 1024,
             epoch_tick: Duration::from_millis(10),
-            fuel_yield_interval: 1_000_000,
+            fuel_yield_interval: 100_000,
             log_lines_per_tenant: 1000,
             engine: EngineTuning::default(),
             max_component_bytes: 64 * 1024 * 1024,
@@ -215,6 +217,7 @@ impl Default for HostConfig {
             config_file: None,
             config_poll: Duration::from_secs(1),
             metrics_tenant_labels: 100,
+            cpu_lanes: None,
         }
     }
 }

@@ -247,7 +247,9 @@ impl Runtime {
             compat,
             budget: MemoryBudget::new(config.memory_budget_bytes),
             pool: Pool::new(config.max_instances),
-            lanes: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            lanes: config.cpu_lanes.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
+            }),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             epoch_tick: config.epoch_tick,
             stats: Arc::default(),

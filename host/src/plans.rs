@@ -453,6 +453,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_lodge_toml_parses() {
+        let book = PlanBook::parse(
+            include_str!("../../lodge.toml"),
+            &Limits::default(),
+            vars(&[]),
+            1 << 30,
+        )
+        .expect("lodge.toml parses");
+        assert_eq!(book.names(), ["basic", "default", "free", "pro"]);
+    }
+
+    #[test]
     fn overrides_apply_over_the_plan() {
         let book = PlanBook::parse(FILE, &Limits::default(), vars(&[]), 1 << 30).expect("ok");
         let patch = LimitsPatch {
