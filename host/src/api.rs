@@ -466,7 +466,7 @@ async fn tenant_status(
     Path(id): Path<String>,
 ) -> Result<Json<TenantStatusView>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
-    let live = lodge.live(&record)?;
+    let live = lodge.live(&record).await?;
     let state = live.state();
     let active_sha256 = state.active.as_ref().map(|a| a.app.digest.clone());
     let limits = live.limits();
@@ -525,7 +525,7 @@ async fn tenant_logs(
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
-    let live = lodge.live(&record)?;
+    let live = lodge.live(&record).await?;
     let since = query.since.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     if !query.follow.unwrap_or(false) {
@@ -1047,7 +1047,7 @@ async fn tenant_usage(
 ) -> Result<Json<UsageView>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     let (from, to) = usage_range(&query)?;
-    if let Ok(live) = lodge.live(&record) {
+    if let Ok(live) = lodge.live(&record).await {
         lodge.flush_usage_of(&live).await;
     }
     let granularity = query.granularity.unwrap_or_default();
@@ -1191,7 +1191,7 @@ async fn get_limits(
     Path(id): Path<String>,
 ) -> Result<Json<LimitsEnvelope>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
-    let live = lodge.live(&record)?;
+    let live = lodge.live(&record).await?;
     Ok(Json(limits_envelope(&live)))
 }
 
@@ -1224,7 +1224,7 @@ async fn set_limits(
     lodge
         .set_tenant_limits(&record, body.plan, body.overrides)
         .await?;
-    let live = lodge.live(&record)?;
+    let live = lodge.live(&record).await?;
     Ok(Json(limits_envelope(&live)))
 }
 

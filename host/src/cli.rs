@@ -92,6 +92,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LODGE_DATA_DIR", default_value = "./lodge-data")]
     pub data_dir: PathBuf,
 
+    /// Database: `postgres://user@host/db` to share one PostgreSQL among several
+    /// hosts, or `sqlite:PATH`; default `<data-dir>/lodge.db` (SQLite).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// Serve a tenant from a local component: `SLUG=PATH.wasm` (repeatable).
     #[arg(long = "app", value_name = "SLUG=PATH.wasm", value_parser = parse_app)]
     pub apps: Vec<(String, PathBuf)>,
@@ -238,6 +243,7 @@ impl ServeArgs {
                 }),
             max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
             config_file: self.config.clone(),
+            database_url: self.database_url.clone(),
             ..HostConfig::default()
         }
         .with(|c| {

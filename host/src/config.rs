@@ -130,6 +130,14 @@ pub struct HostConfig {
     pub config_file: Option<PathBuf>,
     /// How often the config file is checked for changes.
     pub config_poll: Duration,
+    /// `postgres://…` to share one PostgreSQL among hosts, `sqlite:…` for another
+    /// SQLite file; `None`: `<data_dir>/lodge.db`.
+    pub database_url: Option<String>,
+    /// How often a host on PostgreSQL compares its tenants with the database.
+    pub reconcile_interval: Duration,
+    /// With several hosts, a convergence task `running` for longer than this is
+    /// taken to be a dead host's and queued again.
+    pub task_lease: Duration,
     /// CPU lanes of a tenant of weight 1 (`None`: one per core). See `limits::Fair`.
     pub cpu_lanes: Option<u32>,
     /// Tenants given their own label in `/metrics`; the rest share `_other`.
@@ -183,6 +191,13 @@ impl std::fmt::Debug for HostConfig {
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("base_domain", &self.base_domain)
+            .field(
+                "database",
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(|u| u.split('@').next_back().unwrap_or(u)),
+            )
             .field("default_limits", &self.default_limits)
             .field("max_instances", &self.max_instances)
             .field("memory_budget_bytes", &self.memory_budget_bytes)
@@ -218,6 +233,9 @@ impl Default for HostConfig {
             config_poll: Duration::from_secs(1),
             metrics_tenant_labels: 100,
             cpu_lanes: None,
+            database_url: None,
+            reconcile_interval: Duration::from_secs(5),
+            task_lease: Duration::from_secs(600),
         }
     }
 }

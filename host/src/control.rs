@@ -100,7 +100,7 @@ impl Lodge {
         plan: Option<String>,
         overrides: Option<LimitsPatch>,
     ) -> Result<Limits, ControlError> {
-        let tenant = self.live(record)?;
+        let tenant = self.live(record).await?;
         let (current_plan, current_overrides) = tenant.plan();
         let plan = match plan {
             Some(plan) => self.check_plan(Some(plan))?,
@@ -117,6 +117,7 @@ impl Lodge {
         tenant.set_plan(plan, overrides);
         tenant.set_limits(limits.clone());
         tracing::info!(tenant = %record.slug, "limits changed");
+        self.announce(&record.id).await;
         Ok(limits)
     }
 
@@ -212,6 +213,7 @@ impl Lodge {
         self.storage.insert_key(&key.record).await?;
         crate::wallet::ensure(self.storage.as_ref(), &self.master, &tenant.id).await?;
         self.register(&tenant, Vec::new()).await;
+        self.announce(&tenant.id).await;
         Ok(Spawned {
             tenant,
             api_key: key.plaintext,
@@ -219,7 +221,11 @@ impl Lodge {
     }
 
     /// Puts `record` into the registry (no deployment yet), continuing its archived logs.
-    async fn register(&self, record: &TenantRecord, env: Vec<(String, String)>) -> Arc<Tenant> {
+    pub(crate) async fn register(
+        &self,
+        record: &TenantRecord,
+        env: Vec<(String, String)>,
+    ) -> Arc<Tenant> {
         let history = self
             .storage
             .recent_logs(&record.id, self.config.log_lines_per_tenant as i64)
@@ -251,12 +257,21 @@ impl Lodge {
         tenant
     }
 
-    /// The registry entry of a stored tenant.
-    pub fn live(&self, record: &TenantRecord) -> Result<Arc<Tenant>, ControlError> {
-        self.registry
-            .get(&record.slug)
-            .filter(|t| *t.id == *record.id)
-            .ok_or(ControlError::NotFound("tenant"))
+    /// The registry entry of a stored tenant; with several hosts, one created
+    /// through another host is loaded here first.
+    pub async fn live(&self, record: &TenantRecord) -> Result<Arc<Tenant>, ControlError> {
+        let cached = || {
+            self.registry
+                .get(&record.slug)
+                .filter(|t| *t.id == *record.id)
+        };
+        if let Some(tenant) = cached() {
+            return Ok(tenant);
+        }
+        if self.notifier.is_some() {
+            self.refresh_tenant(&record.id).await?;
+        }
+        cached().ok_or(ControlError::NotFound("tenant"))
     }
 
     /// Validates, compiles, stores and activates a new version of `record`'s component.
@@ -269,7 +284,7 @@ impl Lodge {
         record: &TenantRecord,
         wasm: Vec<u8>,
     ) -> Result<Deployment, ControlError> {
-        let tenant = self.live(record)?;
+        let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(&wasm));
@@ -289,11 +304,15 @@ impl Lodge {
             }
         });
         tracing::info!(tenant = %record.slug, version, %sha256, compile_ms, "deployed");
+        self.announce(&record.id).await;
         Ok(deployment)
     }
 
     /// Loads a stored version: from the artifact cache if possible, else from its blob.
-    async fn load_version(&self, deployment: &Deployment) -> Result<Arc<App>, ControlError> {
+    pub(crate) async fn load_version(
+        &self,
+        deployment: &Deployment,
+    ) -> Result<Arc<App>, ControlError> {
         let runtime = self.runtime.clone();
         let digest = deployment.sha256.clone();
         let size = deployment.size as usize;
@@ -314,7 +333,7 @@ impl Lodge {
         record: &TenantRecord,
         version: i64,
     ) -> Result<Deployment, ControlError> {
-        let tenant = self.live(record)?;
+        let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
         let deployment = self
             .storage
@@ -332,6 +351,7 @@ impl Lodge {
                 state.status = TenantStatus::Running;
             }
         });
+        self.announce(&record.id).await;
         Ok(deployment)
     }
 
@@ -341,7 +361,7 @@ impl Lodge {
         record: &TenantRecord,
         running: bool,
     ) -> Result<TenantStatus, ControlError> {
-        let tenant = self.live(record)?;
+        let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
         let status = match (running, tenant.state().active.is_some()) {
             (false, _) => TenantStatus::Stopped,
@@ -350,6 +370,7 @@ impl Lodge {
         };
         self.storage.set_status(&record.id, status, None).await?;
         tenant.update(|state| state.status = status);
+        self.announce(&record.id).await;
         Ok(status)
     }
 
@@ -371,7 +392,7 @@ impl Lodge {
                 )));
             }
         }
-        let tenant = self.live(record)?;
+        let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
         let mut vars = self.storage.get_env(&record.id).await?;
         for (name, value) in changes {
@@ -384,6 +405,7 @@ impl Lodge {
         self.storage.set_env(&record.id, &vars).await?;
         let names = vars.iter().map(|(n, _)| n.clone()).collect();
         tenant.update(|state| state.env = Arc::from(vars));
+        self.announce(&record.id).await;
         Ok(names)
     }
 
@@ -410,6 +432,7 @@ impl Lodge {
             });
             self.flush_usage_of(&tenant).await;
         }
+        self.announce(&record.id).await;
         Ok(())
     }
 
@@ -503,7 +526,7 @@ impl Lodge {
             Err(e) => return Err(e.into()),
         };
         let sha256 = hex::encode(Sha256::digest(&wasm));
-        let tenant = self.live(&record)?;
+        let tenant = self.live(&record).await?;
         let current = match record.active_version {
             Some(version) => Some(
                 self.storage

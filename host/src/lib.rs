@@ -30,6 +30,7 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod storage;
+pub mod sync;
 pub mod wallet;
 
 pub use config::{HostConfig, Limits};

@@ -32,6 +32,7 @@ use crate::plans::PlanBook;
 use crate::registry::{Registry, Tenant};
 use crate::routing::{self, REQUEST_ID, is_valid_slug};
 use crate::storage::Storage;
+use crate::storage::postgres::PostgresStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::wallet::MasterKey;
 
@@ -59,6 +60,8 @@ pub struct Lodge {
     pub provider: Arc<dyn Provider>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Sends change notices to other hosts (PostgreSQL only).
+    pub(crate) notifier: Option<crate::sync::Notifier>,
     plans: std::sync::RwLock<Arc<PlanBook>>,
     /// Wakes convergence workers when a task is queued.
     pub(crate) task_wakeup: Arc<tokio::sync::Notify>,
@@ -74,11 +77,40 @@ impl Lodge {
     pub async fn open(config: HostConfig) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-        let storage: Arc<dyn Storage> = Arc::new(
-            SqliteStorage::open_in(&config.data_dir)
-                .await
-                .context("opening the database")?,
-        );
+        let (storage, notifier): (Arc<dyn Storage>, _) = match config.database_url.as_deref() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
+                Arc::new(
+                    PostgresStorage::open(url)
+                        .await
+                        .context("opening the PostgreSQL database")?,
+                ),
+                Some(
+                    crate::sync::Notifier::connect(url)
+                        .await
+                        .context("connecting the change notifier")?,
+                ),
+            ),
+            Some(url) if url.starts_with("sqlite:") => (
+                Arc::new(
+                    SqliteStorage::open(url)
+                        .await
+                        .context("opening the database")?,
+                ),
+                None,
+            ),
+            Some(url) => anyhow::bail!(
+                "unsupported database URL {:?}: use postgres://… or sqlite:…",
+                url.split(':').next().unwrap_or_default()
+            ),
+            None => (
+                Arc::new(
+                    SqliteStorage::open_in(&config.data_dir)
+                        .await
+                        .context("opening the database")?,
+                ),
+                None,
+            ),
+        };
         let (admin, generated) = AdminToken::load(&config.data_dir, config.admin_token.clone())?;
         let master = Arc::new(MasterKey::load(
             &config.data_dir,
@@ -109,12 +141,21 @@ impl Lodge {
             master,
             provider,
             metrics,
+            notifier,
             plans: std::sync::RwLock::new(Arc::new(plans)),
             task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
         });
-        let requeued = lodge.storage.task_requeue_running().await?;
+        // One host owns every task on SQLite; with several hosts only expired leases.
+        let cutoff = match lodge.notifier {
+            Some(_) => std::time::SystemTime::now() - lodge.config.task_lease,
+            None => std::time::SystemTime::now() + Duration::from_secs(1),
+        };
+        let requeued = lodge
+            .storage
+            .task_requeue_running(&humantime::format_rfc3339_millis(cutoff).to_string())
+            .await?;
         let restored = lodge.restore().await.context("restoring tenants")?;
         tracing::info!(requeued, "convergence tasks resumed");
         crate::convergence::tasks::spawn_workers(&lodge, lodge.config.convergence_workers);
@@ -122,6 +163,9 @@ impl Lodge {
         tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
         if lodge.config.config_file.is_some() {
             tokio::spawn(watch_config(Arc::downgrade(&lodge)));
+        }
+        if let (Some(url), Some(_)) = (&lodge.config.database_url, &lodge.notifier) {
+            crate::sync::spawn(&lodge, url.clone(), lodge.config.reconcile_interval);
         }
         Ok(lodge)
     }

@@ -31,6 +31,39 @@ pub fn shared_artifacts() -> PathBuf {
 }
 
 /// A Lodge host running in this process on `127.0.0.1:<random>`.
+/// With `LODGE_TEST_DATABASE_URL` set (a PostgreSQL database), the URL of a
+/// schema of its own for the data dir `dir`: hosts restarted on the same dir
+/// find their data again, and two hosts given the same key share it. `None`
+/// (SQLite in the data dir) when the variable is unset.
+pub async fn postgres_url_for(dir: &Path) -> Option<String> {
+    use sqlx::Connection as _;
+    use std::hash::{Hash, Hasher};
+    let base = std::env::var("LODGE_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let schema = format!("lodge_t{:016x}", hasher.finish());
+    let mut conn = sqlx::postgres::PgConnection::connect(&base)
+        .await
+        .expect("LODGE_TEST_DATABASE_URL is set but PostgreSQL is unreachable");
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&mut conn)
+        .await
+        .expect("creating the test schema");
+    let _ = conn.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{base}{separator}options=-c%20search_path%3D{schema}"
+    ))
+}
+
+/// Whether the tests run on PostgreSQL (`LODGE_TEST_DATABASE_URL`).
+pub fn on_postgres() -> bool {
+    std::env::var("LODGE_TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty())
+}
+
+/// A Lodge host running in this process on `127.0.0.1:<random>`.
 #[derive(Debug)]
 pub struct TestHost {
     /// The host itself, to inspect tenants, logs and the memory budget.
@@ -62,6 +95,7 @@ impl TestHost {
         let mut config = HostConfig {
             listen: addr,
             data_dir: dir.to_owned(),
+            database_url: postgres_url_for(dir).await,
             artifacts_dir: Some(shared_artifacts()),
             max_instances: 300,
             admin_token: Some(ADMIN_TOKEN.to_owned()),

@@ -4,6 +4,7 @@
 //! embedded default. A second backend (PostgreSQL) implements the same trait with
 //! its own migrations, chosen once at startup from the database URL.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -535,8 +536,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()>;
     /// One of a tenant's tasks.
     async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>>;
-    /// Puts tasks left `running` by a stopped host back to `pending`; returns how many.
-    async fn task_requeue_running(&self) -> StorageResult<u64>;
+    /// Puts tasks `running` since before `claimed_before` (RFC 3339) back to
+    /// `pending`: ones left by a stopped host; returns how many.
+    async fn task_requeue_running(&self, claimed_before: &str) -> StorageResult<u64>;
 
     /// Adds to a tenant's usage of `day`.
     async fn add_usage(&self, tenant_id: &str, hour: &str, delta: &Usage) -> StorageResult<()>;

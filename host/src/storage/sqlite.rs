@@ -1014,9 +1014,10 @@ impl Storage for SqliteStorage {
         row.as_ref().map(task_row).transpose()
     }
 
-    async fn task_requeue_running(&self) -> StorageResult<u64> {
-        let done = sqlx::query("UPDATE convergence_tasks SET status = 'pending', updated_at = ? WHERE status = 'running'")
+    async fn task_requeue_running(&self, claimed_before: &str) -> StorageResult<u64> {
+        let done = sqlx::query("UPDATE convergence_tasks SET status = 'pending', updated_at = ? WHERE status = 'running' AND updated_at < ?")
             .bind(now_rfc3339())
+            .bind(claimed_before)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
