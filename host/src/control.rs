@@ -101,6 +101,7 @@ impl Lodge {
         overrides: Option<LimitsPatch>,
     ) -> Result<Limits, ControlError> {
         let tenant = self.live(record).await?;
+        let _change = tenant.changes.lock().await;
         let (current_plan, current_overrides) = tenant.plan();
         let plan = match plan {
             Some(plan) => self.check_plan(Some(plan))?,

@@ -228,6 +228,7 @@ impl Lodge {
         );
         let tenant = self.ensure_local_app(slug, wasm).await?;
         if let Some(limits) = limits {
+            let _change = tenant.changes.lock().await;
             let (plan, _) = tenant.plan();
             let overrides = crate::plans::LimitsPatch::full(&limits);
             self.storage

@@ -58,24 +58,37 @@ impl Lodge {
     /// Brings tenant `id` in this host's registry in line with storage: adds it,
     /// updates its status, env, limits and active version, or removes it.
     pub async fn refresh_tenant(&self, id: &str) -> Result<(), ControlError> {
+        let tenant = match self.registry.by_id(id) {
+            Some(tenant) => tenant,
+            None => match self.storage.get_tenant(id).await {
+                Ok(record) => {
+                    let env = self.storage.get_env(&record.id).await?;
+                    self.register(&record, env).await
+                }
+                Err(StorageError::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        // Read storage under the tenant's change lock, so a change this host is
+        // making right now is either fully in what we read or not started.
+        let _change = tenant.changes.lock().await;
         let record = match self.storage.get_tenant(id).await {
             Ok(record) => record,
             Err(StorageError::NotFound) => {
-                if let Some(gone) = self.registry.by_id(id) {
-                    self.flush_usage_of(&gone).await;
-                    self.registry.remove(&gone.slug);
-                    tracing::info!(tenant = %gone.slug, "removed (deleted through another host)");
+                self.flush_usage_of(&tenant).await;
+                if self
+                    .registry
+                    .get(&tenant.slug)
+                    .is_some_and(|t| t.id == tenant.id)
+                {
+                    self.registry.remove(&tenant.slug);
+                    tracing::info!(tenant = %tenant.slug, "removed (deleted through another host)");
                 }
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
         let env = self.storage.get_env(&record.id).await?;
-        let tenant = match self.registry.by_id(&record.id) {
-            Some(tenant) => tenant,
-            None => self.register(&record, env.clone()).await,
-        };
-        let _change = tenant.changes.lock().await;
         let active = match record.active_version {
             Some(version) if tenant.active().map(|a| a.version) != Some(version) => {
                 let deployment = self.storage.get_deployment(&record.id, version).await?;
@@ -92,9 +105,11 @@ impl Lodge {
             state.env = Arc::from(env);
             state.active = active;
         });
-        let limits = self.plans().effective(&record.plan, &record.limits);
-        tenant.set_plan(record.plan.clone(), record.limits.clone());
-        tenant.set_limits(limits);
+        if tenant.plan() != (record.plan.clone(), record.limits.clone()) {
+            let limits = self.plans().effective(&record.plan, &record.limits);
+            tenant.set_plan(record.plan.clone(), record.limits.clone());
+            tenant.set_limits(limits);
+        }
         Ok(())
     }
 
