@@ -195,6 +195,27 @@ pub struct HostArgs {
     /// Log lines kept in memory per tenant.
     #[arg(long, env = "LODGE_LOG_LINES", default_value_t = 1000)]
     pub log_lines: usize,
+
+    /// How long a claimed convergence task stays with its host without renewal
+    /// (renewed every third of it while it runs); a task whose host died runs
+    /// again on another host this long after the host's last renewal.
+    #[arg(long, env = "LODGE_TASK_LEASE", default_value = "60s", value_parser = positive_duration)]
+    pub task_lease: Duration,
+
+    /// With PostgreSQL: how often this host compares its tenants with the
+    /// database (the safety net for lost change notices) and requeues tasks
+    /// whose lease lapsed.
+    #[arg(long, env = "LODGE_RECONCILE_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub reconcile_interval: Duration,
+}
+
+/// A duration such as `60s`, `500ms` or `2m`, above zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (examples: 500ms, 60s, 2m)")),
+    }
 }
 
 impl PlanArgs {
@@ -244,6 +265,8 @@ impl ServeArgs {
             max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
             config_file: self.config.clone(),
             database_url: self.database_url.clone(),
+            task_lease: self.host.task_lease,
+            reconcile_interval: self.host.reconcile_interval,
             ..HostConfig::default()
         }
         .with(|c| {

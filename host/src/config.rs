@@ -135,8 +135,9 @@ pub struct HostConfig {
     pub database_url: Option<String>,
     /// How often a host on PostgreSQL compares its tenants with the database.
     pub reconcile_interval: Duration,
-    /// With several hosts, a convergence task `running` for longer than this is
-    /// taken to be a dead host's and queued again.
+    /// A convergence task's claim lasts this long unless renewed (the running
+    /// host renews it every third of it); with several hosts, a task whose lease
+    /// lapsed is taken to be a dead host's and queued again.
     pub task_lease: Duration,
     /// CPU lanes of a tenant of weight 1 (`None`: one per core). See `limits::Fair`.
     pub cpu_lanes: Option<u32>,
@@ -235,7 +236,7 @@ impl Default for HostConfig {
             cpu_lanes: None,
             database_url: None,
             reconcile_interval: Duration::from_secs(5),
-            task_lease: Duration::from_secs(600),
+            task_lease: Duration::from_secs(60),
         }
     }
 }

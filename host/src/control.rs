@@ -249,6 +249,7 @@ impl Lodge {
             .with_metrics(self.metrics.tenant(&record.slug)),
         );
         tenant.set_plan(record.plan.clone(), record.limits.clone());
+        tenant.set_synced(&record.updated_at);
         let status = record.status;
         tenant.update(|state| {
             state.status = status;

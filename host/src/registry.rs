@@ -176,6 +176,7 @@ pub struct Tenant {
     pub last_limit_log: AtomicU64,
     governor: RwLock<Arc<Governor>>,
     plan: RwLock<(String, LimitsPatch)>,
+    synced: RwLock<String>,
     state: RwLock<TenantState>,
 }
 
@@ -192,6 +193,7 @@ impl Tenant {
             id: id.into(),
             metrics: TenantMetrics::default(),
             last_limit_log: AtomicU64::new(0),
+            synced: RwLock::default(),
             slug,
             governor: RwLock::new(Arc::new(Governor {
                 rate: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
@@ -281,6 +283,20 @@ impl Tenant {
     /// Records its plan and overrides (the caller then applies the limits).
     pub fn set_plan(&self, plan: String, overrides: LimitsPatch) {
         *self.plan.write().unwrap_or_else(PoisonError::into_inner) = (plan, overrides);
+    }
+
+    /// The `updated_at` of the stored record this host last applied (several
+    /// hosts: the reconcile refreshes a tenant whose record moved past it).
+    pub fn synced(&self) -> String {
+        self.synced
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records that the stored record of `updated_at` is applied.
+    pub fn set_synced(&self, updated_at: &str) {
+        updated_at.clone_into(&mut self.synced.write().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Requests running now.

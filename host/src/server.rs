@@ -116,6 +116,14 @@ impl Lodge {
             &config.data_dir,
             config.master_key.clone(),
         )?);
+        let check = master.check_value();
+        if storage.meta_claim("master_key_check", &check).await? != check {
+            anyhow::bail!(
+                "this host's master key is not the one this database's wallets are sealed with: \
+                 every host sharing a database needs the same key (LODGE_MASTER_KEY or the \
+                 data dir's master-key file)"
+            );
+        }
         let plans = match &config.config_file {
             Some(path) => {
                 PlanBook::load(path, &config.default_limits, config.max_memory_per_instance)

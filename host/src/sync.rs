@@ -110,10 +110,12 @@ impl Lodge {
             tenant.set_plan(record.plan.clone(), record.limits.clone());
             tenant.set_limits(limits);
         }
+        tenant.set_synced(&record.updated_at);
         Ok(())
     }
 
-    /// Refreshes every tenant whose stored record differs from the registry,
+    /// Refreshes every tenant whose stored record differs from the registry or
+    /// changed since this host last applied it (env changes show only there),
     /// and drops tenants storage no longer has.
     pub async fn reconcile(&self) -> Result<usize, ControlError> {
         let mut seen = std::collections::HashSet::new();
@@ -134,6 +136,7 @@ impl Lodge {
                         state.status != record.status
                             || state.active.map(|a| a.version) != record.active_version
                             || tenant.plan() != (record.plan.clone(), record.limits.clone())
+                            || tenant.synced() != record.updated_at
                     }
                 };
                 if differs {

@@ -55,6 +55,17 @@ impl MasterKey {
         Ok(Self(key))
     }
 
+    /// A value that tells keys apart without revealing them (hex MAC of a
+    /// fixed text), stored in the database so every host can check it holds
+    /// the key the wallets were sealed with.
+    pub fn check_value(&self) -> String {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("any key length works");
+        mac.update(b"lodge master key check");
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     /// The raw key, for deriving other host secrets (webhook keys).
     pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -107,11 +107,7 @@ impl TestHost {
         let server = tokio::spawn(lodge_host::serve(lodge.clone(), listener, async {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(256)
-            .build()
-            .expect("client");
+        let client = Api::new(addr).client;
         Self {
             lodge,
             addr,
@@ -132,6 +128,14 @@ impl TestHost {
         }
     }
 
+    /// The HTTP API of this host.
+    pub fn http(&self) -> Api {
+        Api {
+            client: self.client.clone(),
+            addr: self.addr,
+        }
+    }
+
     /// Calls the control plane (`path` under `/api/v1`) with `token` and an
     /// optional JSON body; returns the status and the JSON answer (`Null` if none).
     pub async fn api_json(
@@ -141,16 +145,7 @@ impl TestHost {
         token: Option<&str>,
         body: Option<&serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut request = self.api(method, path, token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("sent");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        self.http().json(method, path, token, body).await
     }
 
     /// A request to the control plane, `path` under `/api/v1`, with `token`.
@@ -160,13 +155,7 @@ impl TestHost {
         path: &str,
         token: Option<&str>,
     ) -> reqwest::RequestBuilder {
-        let builder = self
-            .client
-            .request(method, format!("http://{}/api/v1{path}", self.addr));
-        match token {
-            Some(token) => builder.bearer_auth(token),
-            None => builder,
-        }
+        self.http().request(method, path, token)
     }
 
     /// Starts a host with default settings.
@@ -185,7 +174,7 @@ impl TestHost {
 
     /// `http://127.0.0.1:PORT/tenants/SLUG` + `path`.
     pub fn path_url(&self, slug: &str, path: &str) -> String {
-        format!("http://{}/tenants/{slug}{path}", self.addr)
+        self.http().tenant_url(slug, path)
     }
 
     /// A GET to tenant `slug` by path routing.
@@ -230,6 +219,99 @@ pub async fn assert_error(
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
     body
+}
+
+/// A host's HTTP API, whether the host runs in this process or as a `lodge` process.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// A client with no proxy.
+    pub client: reqwest::Client,
+    /// Where the host listens.
+    pub addr: SocketAddr,
+}
+
+impl Api {
+    /// The API of the host at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        Self { client, addr }
+    }
+
+    /// A request to the control plane, `path` under `/api/v1`, with `token`.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("http://{}/api/v1{path}", self.addr));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Calls the control plane with an optional JSON body; returns the status
+    /// and the JSON answer (`Null` if none).
+    pub async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.request(method, path, token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Creates org `name` with the admin token; returns the org's API key.
+    pub async fn org(&self, name: &str) -> String {
+        let (status, org) = self
+            .json(
+                reqwest::Method::POST,
+                "/orgs",
+                Some(ADMIN_TOKEN),
+                Some(&serde_json::json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{org}");
+        org["apiKey"].as_str().expect("key").to_owned()
+    }
+
+    /// A GET to tenant `slug`'s `path`; returns the status and the JSON answer
+    /// (`Null` if none).
+    pub async fn tenant_json(&self, slug: &str, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .get(self.tenant_url(slug, path))
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `http://ADDR/tenants/SLUG` + `path`.
+    pub fn tenant_url(&self, slug: &str, path: &str) -> String {
+        format!("http://{}/tenants/{slug}{path}", self.addr)
+    }
 }
 
 /// Path of the `lodge` binary that `cargo test` built.
@@ -309,6 +391,11 @@ impl LodgeProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         process
+    }
+
+    /// The HTTP API of this process.
+    pub fn http(&self) -> Api {
+        Api::new(self.addr)
     }
 
     /// What the process printed to stderr so far.

@@ -1,11 +1,18 @@
 //! Several hosts sharing one PostgreSQL database (runs only with
 //! `LODGE_TEST_DATABASE_URL`; `.ci/run` sets it).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lodge_tests::{ADMIN_TOKEN, TestHost, guests, on_postgres, wasm};
+use axum::Json;
+use axum::routing::post;
+use lodge_tests::{ADMIN_TOKEN, Api, LodgeProcess, TestHost, guests, on_postgres, wasm};
 use reqwest::Method;
 use serde_json::{Value, json};
+
+/// Every host on one database shares the master key (a host with another is refused).
+const MASTER_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
 /// Two hosts on one database (one schema), each with its own data dir.
 async fn pair() -> Option<(TestHost, TestHost, tempfile::TempDir)> {
@@ -16,8 +23,16 @@ async fn pair() -> Option<(TestHost, TestHost, tempfile::TempDir)> {
     let shared = tempfile::tempdir().expect("dir");
     let url = lodge_tests::postgres_url_for(shared.path()).await;
     let a_url = url.clone();
-    let a = TestHost::start_with(move |c| c.database_url = a_url).await;
-    let b = TestHost::start_with(move |c| c.database_url = url).await;
+    let a = TestHost::start_with(move |c| {
+        c.database_url = a_url;
+        c.master_key = Some(MASTER_KEY.to_owned());
+    })
+    .await;
+    let b = TestHost::start_with(move |c| {
+        c.database_url = url;
+        c.master_key = Some(MASTER_KEY.to_owned());
+    })
+    .await;
     Some((a, b, shared))
 }
 
@@ -32,25 +47,12 @@ async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> Duration {
     panic!("not within a second");
 }
 
-async fn org(host: &TestHost, name: &str) -> String {
-    let (status, org) = host
-        .api_json(
-            Method::POST,
-            "/orgs",
-            Some(ADMIN_TOKEN),
-            Some(&json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(status, 201, "{org}");
-    org["apiKey"].as_str().expect("key").to_owned()
-}
-
 #[tokio::test]
 async fn changes_through_one_host_reach_the_other_within_a_second() {
     let Some((a, b, _shared)) = pair().await else {
         return;
     };
-    let key = org(&a, "shared").await;
+    let key = a.http().org("shared").await;
     let (status, spawned) = a
         .api_json(
             Method::POST,
@@ -117,6 +119,23 @@ async fn changes_through_one_host_reach_the_other_within_a_second() {
     assert_eq!(status, 200);
     within_a_second(async || b.get("roamer", "/").await.status() == 200).await;
 
+    // A change nobody announced (written straight to storage, as if the
+    // notice were lost) is caught by the reconcile.
+    let id = spawned["tenant"]["id"].as_str().expect("id");
+    a.lodge
+        .storage
+        .set_env(id, &[("COLOR".to_owned(), "plum".to_owned())])
+        .await
+        .expect("env stored");
+    assert!(b.lodge.reconcile().await.expect("reconciled") >= 1);
+    let env = b.lodge.registry.get("roamer").expect("tenant").state().env;
+    assert_eq!(&*env, &[("COLOR".to_owned(), "plum".to_owned())]);
+    assert_eq!(
+        b.lodge.reconcile().await.expect("reconciled"),
+        0,
+        "nothing left to do"
+    );
+
     // Delete through B: A answers 404 within a second.
     let (status, _) = b
         .api_json(Method::DELETE, "/tenant/roamer", Some(&key), None)
@@ -130,7 +149,7 @@ async fn concurrent_writes_through_both_hosts_stay_exact() {
     let Some((a, b, _shared)) = pair().await else {
         return;
     };
-    let key = org(&a, "writers").await;
+    let key = a.http().org("writers").await;
     for name in ["counter", "payer", "payee"] {
         let guest = if name == "counter" {
             guests::KV_APP
@@ -190,12 +209,30 @@ async fn concurrent_writes_through_both_hosts_stay_exact() {
         )
         .await;
     assert_eq!(status, 200);
-    let payee: Value = b.get("payee", "/address").await.json().await.expect("json");
+    let payee = b.http().tenant_json("payee", "/address").await.1;
     let to = payee["address"].as_str().expect("address").to_owned();
-    let transfers: Vec<_> = (0..60)
+    let ok = transfers_through_both(&a.http(), &b.http(), &to, 60).await;
+    assert_eq!(ok, 50, "exactly the funds available were spent");
+    assert_eq!(
+        a.http().tenant_json("payer", "/balance").await.1["balance"],
+        0
+    );
+    assert_eq!(
+        b.http().tenant_json("payee", "/balance").await.1["balance"],
+        500
+    );
+    let totals = a.lodge.storage.ledger_totals().await.expect("totals");
+    assert_eq!(totals.0, totals.1, "the ledger balances");
+}
+
+/// `n` concurrent transfers of 10 from tenant `payer` (wallet-app) to `to`,
+/// alternating between hosts `a` and `b`; returns how many went through (the
+/// others must be refused with 400).
+async fn transfers_through_both(a: &Api, b: &Api, to: &str, n: usize) -> usize {
+    let transfers: Vec<_> = (0..n)
         .map(|i| {
-            let host = if i % 2 == 0 { &a } else { &b };
-            let request = host.client.post(host.path_url(
+            let api = if i % 2 == 0 { a } else { b };
+            let request = api.client.post(api.tenant_url(
                 "payer",
                 &format!("/transfer?to={to}&amount=10&key=k{i}&memo=m"),
             ));
@@ -203,27 +240,258 @@ async fn concurrent_writes_through_both_hosts_stay_exact() {
         })
         .collect();
     let mut ok = 0;
-    for task in transfers {
-        if task.await.expect("task").expect("response") == 200 {
-            ok += 1;
+    for transfer in transfers {
+        match transfer.await.expect("joined").expect("answered") {
+            200 => ok += 1,
+            400 => {}
+            other => panic!("transfer answered {other}"),
         }
     }
-    assert_eq!(ok, 50, "exactly the funds available were spent");
-    let balance = |host: &TestHost, slug: &'static str| {
-        let request = host.client.get(host.path_url(slug, "/balance"));
-        async move {
-            let body: Value = request
-                .send()
-                .await
-                .expect("sent")
-                .json()
-                .await
-                .expect("json");
-            body["balance"].as_i64().expect("balance")
+    ok
+}
+
+/// A chat-completions server whose answers wait until `release` is sent
+/// `true`; returns its URL, the number of calls and the release switch.
+async fn stalling_llm() -> (String, Arc<AtomicUsize>, tokio::sync::watch::Sender<bool>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let counter = counter.clone();
+            let mut released = released.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = released.wait_for(|go| *go).await;
+                Json(json!({
+                    "choices": [{ "message": { "role": "assistant", "content": "agreed" } }],
+                    "usage": { "prompt_tokens": 5, "completion_tokens": 3 },
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls, release)
+}
+
+/// A webhook receiver; returns its URL and the task ids posted to it.
+async fn webhook_sink() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let received: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let id = body["taskId"].as_str().unwrap_or_default().to_owned();
+                sink.lock().expect("lock").push(id);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+async fn task_status(api: &Api, key: &str, task: &str) -> Value {
+    let (status, state) = api
+        .json(Method::GET, &format!("/converge/{task}"), Some(key), None)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    state
+}
+
+async fn spawn_tenant(api: &Api, org_key: &str, name: &str) -> String {
+    let (status, spawned) = api
+        .json(
+            Method::POST,
+            "/tenant/spawn",
+            Some(org_key),
+            Some(&json!({ "name": name })),
+        )
+        .await;
+    assert_eq!(status, 201, "{spawned}");
+    spawned["tenant"]["apiKey"]
+        .as_str()
+        .expect("key")
+        .to_owned()
+}
+
+/// The scenario with two real `lodge serve` processes on one database:
+/// deploy through A (with the CLI) and serve through B, concurrent transfers
+/// through both, delete through B seen by A, and a convergence task that A was
+/// running when it was killed (SIGKILL), finished once by B.
+#[tokio::test]
+async fn two_lodge_processes_share_tenants_the_ledger_and_tasks() {
+    if !on_postgres() {
+        eprintln!("skipped: set LODGE_TEST_DATABASE_URL to a PostgreSQL database");
+        return;
+    }
+    let shared = tempfile::tempdir().expect("dir");
+    let url = lodge_tests::postgres_url_for(shared.path())
+        .await
+        .expect("database");
+    let (llm, llm_calls, release) = stalling_llm().await;
+    let (hook, hooks) = webhook_sink().await;
+    let args = [
+        "--database-url",
+        url.as_str(),
+        "--master-key",
+        MASTER_KEY,
+        "--llm-url",
+        llm.as_str(),
+        "--task-lease",
+        "2s",
+        "--reconcile-interval",
+        "200ms",
+    ];
+
+    // A starts alone and takes a task; its model call hangs.
+    let a = LodgeProcess::serve(&args);
+    let a_api = a.http();
+    let org_key = a_api.org("processes").await;
+    let thinker = spawn_tenant(&a_api, &org_key, "thinker").await;
+    let (status, queued) = a_api
+        .json(
+            Method::POST,
+            "/converge",
+            Some(&thinker),
+            Some(&json!({ "prompt": "plan the migration", "async": true, "webhookUrl": hook })),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let task = queued["taskId"].as_str().expect("task id").to_owned();
+    let started = Instant::now();
+    while llm_calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "A never ran the task"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B joins. A deploys with the CLI; B serves it.
+    let b = LodgeProcess::serve(&args);
+    let b_api = b.http();
+    spawn_tenant(&a_api, &org_key, "echo").await;
+    let (code, out, err) = a.cli(&org_key, &["deploy", "echo", guests::WSTD_ECHO]);
+    assert_eq!(code, 0, "{out}{err}");
+    within_a_second(async || {
+        let response = b_api
+            .client
+            .get(b_api.tenant_url("echo", "/status?code=200"))
+            .send()
+            .await;
+        response.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    // 40 transfers of 10 from a wallet holding 300, alternating between hosts.
+    for name in ["payer", "payee"] {
+        spawn_tenant(&a_api, &org_key, name).await;
+        let (code, out, err) = a.cli(&org_key, &["deploy", name, guests::WALLET_APP]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (status, funded) = b_api
+        .json(
+            Method::POST,
+            "/tenant/payer/wallet/fund",
+            Some(ADMIN_TOKEN),
+            Some(&json!({ "amount": 300 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{funded}");
+    let payee_url = b_api.tenant_url("payee", "/address");
+    let mut to = String::new();
+    within_a_second(async || {
+        let response = b_api.client.get(&payee_url).send().await;
+        if let Ok(response) = response.and_then(|r| r.error_for_status()) {
+            let body: Value = response.json().await.unwrap_or_default();
+            body["address"]
+                .as_str()
+                .unwrap_or_default()
+                .clone_into(&mut to);
         }
+        !to.is_empty()
+    })
+    .await;
+    let ok = transfers_through_both(&a_api, &b_api, &to, 40).await;
+    assert_eq!(ok, 30, "exactly the funds available moved");
+    assert_eq!(a_api.tenant_json("payer", "/balance").await.1["balance"], 0);
+    assert_eq!(
+        b_api.tenant_json("payee", "/balance").await.1["balance"],
+        300
+    );
+
+    // Delete through B: A answers 404 within a second.
+    let (status, _) = b_api
+        .json(Method::DELETE, "/tenant/echo", Some(&org_key), None)
+        .await;
+    assert_eq!(status, 200);
+    within_a_second(async || {
+        let response = a_api
+            .client
+            .get(a_api.tenant_url("echo", "/status?code=200"))
+            .send()
+            .await;
+        response.is_ok_and(|r| r.status() == 404)
+    })
+    .await;
+
+    // For well over the 2 s lease, A's renewals keep the task its own: B,
+    // reconciling every 200 ms, never requeues it.
+    while started.elapsed() < Duration::from_millis(3500) {
+        let state = task_status(&b_api, &thinker, &task).await;
+        assert_eq!(state["status"], "running", "{state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(llm_calls.load(Ordering::SeqCst), 1, "nobody else ran it");
+    // Kill A mid-task; the model answers from now on. B takes the task over
+    // once A's lease lapses and finishes it, once.
+    a.kill();
+    release.send(true).expect("release");
+    let killed = Instant::now();
+    let state = loop {
+        let state = task_status(&b_api, &thinker, &task).await;
+        if state["status"] == "done" || state["status"] == "failed" {
+            break state;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "B did not finish A's task: {state}\n{}",
+            b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(balance(&a, "payer").await, 0);
-    assert_eq!(balance(&b, "payee").await, 500);
-    let totals = a.lodge.storage.ledger_totals().await.expect("totals");
-    assert_eq!(totals.0, totals.1, "the ledger balances");
+    assert_eq!(state["status"], "done", "{state}");
+    let pool = sqlx::PgPool::connect(&url).await.expect("database");
+    let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM convergence_tasks WHERE id = $1")
+        .bind(&task)
+        .fetch_one(&pool)
+        .await
+        .expect("task row");
+    assert_eq!(attempts, 2, "claimed by A, then once by B");
+    let started = Instant::now();
+    while hooks.lock().expect("lock").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "webhook posted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *hooks.lock().expect("lock"),
+        vec![task.clone()],
+        "the webhook is posted once"
+    );
 }

@@ -340,3 +340,31 @@ async fn concurrent_transfers_conserve_the_total() {
     let (held, minted) = host.lodge.storage.ledger_totals().await.expect("totals");
     assert_eq!((held, minted), (4000, 4000));
 }
+
+#[tokio::test]
+async fn a_host_with_another_master_key_refuses_the_database() {
+    let dir = tempfile::tempdir().expect("dir");
+    let host = TestHost::start_in(dir.path(), |c| c.master_key = Some("11".repeat(32))).await;
+    host.app("keeper", guests::WALLET_APP, Limits::default())
+        .await;
+    let before = address(&host, "keeper").await;
+    host.shutdown().await;
+
+    // Another key on the same database: refused at start, with the reason.
+    let config = lodge_host::HostConfig {
+        data_dir: dir.path().to_owned(),
+        database_url: lodge_tests::postgres_url_for(dir.path()).await,
+        artifacts_dir: Some(lodge_tests::shared_artifacts()),
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        master_key: Some("22".repeat(32)),
+        ..lodge_host::HostConfig::default()
+    };
+    let refused = lodge_host::Lodge::open(config)
+        .await
+        .expect_err("another master key is refused");
+    assert!(refused.to_string().contains("master key"), "{refused:#}");
+
+    // The right key still opens it, and the wallet is the same.
+    let host = TestHost::start_in(dir.path(), |c| c.master_key = Some("11".repeat(32))).await;
+    assert_eq!(address(&host, "keeper").await, before);
+}

@@ -3,8 +3,12 @@
 //!
 //! Tasks live in the database: `submit` inserts one `pending`; workers claim the
 //! oldest with a single `UPDATE … RETURNING` (so each runs once), run it, store
-//! the outcome and post it to the webhook, if any. A host that stops leaves its
-//! `running` tasks; the next start puts them back to `pending`.
+//! the outcome and post it to the webhook, if any. A claim is a lease
+//! ([`HostConfig::task_lease`](crate::config::HostConfig::task_lease)) renewed
+//! every third of it while the task runs; a task whose lease lapsed (its host
+//! died) goes back to `pending` and another host (or this one, restarted) runs
+//! it. Only the current claim may store a result, so a task ends once and its
+//! webhook is posted once, even when a slow host loses its lease.
 //!
 //! Webhooks are `POST`ed as JSON with `X-Lodge-Signature: sha256=<hex>`, the
 //! HMAC-SHA256 of the exact body under the tenant's webhook secret
@@ -153,6 +157,7 @@ impl Lodge {
             outcome: None,
             error: None,
             webhook_url,
+            attempts: 0,
         };
         self.storage.task_insert(&task).await?;
         self.task_wakeup.notify_one();
@@ -230,23 +235,43 @@ async fn work(lodge: Weak<Lodge>) {
 }
 
 async fn run(lodge: &Lodge, task: TaskRecord) {
-    let result = match serde_json::from_str::<ConvergeRequest>(&task.request) {
-        Ok(request) => converge(lodge.provider.as_ref(), &request)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!("unreadable request: {e}")),
-    };
-    let stored = match &result {
-        Ok(outcome) => {
-            lodge.meter(&task.tenant_id, outcome).await;
-            let json = serde_json::to_string(outcome).unwrap_or_default();
-            lodge.storage.task_finish(&task.id, Ok(&json)).await
+    let request = serde_json::from_str::<ConvergeRequest>(&task.request);
+    let converged = async {
+        match request {
+            Ok(request) => converge(lodge.provider.as_ref(), &request)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("unreadable request: {e}")),
         }
-        Err(e) => lodge.storage.task_finish(&task.id, Err(e)).await,
     };
-    if let Err(e) = stored {
-        tracing::error!(task = %task.id, error = %e, "task result not stored; it will run again");
+    let Some(result) = holding_lease(lodge, &task, converged).await else {
+        tracing::warn!(task = %task.id, "task lease lost to another host; this run stops");
         return;
+    };
+    let json = result
+        .as_ref()
+        .map(|outcome| serde_json::to_string(outcome).unwrap_or_default());
+    let stored = lodge
+        .storage
+        .task_finish(
+            &task.id,
+            task.attempts,
+            json.as_deref().map_err(|e| e.as_str()),
+        )
+        .await;
+    match stored {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(task = %task.id, "task finished elsewhere meanwhile; result dropped");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(task = %task.id, error = %e, "task result not stored; it will run again");
+            return;
+        }
+    }
+    if let Ok(outcome) = &result {
+        lodge.meter(&task.tenant_id, outcome).await;
     }
     if let Some(url) = &task.webhook_url {
         let body = serde_json::json!({
@@ -259,6 +284,32 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
         let signature = sign_webhook(&lodge.webhook_secret(&task.tenant_id), body.as_bytes());
         let delivered = deliver(url, body, &signature).await;
         let _ = lodge.storage.task_webhook(&task.id, &delivered).await;
+    }
+}
+
+/// Runs `work` while renewing the task's lease every third of it; `None` when
+/// the lease was lost (another host requeued and claimed the task), which
+/// stops `work`.
+async fn holding_lease<T>(
+    lodge: &Lodge,
+    task: &TaskRecord,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let every = (lodge.config.task_lease / 3).max(Duration::from_millis(10));
+    let mut beat = tokio::time::interval(every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            _ = beat.tick() => match lodge.storage.task_heartbeat(&task.id, task.attempts).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                // The database is away: keep working; finishing will tell.
+                Err(e) => tracing::warn!(task = %task.id, error = %e, "task lease not renewed"),
+            },
+        }
     }
 }
 

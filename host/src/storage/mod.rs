@@ -174,6 +174,8 @@ pub struct TaskRecord {
     pub error: Option<String>,
     /// Where to post the result.
     pub webhook_url: Option<String>,
+    /// How many times it was claimed; a claim is identified by (id, attempts).
+    pub attempts: i64,
 }
 
 /// Shorthand for storage results.
@@ -526,18 +528,32 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// (Sum of all wallet balances, total minted): equal while the ledger is sound.
     async fn ledger_totals(&self) -> StorageResult<(i64, i64)>;
 
+    /// Stores `value` under `name` unless a value is stored there already;
+    /// returns the stored value (so the first writer wins).
+    async fn meta_claim(&self, name: &str, value: &str) -> StorageResult<String>;
+
     /// Queues a task.
     async fn task_insert(&self, task: &TaskRecord) -> StorageResult<()>;
     /// Claims the oldest pending task (now `running`), if any.
     async fn task_claim(&self) -> StorageResult<Option<TaskRecord>>;
-    /// Records a task's end: an outcome (JSON) or an error.
-    async fn task_finish(&self, id: &str, outcome: Result<&str, &str>) -> StorageResult<()>;
+    /// Records the end of claim `attempt` of a task: an outcome (JSON) or an
+    /// error. Returns false, storing nothing, when that claim no longer holds
+    /// the task (it was requeued and claimed again, or already finished).
+    async fn task_finish(
+        &self,
+        id: &str,
+        attempt: i64,
+        outcome: Result<&str, &str>,
+    ) -> StorageResult<bool>;
+    /// Renews claim `attempt`'s lease on a running task; false when the claim
+    /// no longer holds it.
+    async fn task_heartbeat(&self, id: &str, attempt: i64) -> StorageResult<bool>;
     /// Records how the webhook delivery went.
     async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()>;
     /// One of a tenant's tasks.
     async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>>;
-    /// Puts tasks `running` since before `claimed_before` (RFC 3339) back to
-    /// `pending`: ones left by a stopped host; returns how many.
+    /// Puts tasks `running` whose lease was last renewed before `claimed_before`
+    /// (RFC 3339) back to `pending`: ones left by a stopped host; returns how many.
     async fn task_requeue_running(&self, claimed_before: &str) -> StorageResult<u64>;
 
     /// Adds to a tenant's usage of `day`.

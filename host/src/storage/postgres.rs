@@ -296,6 +296,7 @@ fn task_row(row: &PgRow) -> StorageResult<TaskRecord> {
         outcome: row.try_get("outcome")?,
         error: row.try_get("error")?,
         webhook_url: row.try_get("webhook_url")?,
+        attempts: row.try_get("attempts")?,
     })
 }
 
@@ -612,6 +613,12 @@ impl Storage for PostgresStorage {
                 .execute(&mut *tx)
                 .await?;
         }
+        // The reconcile of other hosts notices env changes by this.
+        sqlx::query("UPDATE tenants SET updated_at = $1 WHERE id = $2")
+            .bind(now_rfc3339())
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1055,6 +1062,22 @@ impl Storage for PostgresStorage {
         Ok((row.try_get("held")?, row.try_get("minted")?))
     }
 
+    async fn meta_claim(&self, name: &str, value: &str) -> StorageResult<String> {
+        sqlx::query(
+            "INSERT INTO host_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM host_meta WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn task_insert(&self, t: &TaskRecord) -> StorageResult<()> {
         let now = now_rfc3339();
         sqlx::query(
@@ -1082,7 +1105,7 @@ impl Storage for PostgresStorage {
                  FOR UPDATE SKIP LOCKED
              )
                AND status = 'pending'
-             RETURNING id, tenant_id, status, request, outcome, error, webhook_url",
+             RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts",
         )
         .bind(now_rfc3339())
         .fetch_optional(&self.pool)
@@ -1090,22 +1113,41 @@ impl Storage for PostgresStorage {
         row.as_ref().map(task_row).transpose()
     }
 
-    async fn task_finish(&self, id: &str, outcome: Result<&str, &str>) -> StorageResult<()> {
+    async fn task_finish(
+        &self,
+        id: &str,
+        attempt: i64,
+        outcome: Result<&str, &str>,
+    ) -> StorageResult<bool> {
         let (status, outcome, error) = match outcome {
             Ok(json) => ("done", Some(json), None),
             Err(e) => ("failed", None, Some(e)),
         };
-        sqlx::query(
-            "UPDATE convergence_tasks SET status = $1, outcome = $2, error = $3, updated_at = $4 WHERE id = $5",
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET status = $1, outcome = $2, error = $3, updated_at = $4
+             WHERE id = $5 AND attempts = $6 AND status = 'running'",
         )
         .bind(status)
         .bind(outcome)
         .bind(error)
         .bind(now_rfc3339())
         .bind(id)
+        .bind(attempt)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn task_heartbeat(&self, id: &str, attempt: i64) -> StorageResult<bool> {
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET updated_at = $1 WHERE id = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(now_rfc3339())
+        .bind(id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()> {
@@ -1119,7 +1161,7 @@ impl Storage for PostgresStorage {
 
     async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, status, request, outcome, error, webhook_url FROM convergence_tasks
+            "SELECT id, tenant_id, status, request, outcome, error, webhook_url, attempts FROM convergence_tasks
              WHERE id = $1 AND tenant_id = $2",
         )
         .bind(id)
@@ -1737,6 +1779,7 @@ mod tests {
             outcome: None,
             error: None,
             webhook_url: Some("http://hook".to_owned()),
+            attempts: 0,
         };
         storage.task_insert(&task).await?;
         let claims: Vec<_> = (0..2)
@@ -1759,8 +1802,26 @@ mod tests {
                 == 0
         );
         ensure!(storage.task_requeue_running(future).await? == 1);
-        ensure!(storage.task_claim().await?.map(|t| t.id) == Some(task.id.clone()));
-        storage.task_finish(&task.id, Ok("{\"ok\":true}")).await?;
+        let again = storage.task_claim().await?.context("claimed again")?;
+        ensure!(again.id == task.id && again.attempts == won[0].attempts + 1);
+        // The first claim lost the task: its heartbeat and its result are refused.
+        ensure!(!storage.task_heartbeat(&task.id, won[0].attempts).await?);
+        ensure!(
+            !storage
+                .task_finish(&task.id, won[0].attempts, Ok("{\"stale\":true}"))
+                .await?
+        );
+        ensure!(storage.task_heartbeat(&task.id, again.attempts).await?);
+        ensure!(
+            storage
+                .task_finish(&task.id, again.attempts, Ok("{\"ok\":true}"))
+                .await?
+        );
+        ensure!(
+            !storage
+                .task_finish(&task.id, again.attempts, Err("twice"))
+                .await?
+        );
         storage.task_webhook(&task.id, "delivered").await?;
         let done = storage.task_get(&t.id, &task.id).await?.context("task")?;
         ensure!(done.status == "done" && done.outcome.as_deref() == Some("{\"ok\":true}"));

@@ -230,6 +230,7 @@ fn task_row(row: &sqlx::sqlite::SqliteRow) -> StorageResult<TaskRecord> {
         outcome: row.try_get("outcome")?,
         error: row.try_get("error")?,
         webhook_url: row.try_get("webhook_url")?,
+        attempts: row.try_get("attempts")?,
     })
 }
 
@@ -538,6 +539,12 @@ impl Storage for SqliteStorage {
                 .execute(&mut *tx)
                 .await?;
         }
+        // The reconcile of other hosts notices env changes by this.
+        sqlx::query("UPDATE tenants SET updated_at = ? WHERE id = ?")
+            .bind(now_rfc3339())
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -947,6 +954,22 @@ impl Storage for SqliteStorage {
         Ok((row.try_get("held")?, row.try_get("minted")?))
     }
 
+    async fn meta_claim(&self, name: &str, value: &str) -> StorageResult<String> {
+        sqlx::query(
+            "INSERT INTO host_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM host_meta WHERE name = ?")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn task_insert(&self, t: &TaskRecord) -> StorageResult<()> {
         let now = now_rfc3339();
         sqlx::query(
@@ -969,7 +992,7 @@ impl Storage for SqliteStorage {
             "UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1, updated_at = ?
              WHERE id = (SELECT id FROM convergence_tasks WHERE status = 'pending' ORDER BY created_at, id LIMIT 1)
                AND status = 'pending'
-             RETURNING id, tenant_id, status, request, outcome, error, webhook_url",
+             RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts",
         )
         .bind(now_rfc3339())
         .fetch_optional(&self.pool)
@@ -977,20 +1000,41 @@ impl Storage for SqliteStorage {
         row.as_ref().map(task_row).transpose()
     }
 
-    async fn task_finish(&self, id: &str, outcome: Result<&str, &str>) -> StorageResult<()> {
+    async fn task_finish(
+        &self,
+        id: &str,
+        attempt: i64,
+        outcome: Result<&str, &str>,
+    ) -> StorageResult<bool> {
         let (status, outcome, error) = match outcome {
             Ok(json) => ("done", Some(json), None),
             Err(e) => ("failed", None, Some(e)),
         };
-        sqlx::query("UPDATE convergence_tasks SET status = ?, outcome = ?, error = ?, updated_at = ? WHERE id = ?")
-            .bind(status)
-            .bind(outcome)
-            .bind(error)
-            .bind(now_rfc3339())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET status = ?, outcome = ?, error = ?, updated_at = ?
+             WHERE id = ? AND attempts = ? AND status = 'running'",
+        )
+        .bind(status)
+        .bind(outcome)
+        .bind(error)
+        .bind(now_rfc3339())
+        .bind(id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn task_heartbeat(&self, id: &str, attempt: i64) -> StorageResult<bool> {
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET updated_at = ? WHERE id = ? AND attempts = ? AND status = 'running'",
+        )
+        .bind(now_rfc3339())
+        .bind(id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()> {
@@ -1004,7 +1048,7 @@ impl Storage for SqliteStorage {
 
     async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, status, request, outcome, error, webhook_url FROM convergence_tasks
+            "SELECT id, tenant_id, status, request, outcome, error, webhook_url, attempts FROM convergence_tasks
              WHERE id = ? AND tenant_id = ?",
         )
         .bind(id)
