@@ -382,7 +382,13 @@ impl Lodge {
         record: &TenantRecord,
         changes: Vec<(String, Option<String>)>,
     ) -> Result<Vec<String>, ControlError> {
-        for (name, _) in &changes {
+        for (name, value) in &changes {
+            if value.as_deref().is_some_and(|v| v.contains('\0')) {
+                // Environment values are C strings to most guests, and text to PostgreSQL.
+                return Err(ControlError::Invalid(format!(
+                    "the value of {name:?} contains a NUL character"
+                )));
+            }
             let valid = !name.is_empty()
                 && name.len() <= 256
                 && !name.contains('=')

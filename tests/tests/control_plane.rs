@@ -266,6 +266,34 @@ async fn the_whole_tenant_lifecycle() {
         !status.contains("s3cret-value"),
         "values are never returned: {status}"
     );
+    // Names with '=' or control characters and values with NUL are refused
+    // (the same on SQLite and PostgreSQL); nothing of such a request is kept.
+    for vars in [
+        json!({ "BAD=NAME": "x", "FINE": "y" }),
+        json!({ "BELL\u{7}": "x" }),
+        json!({ "FINE": "nul\u{0}inside" }),
+    ] {
+        let refused = call(
+            &host,
+            Method::PUT,
+            &format!("/tenant/{}/env", f.slug),
+            &f.tenant_key,
+            Some(&json!({ "vars": vars })),
+            400,
+        )
+        .await;
+        assert_eq!(refused["error"]["code"], "invalid_request", "{refused}");
+    }
+    let names = call(
+        &host,
+        Method::GET,
+        &format!("/tenant/{}/status", f.slug),
+        &f.tenant_key,
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(names["env"], json!(["GREETING"]));
 
     // Rotate: the old key stops working, the new one works.
     let rotated = call(

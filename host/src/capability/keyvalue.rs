@@ -130,9 +130,10 @@ pub fn add_to_linker<T: Send + 'static>(
 }
 
 fn check_key(key: &str) -> Result<(), Error> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+    // NUL is refused on every backend alike: PostgreSQL text cannot hold it.
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.contains('\0') {
         return Err(Error::Other(format!(
-            "keys must be 1-{MAX_KEY_BYTES} bytes"
+            "keys must be 1-{MAX_KEY_BYTES} bytes, without NUL characters"
         )));
     }
     Ok(())
@@ -378,5 +379,19 @@ impl batch::Host for KeyValue<'_> {
             .kv_delete_many(&self.ctx.tenant_id, &name, &keys)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked_the_same_on_every_backend() {
+        assert!(check_key("a").is_ok());
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert!(check_key("nul\0inside").is_err());
     }
 }
