@@ -1,5 +1,5 @@
-//! The `lodge` CLI's client side: org, tenant, deploy, logs, env, rollback and
-//! keys commands, talking to a host's REST API.
+//! The `lodge` CLI's client side: org, tenant (incl. usage and limits), deploy,
+//! logs, env, rollback and keys commands, talking to a host's REST API.
 //!
 //! Human output by default, `--json` for scripts. Exit codes: 0 success,
 //! 1 failure (network, server), 2 bad usage, 3 refused credentials (401/403),
@@ -93,6 +93,40 @@ pub enum TenantCommand {
     Deployments {
         /// Tenant id or slug.
         tenant: String,
+    },
+    /// Show what a tenant used (requests, fuel, time, transfer, tokens…) and
+    /// what it costs under the host's prices.
+    Usage {
+        /// Tenant id or slug.
+        tenant: String,
+        /// First day or hour included: `YYYY-MM-DD` or `YYYY-MM-DDTHH` (UTC); default 30 days ago.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day or hour included; default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// One line per `day` or per `hour`.
+        #[arg(long, default_value = "day", value_parser = ["day", "hour"])]
+        granularity: String,
+    },
+    /// Show a tenant's plan, overrides and limits in force; with options, change
+    /// them (admin token).
+    Limits {
+        /// Tenant id or slug.
+        tenant: String,
+        /// Move the tenant to this plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Override a limit: `FIELD=VALUE` with a field of `lodge.toml`
+        /// (`rate_per_second=5`, `outbound_allow=["api.example.com"]`); repeatable.
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
+        /// Drop an override (back to the plan's value); repeatable.
+        #[arg(long = "unset", value_name = "FIELD")]
+        unset: Vec<String>,
+        /// Drop every override.
+        #[arg(long, conflicts_with_all = ["set", "unset"])]
+        clear: bool,
     },
 }
 
@@ -238,6 +272,45 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A usage report as a table: one line per period, the total, the cost.
+fn usage_table(v: &Value) -> String {
+    const COLUMNS: [(&str, &str); 8] = [
+        ("REQUESTS", "requests"),
+        ("FAILED", "failures"),
+        ("FUEL", "fuel"),
+        ("WALL_MS", "wallMs"),
+        ("BYTES_IN", "bytesIn"),
+        ("BYTES_OUT", "bytesOut"),
+        ("TOKENS", "tokens"),
+        ("KV_OPS", "kvOps"),
+    ];
+    let line = |label: &str, usage: &Value| {
+        let mut line = format!("{label:<22}");
+        for (_, field) in COLUMNS {
+            line.push_str(&format!(" {:>12}", usage[field].as_i64().unwrap_or(0)));
+        }
+        line
+    };
+    let mut out = format!("{:<22}", "PERIOD (UTC)");
+    for (title, _) in COLUMNS {
+        out.push_str(&format!(" {title:>12}"));
+    }
+    for bucket in v["buckets"].as_array().into_iter().flatten() {
+        out.push('\n');
+        out.push_str(&line(bucket["start"].as_str().unwrap_or(""), bucket));
+    }
+    out.push('\n');
+    out.push_str(&line("total", &v["total"]));
+    out.push_str(&format!(
+        "\nestimated cost: {:.4} {} ({} to {})",
+        v["cost"]["total"].as_f64().unwrap_or(0.0),
+        v["cost"]["currency"].as_str().unwrap_or(""),
+        v["from"].as_str().unwrap_or(""),
+        v["to"].as_str().unwrap_or(""),
+    ));
+    out
 }
 
 /// Runs a client command; returns the process exit code.
@@ -396,6 +469,63 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                         d["compileMs"],
                         d["createdAt"].as_str().unwrap_or("")
                     ));
+                }
+                out
+            });
+        }
+        ClientCommand::Tenant(TenantCommand::Usage {
+            tenant,
+            from,
+            to,
+            granularity,
+        }) => {
+            let mut query = vec![format!("granularity={granularity}")];
+            query.extend(from.map(|f| format!("from={}", urlencode(&f))));
+            query.extend(to.map(|t| format!("to={}", urlencode(&t))));
+            let path = tenant_path(&tenant, &format!("/usage?{}", query.join("&")));
+            let v = client.send(client.request(Method::GET, &path)).await?;
+            print(&v, &usage_table);
+        }
+        ClientCommand::Tenant(TenantCommand::Limits {
+            tenant,
+            plan,
+            set,
+            unset,
+            clear,
+        }) => {
+            let path = tenant_path(&tenant, "/limits");
+            let mut v = client.send(client.request(Method::GET, &path)).await?;
+            if plan.is_some() || !set.is_empty() || !unset.is_empty() || clear {
+                let mut overrides = match v["overrides"].take() {
+                    Value::Object(map) if !clear => map,
+                    _ => serde_json::Map::new(),
+                };
+                for name in unset {
+                    overrides.remove(&name);
+                }
+                for pair in set {
+                    let (name, value) = pair.split_once('=').ok_or_else(|| CallError {
+                        code: 2,
+                        message: format!("expected FIELD=VALUE, got {pair:?}"),
+                    })?;
+                    // Numbers, booleans and lists as JSON; anything else as text.
+                    let value = serde_json::from_str(value)
+                        .unwrap_or_else(|_| Value::String(value.to_owned()));
+                    overrides.insert(name.to_owned(), value);
+                }
+                let body = json!({ "plan": plan, "overrides": overrides });
+                v = client
+                    .send(client.request(Method::PATCH, &path).json(&body))
+                    .await?;
+            }
+            print(&v, &|v| {
+                let mut out = format!(
+                    "plan:      {}\noverrides: {}\nin force:",
+                    v["plan"].as_str().unwrap_or(""),
+                    v["overrides"]
+                );
+                for (name, value) in v["effective"].as_object().into_iter().flatten() {
+                    out.push_str(&format!("\n  {name:<28} {value}"));
                 }
                 out
             });

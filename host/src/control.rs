@@ -447,41 +447,50 @@ impl Lodge {
     /// Rebuilds the registry from storage at start: every live tenant, its env,
     /// and its active version from the artifact cache (compiled again if needed).
     pub async fn restore(&self) -> anyhow::Result<usize> {
-        let mut offset = 0;
         let mut restored = 0;
-        loop {
-            let page = self.storage.list_tenants(None, 500, offset).await?;
-            if page.is_empty() {
-                break;
-            }
-            offset += page.len() as i64;
-            for record in page {
-                let env = self.storage.get_env(&record.id).await?;
-                let tenant = self.register(&record, env).await;
-                let Some(version) = record.active_version else {
-                    continue;
-                };
-                let loaded = match self.storage.get_deployment(&record.id, version).await {
-                    Ok(deployment) => self.load_version(&deployment).await,
-                    Err(e) => Err(e.into()),
-                };
-                match loaded {
-                    Ok(app) => {
-                        tenant.update(|state| state.active = Some(Active { version, app }));
-                        restored += 1;
-                    }
-                    Err(e) => {
-                        let message = format!("version {version} could not be loaded: {e}");
-                        tracing::error!(tenant = %record.slug, error = %message, "restore failed");
-                        self.storage
-                            .set_status(&record.id, TenantStatus::Error, Some(&message))
-                            .await?;
-                        tenant.update(|state| state.status = TenantStatus::Error);
-                    }
+        for record in self.all_tenant_records().await? {
+            let env = self.storage.get_env(&record.id).await?;
+            let tenant = self.register(&record, env).await;
+            let Some(version) = record.active_version else {
+                continue;
+            };
+            let loaded = match self.storage.get_deployment(&record.id, version).await {
+                Ok(deployment) => self.load_version(&deployment).await,
+                Err(e) => Err(e.into()),
+            };
+            match loaded {
+                Ok(app) => {
+                    tenant.update(|state| state.active = Some(Active { version, app }));
+                    restored += 1;
+                }
+                Err(e) => {
+                    let message = format!("version {version} could not be loaded: {e}");
+                    tracing::error!(tenant = %record.slug, error = %message, "restore failed");
+                    self.storage
+                        .set_status(&record.id, TenantStatus::Error, Some(&message))
+                        .await?;
+                    tenant.update(|state| state.status = TenantStatus::Error);
                 }
             }
         }
         Ok(restored)
+    }
+
+    /// Every live tenant's stored record, read a page at a time.
+    pub(crate) async fn all_tenant_records(&self) -> Result<Vec<TenantRecord>, StorageError> {
+        const PAGE: i64 = 500;
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .storage
+                .list_tenants(None, PAGE, all.len() as i64)
+                .await?;
+            let last = (page.len() as i64) < PAGE;
+            all.extend(page);
+            if last {
+                return Ok(all);
+            }
+        }
     }
 
     /// Writes one tenant's unflushed usage.

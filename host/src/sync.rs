@@ -120,29 +120,21 @@ impl Lodge {
     pub async fn reconcile(&self) -> Result<usize, ControlError> {
         let mut seen = std::collections::HashSet::new();
         let mut changed = 0;
-        let mut offset = 0;
-        loop {
-            let page = self.storage.list_tenants(None, 500, offset).await?;
-            if page.is_empty() {
-                break;
-            }
-            offset += page.len() as i64;
-            for record in page {
-                seen.insert(record.id.clone());
-                let differs = match self.registry.by_id(&record.id) {
-                    None => true,
-                    Some(tenant) => {
-                        let state = tenant.state();
-                        state.status != record.status
-                            || state.active.map(|a| a.version) != record.active_version
-                            || tenant.plan() != (record.plan.clone(), record.limits.clone())
-                            || tenant.synced() != record.updated_at
-                    }
-                };
-                if differs {
-                    self.refresh_tenant(&record.id).await?;
-                    changed += 1;
+        for record in self.all_tenant_records().await? {
+            seen.insert(record.id.clone());
+            let differs = match self.registry.by_id(&record.id) {
+                None => true,
+                Some(tenant) => {
+                    let state = tenant.state();
+                    state.status != record.status
+                        || state.active.map(|a| a.version) != record.active_version
+                        || tenant.plan() != (record.plan.clone(), record.limits.clone())
+                        || tenant.synced() != record.updated_at
                 }
+            };
+            if differs {
+                self.refresh_tenant(&record.id).await?;
+                changed += 1;
             }
         }
         for tenant in self.registry.all() {

@@ -166,6 +166,95 @@ fn the_cli_drives_a_host_end_to_end() {
     assert_eq!(code, 0);
     assert!(out.contains("shop-front"), "{out}");
 
+    // Usage: the requests above, as a table and as JSON.
+    let (code, out, err) = lodge.cli(&tenant_key, &["tenant", "usage", "shop-front"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("PERIOD (UTC)"), "{out}");
+    assert!(out.contains("estimated cost:"), "{out}");
+    let (code, out, _) = lodge.cli(
+        &tenant_key,
+        &[
+            "tenant",
+            "usage",
+            "shop-front",
+            "--granularity",
+            "hour",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0);
+    let usage = json(&out);
+    assert_eq!(usage["granularity"], "hour");
+    assert!(
+        usage["total"]["requests"].as_i64().expect("requests") >= 2,
+        "{usage}"
+    );
+    let (code, _, err) = lodge.cli(
+        &tenant_key,
+        &["tenant", "usage", "shop-front", "--from", "yesterday"],
+    );
+    assert_eq!(code, 5, "{err}");
+
+    // Limits: anyone with access reads them; only the operator changes them.
+    let (code, out, err) = lodge.cli(&tenant_key, &["tenant", "limits", "shop-front"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("plan:      default"), "{out}");
+    let (code, _, err) = lodge.cli(
+        &tenant_key,
+        &[
+            "tenant",
+            "limits",
+            "shop-front",
+            "--set",
+            "rate_per_second=5",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    let (code, out, err) = lodge.cli(
+        ADMIN_TOKEN,
+        &[
+            "tenant",
+            "limits",
+            "shop-front",
+            "--set",
+            "rate_per_second=5",
+            "--set",
+            "max_concurrency=3",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let limits = json(&out);
+    assert_eq!(limits["overrides"]["rate_per_second"], 5.0);
+    assert_eq!(limits["effective"]["max_concurrency"], 3);
+    let (code, out, _) = lodge.cli(
+        ADMIN_TOKEN,
+        &[
+            "tenant",
+            "limits",
+            "shop-front",
+            "--unset",
+            "max_concurrency",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        json(&out)["overrides"],
+        serde_json::json!({ "rate_per_second": 5.0 })
+    );
+    let (code, _, err) = lodge.cli(
+        ADMIN_TOKEN,
+        &["tenant", "limits", "shop-front", "--set", "fuel=-1"],
+    );
+    assert_eq!(code, 5, "{err}");
+    let (code, out, _) = lodge.cli(
+        ADMIN_TOKEN,
+        &["tenant", "limits", "shop-front", "--clear", "--json"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["overrides"], serde_json::json!({}));
+
     // Exit codes that mean something.
     assert_eq!(lodge.cli(&org_key, &["tenant", "status", "no-such"]).0, 4);
     assert_eq!(
