@@ -1256,6 +1256,10 @@ async fn metrics(State(lodge): State<AppState>, Caller(caller): Caller) -> Respo
     if caller != Principal::Admin {
         return ApiError::forbidden("metrics are for the operator's admin token").into_response();
     }
+    render_metrics(&lodge)
+}
+
+fn render_metrics(lodge: &Lodge) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -1264,6 +1268,18 @@ async fn metrics(State(lodge): State<AppState>, Caller(caller): Caller) -> Respo
         lodge.metrics.render(),
     )
         .into_response()
+}
+
+/// The scrape port (`serve --metrics-listen`): `GET /metrics` without a token,
+/// `/healthz`, and nothing else.
+pub fn metrics_router(lodge: Arc<Lodge>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(lodge): State<AppState>| async move { render_metrics(&lodge) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(lodge)
 }
 
 /// A tenant's wallet as its owner sees it.

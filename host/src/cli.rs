@@ -137,6 +137,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LODGE_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Also serve `GET /metrics` here, without a token: a scrape port for
+    /// Prometheus. Keep it private (it names tenants); `/metrics` on the main
+    /// address always needs the admin token.
+    #[arg(long, env = "LODGE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Largest component accepted by a deploy, in MiB.
     #[arg(long, env = "LODGE_MAX_COMPONENT_MIB", default_value_t = 64)]
     pub max_component_mib: usize,
@@ -398,6 +404,21 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 addr.port()
             );
         }
+    }
+    if let Some(metrics_addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("binding {metrics_addr} for metrics"))?;
+        eprintln!(
+            "metrics on http://{}/metrics (no token)",
+            metrics.local_addr()?
+        );
+        let router = crate::api::metrics_router(lodge.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
     }
     eprintln!("lodge listening on http://{addr}");
     serve(lodge, listener, shutdown_signal()).await

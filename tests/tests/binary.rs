@@ -423,3 +423,38 @@ fn the_ledger_total_survives_kill_9_during_transfers() {
     }
     assert_eq!(total, 30_000, "no funds created or lost across kill -9");
 }
+
+#[test]
+fn the_scrape_port_serves_metrics_without_a_token_and_nothing_else() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let scrape = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let echo = format!("echo={}", guests::WSTD_ECHO);
+    let lodge = LodgeProcess::serve(&["--app", &echo, "--metrics-listen", &scrape.to_string()]);
+    let host = format!("echo.localhost:{}", lodge.addr.port());
+    assert_eq!(get(lodge.addr, &host, "/status?code=200").0, 200);
+
+    let mut metrics = (0, String::new());
+    for _ in 0..100 {
+        match std::net::TcpStream::connect(scrape) {
+            Ok(_) => {
+                metrics = get(scrape, "127.0.0.1", "/metrics");
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert_eq!(metrics.0, 200, "{}", lodge.stderr());
+    assert!(
+        metrics.1.contains("lodge_requests_total{tenant=\"echo\""),
+        "{}",
+        metrics.1
+    );
+    // Only metrics there: not the API, not tenants.
+    assert_eq!(get(scrape, "127.0.0.1", "/api/v1/orgs").0, 404);
+    assert_eq!(get(scrape, &host, "/status?code=200").0, 404);
+    // The main address still wants the admin token.
+    assert_eq!(get(lodge.addr, "127.0.0.1", "/metrics").0, 401);
+}
