@@ -349,8 +349,21 @@ impl LodgeProcess {
         process
     }
 
+    /// Like [`LodgeProcess::serve`], with extra environment variables.
+    pub fn serve_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dir = data.path().join("data");
+        let mut process = Self::spawn(&dir, args, env);
+        process._data = Some(data);
+        process
+    }
+
     /// Like [`LodgeProcess::serve`] on the data dir `dir`, with the admin token [`ADMIN_TOKEN`].
     pub fn serve_in(dir: &Path, args: &[&str]) -> Self {
+        Self::spawn(dir, args, &[])
+    }
+
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let logs = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -368,6 +381,7 @@ impl LodgeProcess {
             .args(args)
             .env("LODGE_LOG", "info")
             .env("LODGE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -432,4 +446,40 @@ impl Drop for LodgeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Serves `router` over HTTPS on `127.0.0.1:<random>` with a fresh self-signed
+/// certificate for `localhost`; returns the address and the certificate (PEM),
+/// which clients trust only if told to (e.g. `SSL_CERT_FILE`).
+pub async fn tls_server(router: axum::Router) -> (SocketAddr, String) {
+    use tokio_rustls::rustls;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                // Handshakes a client refuses end here, as they should.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    (addr, cert.cert.pem())
 }

@@ -458,3 +458,66 @@ fn the_scrape_port_serves_metrics_without_a_token_and_nothing_else() {
     // The main address still wants the admin token.
     assert_eq!(get(lodge.addr, "127.0.0.1", "/metrics").0, 401);
 }
+
+/// A chat-completions endpoint that always answers "agreed".
+fn agreeable_model() -> axum::Router {
+    axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            axum::Json(serde_json::json!({
+                "choices": [{ "message": { "role": "assistant", "content": "agreed" } }],
+                "usage": { "prompt_tokens": 5, "completion_tokens": 3 },
+            }))
+        }),
+    )
+}
+
+async fn converge_once(lodge: &LodgeProcess) -> (u16, serde_json::Value) {
+    let api = lodge.http();
+    let org_key = api.org("tls").await;
+    let (status, spawned) = api
+        .json(
+            reqwest::Method::POST,
+            "/tenant/spawn",
+            Some(&org_key),
+            Some(&serde_json::json!({ "name": "thinker" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{spawned}");
+    let key = spawned["tenant"]["apiKey"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    api.json(
+        reqwest::Method::POST,
+        "/converge",
+        Some(&key),
+        Some(&serde_json::json!({ "prompt": "pick a port", "maxRounds": 1 })),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_model_endpoints_are_reached_over_verified_tls() {
+    let (addr, cert) = lodge_tests::tls_server(agreeable_model()).await;
+    let url = format!("https://localhost:{}/v1", addr.port());
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert).expect("ca written");
+
+    // A CA the operator trusts (SSL_CERT_FILE, as for any rustls/OpenSSL program).
+    let trusting = LodgeProcess::serve_with_env(
+        &["--llm-url", &url],
+        &[("SSL_CERT_FILE", ca.to_str().expect("utf-8"))],
+    );
+    let (status, outcome) = converge_once(&trusting).await;
+    assert_eq!(status, 200, "{outcome}\n{}", trusting.stderr());
+    assert_eq!(outcome["provider"], "openai-compatible", "{outcome}");
+
+    // Not trusted: refused, and the error says why.
+    let wary = LodgeProcess::serve(&["--llm-url", &url]);
+    let (status, refused) = converge_once(&wary).await;
+    assert_eq!(status, 503, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("certificate"), "{refused}");
+}

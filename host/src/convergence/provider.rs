@@ -237,13 +237,13 @@ impl OpenAiCompatible {
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) if e.is_timeout() => return Err((ProviderError::Timeout, true)),
-            Err(e) => return Err((ProviderError::Unavailable(e.to_string()), true)),
+            Err(e) => return Err((ProviderError::Unavailable(describe(&e)), true)),
         };
         let status = response.status();
         let text = match response.text().await {
             Ok(text) => text,
             Err(e) if e.is_timeout() => return Err((ProviderError::Timeout, true)),
-            Err(e) => return Err((ProviderError::Unavailable(e.to_string()), true)),
+            Err(e) => return Err((ProviderError::Unavailable(describe(&e)), true)),
         };
         let excerpt: String = text.chars().take(300).collect();
         if status.as_u16() == 429 || status.is_server_error() {
@@ -275,6 +275,19 @@ impl OpenAiCompatible {
             completion_tokens: count("completion_tokens"),
         })
     }
+}
+
+/// A reqwest error with its causes (reqwest's own text stops at "error sending
+/// request"; the cause says why: refused, certificate, DNS…).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[async_trait::async_trait]

@@ -333,7 +333,7 @@ async fn deliver(url: &str, body: String, signature: &str) -> String {
                 return format!("delivered: {}", response.status());
             }
             Ok(response) => last = format!("failed: {}", response.status()),
-            Err(e) => last = format!("failed: {e}"),
+            Err(e) => last = format!("failed: {}", super::provider::describe(&e)),
         }
         tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
     }
