@@ -7,14 +7,23 @@
 //! phase (connect, first byte, between bytes) is capped by the plan's
 //! `outbound_timeout`. Refusals reach the guest as the `error-code` that says
 //! why (`HTTP-request-denied`, `destination-IP-prohibited`, …) and a line in the
-//! tenant's log; nothing is connected.
+//! tenant's log; nothing is connected. The name is resolved once and the
+//! connection goes to the checked addresses ([`send_pinned`]), so DNS
+//! rebinding cannot slip a private address in between.
 
 use std::future::Future;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::logs::{LogStream, TenantLogs};
@@ -171,30 +180,190 @@ impl WasiHttpHooks for OutboundPolicy {
         // not through `fut`.
         drop(fut);
         Box::new(async move {
-            if !allow_private {
-                let resolved =
-                    tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
-                        .await
-                        .map_err(|_| Error::DnsTimeout)?
-                        .map_err(|_| Error::DestinationNotFound)?;
-                if let Some(ip) = resolved.map(|a| a.ip()).find(|ip| is_private(*ip)) {
-                    logs.push(
-                        &request_id,
-                        LogStream::Host,
-                        format!(
-                            "outbound HTTP to {host} refused: it resolves to {ip}, a private address"
-                        ),
-                    );
-                    return Err(Error::DestinationIpProhibited);
-                }
+            // Resolve once; check (unless private addresses are allowed) and
+            // connect to exactly what was checked.
+            let addrs: Vec<SocketAddr> =
+                tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
+                    .await
+                    .map_err(|_| Error::DnsTimeout)?
+                    .map_err(|_| Error::DestinationNotFound)?
+                    .collect();
+            let private = addrs.iter().map(SocketAddr::ip).find(|ip| is_private(*ip));
+            if let (false, Some(ip)) = (allow_private, private) {
+                logs.push(
+                    &request_id,
+                    LogStream::Host,
+                    format!(
+                        "outbound HTTP to {host} refused: it resolves to {ip}, a private address"
+                    ),
+                );
+                return Err(Error::DestinationIpProhibited);
             }
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(http_body_util::BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ))
+            send_pinned(request, &host, secure, &addrs, options).await
         })
+    }
+}
+
+/// Sends `request` over a connection to one of `addrs` — the addresses that
+/// were checked — so the name is never resolved twice (a DNS answer that
+/// changes between the check and the connection cannot reach a private
+/// address). HTTPS verifies the certificate for `host` (Mozilla's roots and
+/// the system's CAs). What wasmtime-wasi-http's `default_send_request` does, except that
+/// it connects by name, which is exactly what must not happen here.
+async fn send_pinned(
+    mut request: http::Request<WasiBody>,
+    host: &str,
+    secure: bool,
+    addrs: &[SocketAddr],
+    options: RequestOptions,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    let forever = Duration::from_secs(600);
+    let connect_timeout = options.connect_timeout.unwrap_or(forever);
+    let first_byte_timeout = options.first_byte_timeout.unwrap_or(forever);
+    let between_bytes = options.between_bytes_timeout.unwrap_or(forever);
+
+    let mut last = Error::DestinationNotFound;
+    let mut tcp = None;
+    for addr in addrs {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                tcp = Some(stream);
+                break;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = Error::ConnectionRefused;
+            }
+            Ok(Err(e)) => last = Error::Connect(e),
+            Err(_) => last = Error::ConnectionTimeout,
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    let stream: Box<dyn Stream> = if secure {
+        let name = match host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::from(ip),
+            Err(_) => ServerName::try_from(host.to_owned()).map_err(Error::InvalidDnsNameError)?,
+        };
+        let tls = tokio::time::timeout(connect_timeout, tls_connector().connect(name, tcp))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)?
+            .map_err(Error::Tls)?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut sender, conn) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)??;
+    // The connection runs on its own; it ends when the response body is
+    // dropped or read to the end, and reports its failure through `io`.
+    let connection = tokio::spawn(conn);
+    let io = async move {
+        match connection.await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::ConnectionTerminated),
+        }
+    };
+
+    // Origin-form on the wire: the authority travels in the Host header.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = http::Uri::try_from(path).map_err(|_| Error::HttpRequestUriInvalid)?;
+    let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)??;
+    let response = response.map(|incoming| {
+        IdleCapped {
+            incoming,
+            idle: between_bytes,
+            deadline: Box::pin(tokio::time::sleep(between_bytes)),
+        }
+        .boxed_unsync()
+    });
+    Ok((
+        response,
+        Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ))
+}
+
+/// A TCP or TLS stream.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// One TLS client configuration for every guest, built once: Mozilla's roots
+/// plus the system's CA store (`SSL_CERT_FILE` honoured), like the host's own
+/// clients.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+        };
+        let native = rustls_native_certs::load_native_certs();
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(
+            added,
+            ignored,
+            errors = native.errors.len(),
+            "system CA certificates for guests"
+        );
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
+}
+
+/// A response body that fails with `connection-read-timeout` when no data
+/// arrives for `idle`.
+struct IdleCapped {
+    incoming: hyper::body::Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleCapped {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let idle = self.idle;
+                self.deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle);
+                Poll::Ready(frame.map(|f| f.map_err(Error::from)))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
     }
 }
 
@@ -239,5 +408,141 @@ mod tests {
         for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
             assert!(!is_private(ip.parse().expect("ip")), "{ip}");
         }
+    }
+
+    fn empty_request(uri: &str, host: &str) -> http::Request<WasiBody> {
+        http::Request::builder()
+            .uri(uri)
+            .header(http::header::HOST, host)
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .expect("request")
+    }
+
+    fn options(every: Duration) -> RequestOptions {
+        RequestOptions {
+            connect_timeout: Some(every),
+            first_byte_timeout: Some(every),
+            between_bytes_timeout: Some(every),
+        }
+    }
+
+    /// A one-connection HTTP server that answers `head`, then `body` after `pause`.
+    async fn raw_server(head: &'static str, body: &'static str, pause: Duration) -> SocketAddr {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0u8; 4096];
+            let n = socket.read(&mut request).await.expect("read");
+            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            let head = head.replace("{request-line}", request.lines().next().unwrap_or(""));
+            socket.write_all(head.as_bytes()).await.expect("head");
+            tokio::time::sleep(pause).await;
+            let _ = socket.write_all(body.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn requests_go_to_the_checked_address_without_resolving_again() {
+        // `.invalid` never resolves: only the pinned address can be reached.
+        let addr = raw_server(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-seen: {request-line}\r\n\r\n",
+            "ok",
+            Duration::ZERO,
+        )
+        .await;
+        let request = empty_request(
+            &format!("http://rebind.invalid:{}/hello?x=1", addr.port()),
+            "rebind.invalid",
+        );
+        let (response, _io) = send_pinned(
+            request,
+            "rebind.invalid",
+            false,
+            &[addr],
+            options(Duration::from_secs(5)),
+        )
+        .await
+        .expect("sent to the pinned address");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-seen"],
+            "GET /hello?x=1 HTTP/1.1",
+            "origin-form on the wire"
+        );
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_ends_with_a_read_timeout() {
+        let addr = raw_server(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+            "defghij",
+            Duration::from_secs(3),
+        )
+        .await;
+        let request = empty_request(&format!("http://127.0.0.1:{}/", addr.port()), "x");
+        let (response, _io) = send_pinned(
+            request,
+            "127.0.0.1",
+            false,
+            &[addr],
+            options(Duration::from_millis(200)),
+        )
+        .await
+        .expect("head arrives");
+        let error = response
+            .into_body()
+            .collect()
+            .await
+            .expect_err("the body stalls");
+        assert!(matches!(error, Error::ConnectionReadTimeout), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn refused_connections_and_failed_handshakes_are_reported() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        let request = empty_request(&format!("http://127.0.0.1:{}/", closed.port()), "x");
+        let refused = send_pinned(
+            request,
+            "127.0.0.1",
+            false,
+            &[closed],
+            options(Duration::from_secs(5)),
+        )
+        .await
+        .err()
+        .expect("nothing listens");
+        assert!(matches!(refused, Error::ConnectionRefused), "{refused:?}");
+
+        // A plain-HTTP server spoken to over TLS: the handshake fails, no request leaves.
+        let addr = raw_server("HTTP/1.1 400 Bad Request\r\n\r\n", "", Duration::ZERO).await;
+        let request = empty_request(
+            &format!("https://example.com:{}/", addr.port()),
+            "example.com",
+        );
+        let tls = send_pinned(
+            request,
+            "example.com",
+            true,
+            &[addr],
+            options(Duration::from_secs(5)),
+        )
+        .await
+        .err()
+        .expect("not TLS");
+        assert!(matches!(tls, Error::Tls(_)), "{tls:?}");
     }
 }
