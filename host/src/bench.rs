@@ -110,6 +110,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub deploy_only: bool,
 
+    /// Before the restart, also create this many tenants running the first
+    /// deploy component (time to reopen a host with many tenants).
+    #[arg(long, default_value_t = 0)]
+    pub reopen_tenants: usize,
+
     /// Run the noisy-neighbour benchmark instead: tenant A floods the host with
     /// CPU-spinning requests at 4× its concurrency while tenant B sends ordinary ones.
     #[arg(long)]
@@ -249,6 +254,37 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
         ));
         slugs.push(slug);
     }
+    if let Some(path) = args
+        .deploy_components
+        .first()
+        .filter(|_| args.reopen_tenants > 0)
+    {
+        let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let created = Instant::now();
+        for i in 0..args.reopen_tenants {
+            let slug = format!("many-{i}");
+            client
+                .post(api("/tenant/spawn"))
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({ "name": slug, "orgId": org_id }))
+                .send()
+                .await?
+                .error_for_status()?;
+            client
+                .put(api(&format!("/tenant/{slug}/component")))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/wasm")
+                .body(wasm.clone())
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        eprintln!(
+            "created and deployed {} more tenants in {:.1} s",
+            args.reopen_tenants,
+            created.elapsed().as_secs_f64()
+        );
+    }
     let _ = stop.send(());
     drop(lodge);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -266,6 +302,8 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
         let _ = response.bytes().await?;
         firsts.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    let tenants = lodge.registry.len();
+    let components = lodge.runtime.components_loaded();
     let _ = stop.send(());
     drop(lodge);
 
@@ -287,8 +325,8 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "host reopen with {} tenants (database + artifacts, no compilation): {reopen_ms:.0} ms",
-        slugs.len()
+        "host reopen with {tenants} tenants (database + artifacts, no compilation): {reopen_ms:.0} ms; \
+         {components} distinct components in memory"
     );
     Ok(())
 }

@@ -7,11 +7,11 @@
 //! pre-instantiated. [`Runtime::invoke`] runs one request in a fresh `Store`
 //! under the tenant's limits and classifies whatever goes wrong.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -79,9 +79,10 @@ pub struct App {
     pub size: usize,
     /// Time spent compiling (or loading the cached artifact).
     pub compile_time: Duration,
-    /// Whether the precompiled artifact came from the cache.
+    /// Whether the precompiled artifact came from the cache (or from another
+    /// tenant running the same component).
     pub from_cache: bool,
-    pre: ProxyPre<GuestState>,
+    pre: Arc<ProxyPre<GuestState>>,
 }
 
 impl std::fmt::Debug for App {
@@ -141,6 +142,9 @@ pub struct Runtime {
     fuel_yield_interval: u64,
     epoch_tick: Duration,
     stats: Arc<RuntimeStats>,
+    /// Loaded components by digest, while some tenant uses them: tenants that
+    /// run the same component share its code in memory.
+    loaded: Mutex<HashMap<String, Weak<ProxyPre<GuestState>>>>,
     _ticker: EpochTicker,
 }
 
@@ -253,6 +257,7 @@ impl Runtime {
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             epoch_tick: config.epoch_tick,
             stats: Arc::default(),
+            loaded: Mutex::default(),
         })
     }
 
@@ -293,6 +298,9 @@ impl Runtime {
         }
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(wasm));
+        if let Some(app) = self.shared(&digest, wasm.len(), started) {
+            return Ok(app);
+        }
         let path = self.artifact_path(&digest);
         let (component, from_cache) = match self.read_artifact(&path) {
             Some(component) => {
@@ -317,6 +325,9 @@ impl Runtime {
     /// cache has a usable one: a restart's fast path, with no compilation.
     pub fn load_cached(&self, digest: &str, size: usize) -> Option<App> {
         let started = Instant::now();
+        if let Some(app) = self.shared(digest, size, started) {
+            return Some(app);
+        }
         let component = self.read_artifact(&self.artifact_path(digest))?;
         self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         self.prepare(component, digest.to_owned(), size, started, true)
@@ -326,6 +337,34 @@ impl Runtime {
     fn artifact_path(&self, digest: &str) -> PathBuf {
         self.artifacts
             .join(format!("{digest}-{}.cwasm", self.compat))
+    }
+
+    /// Distinct components in memory now.
+    pub fn components_loaded(&self) -> usize {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|pre| pre.strong_count() > 0)
+            .count()
+    }
+
+    /// The component with `digest`, if another tenant has it loaded.
+    fn shared(&self, digest: &str, size: usize, started: Instant) -> Option<App> {
+        let pre = self
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)?
+            .upgrade()?;
+        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(App {
+            digest: digest.to_owned(),
+            size,
+            compile_time: started.elapsed(),
+            from_cache: true,
+            pre,
+        })
     }
 
     /// Checks imports and exports and pre-instantiates.
@@ -346,6 +385,14 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::MissingImports(vec![format!("{e:#}")]))?;
         let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotAnHttpHandler(format!("{e:#}")))?;
+        let pre = Arc::new(pre);
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget components nobody runs any more, now and then.
+        if loaded.len() >= 64 && loaded.len().is_power_of_two() {
+            loaded.retain(|_, pre| pre.strong_count() > 0);
+        }
+        loaded.insert(digest.clone(), Arc::downgrade(&pre));
+        drop(loaded);
         Ok(App {
             digest,
             size,
@@ -454,7 +501,7 @@ impl Runtime {
         };
 
         let deadline = tokio::time::Instant::now() + limits.timeout;
-        let pre = app.pre.clone();
+        let pre = Arc::clone(&app.pre);
         let stats = self.stats.clone();
         let logs = call.logs.clone();
         let request_id = call.request_id.clone();

@@ -220,6 +220,12 @@ impl prometheus_client::collector::Collector for RuntimeCollector {
         )?;
         gauge(
             e,
+            "components_loaded",
+            "Distinct components in memory (tenants running the same one share it)",
+            self.runtime.components_loaded() as i64,
+        )?;
+        gauge(
+            e,
             "memory_budget_used_bytes",
             "Linear memory held by live instances",
             self.runtime.memory_budget().used() as i64,

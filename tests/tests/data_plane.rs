@@ -516,8 +516,18 @@ async fn precompiled_artifacts_are_reused_across_hosts() {
         .expect("loads");
     assert!(again.from_cache);
     assert_eq!(app.digest, again.digest);
+    // While loaded, the component is shared, not read again.
+    let shared = second
+        .lodge
+        .load(lodge_tests::wasm(guests::HELLO))
+        .await
+        .expect("loads");
+    assert!(shared.from_cache);
+    assert_eq!(second.lodge.runtime.components_loaded(), 1);
+    drop((again, shared));
+    assert_eq!(second.lodge.runtime.components_loaded(), 0);
 
-    // A corrupted artifact is discarded and rebuilt, not trusted.
+    // Nothing holds it now: a corrupted artifact is discarded and rebuilt, not trusted.
     for entry in std::fs::read_dir(&artifacts).expect("dir").flatten() {
         std::fs::write(entry.path(), b"garbage").expect("corrupt");
     }

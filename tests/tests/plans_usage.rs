@@ -593,6 +593,11 @@ async fn metrics_parse_and_count_with_bounded_tenant_labels() {
         Some(&6.0)
     );
     assert_eq!(m.get("lodge_instances_in_use"), Some(&0.0));
+    assert_eq!(
+        m.get("lodge_components_loaded"),
+        Some(&1.0),
+        "four tenants running one component share it"
+    );
     assert!(
         m.get("lodge_instantiations_total")
             .is_some_and(|v| *v >= 10.0)
