@@ -468,7 +468,7 @@ async fn tenant_status(
     let record = tenant_for(&lodge, &caller, &id).await?;
     let live = lodge.live(&record).await?;
     let state = live.state();
-    let active_sha256 = state.active.as_ref().map(|a| a.app.digest.clone());
+    let active_sha256 = state.active.as_ref().map(|a| a.digest.to_string());
     let limits = live.limits();
     let view = TenantStatusView {
         active_version: state.active.as_ref().map(|a| a.version),

@@ -405,7 +405,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "component: {} ({} bytes), loaded in {compile_ms} ms; limits: fuel {}, memory {} MiB, timeout {} ms, concurrency {}",
         args.component.display(),
-        tenant.active().map(|a| a.app.size).unwrap_or_default(),
+        tenant.active().map(|a| a.size).unwrap_or_default(),
         limits.fuel,
         limits.memory_bytes >> 20,
         limits.timeout.as_millis(),

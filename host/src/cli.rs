@@ -208,6 +208,12 @@ pub struct HostArgs {
     #[arg(long, env = "LODGE_TASK_LEASE", default_value = "60s", value_parser = positive_duration)]
     pub task_lease: Duration,
 
+    /// Drop a tenant's component from memory after it served no request for
+    /// this long; the next request loads it again from the precompiled
+    /// artifact (a few ms). An idle tenant then costs kilobytes.
+    #[arg(long, env = "LODGE_IDLE_UNLOAD", default_value = "5m", value_parser = positive_duration)]
+    pub idle_unload: Duration,
+
     /// With PostgreSQL: how often this host compares its tenants with the
     /// database (the safety net for lost change notices) and requeues tasks
     /// whose lease lapsed.
@@ -273,6 +279,7 @@ impl ServeArgs {
             database_url: self.database_url.clone(),
             task_lease: self.host.task_lease,
             reconcile_interval: self.host.reconcile_interval,
+            idle_unload: self.host.idle_unload,
             ..HostConfig::default()
         }
         .with(|c| {
@@ -385,19 +392,19 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     for (slug, path) in &args.apps {
         let tenant = lodge.add_app_file(slug, path).await?;
         if let Some(active) = tenant.active() {
-            let app = &active.app;
+            let how = match active.app() {
+                Some(app) if app.from_cache => {
+                    format!("loaded from cache in {} ms", app.compile_time.as_millis())
+                }
+                Some(app) => format!("compiled in {} ms", app.compile_time.as_millis()),
+                None => "unchanged; loads on the first request".to_owned(),
+            };
             eprintln!(
-                "tenant {slug}: {} as version {} ({} bytes, sha256 {}, {} in {} ms)",
+                "tenant {slug}: {} as version {} ({} bytes, sha256 {}, {how})",
                 path.display(),
                 active.version,
-                app.size,
-                &app.digest[..12],
-                if app.from_cache {
-                    "loaded from cache"
-                } else {
-                    "compiled"
-                },
-                app.compile_time.as_millis()
+                active.size,
+                &active.digest[..12],
             );
             eprintln!(
                 "  curl http://{slug}.localhost:{}/   or   curl http://{addr}/tenants/{slug}/",

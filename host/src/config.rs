@@ -139,6 +139,9 @@ pub struct HostConfig {
     /// host renews it every third of it); with several hosts, a task whose lease
     /// lapsed is taken to be a dead host's and queued again.
     pub task_lease: Duration,
+    /// A tenant's component is dropped from memory after it served no request
+    /// for this long (it loads again, from the precompiled artifact, on the next).
+    pub idle_unload: Duration,
     /// CPU lanes of a tenant of weight 1 (`None`: one per core). See `limits::Fair`.
     pub cpu_lanes: Option<u32>,
     /// Tenants given their own label in `/metrics`; the rest share `_other`.
@@ -237,6 +240,7 @@ impl Default for HostConfig {
             database_url: None,
             reconcile_interval: Duration::from_secs(5),
             task_lease: Duration::from_secs(60),
+            idle_unload: Duration::from_secs(300),
         }
     }
 }

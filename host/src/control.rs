@@ -300,7 +300,7 @@ impl Lodge {
             .await?;
         let version = deployment.version;
         tenant.update(|state| {
-            state.active = Some(Active { version, app });
+            state.active = Some(Active::loaded(version, app));
             if state.status != TenantStatus::Stopped {
                 state.status = TenantStatus::Running;
             }
@@ -315,17 +315,27 @@ impl Lodge {
         &self,
         deployment: &Deployment,
     ) -> Result<Arc<App>, ControlError> {
+        self.load_component(&deployment.sha256, deployment.size as usize)
+            .await
+    }
+
+    /// Loads the component `digest`: shared with a tenant that has it in memory,
+    /// else from the artifact cache, else compiled from its stored blob.
+    pub(crate) async fn load_component(
+        &self,
+        digest: &str,
+        size: usize,
+    ) -> Result<Arc<App>, ControlError> {
         let runtime = self.runtime.clone();
-        let digest = deployment.sha256.clone();
-        let size = deployment.size as usize;
-        let cached = tokio::task::spawn_blocking(move || runtime.load_cached(&digest, size))
+        let wanted = digest.to_owned();
+        let cached = tokio::task::spawn_blocking(move || runtime.load_cached(&wanted, size))
             .await
             .ok()
             .flatten();
         if let Some(app) = cached {
             return Ok(Arc::new(app));
         }
-        let wasm = self.storage.get_blob(&deployment.sha256).await?;
+        let wasm = self.storage.get_blob(digest).await?;
         Ok(self.load(wasm).await?)
     }
 
@@ -348,7 +358,7 @@ impl Lodge {
         let app = self.load_version(&deployment).await?;
         self.storage.set_active_version(&record.id, version).await?;
         tenant.update(|state| {
-            state.active = Some(Active { version, app });
+            state.active = Some(Active::loaded(version, app));
             if state.status != TenantStatus::Stopped {
                 state.status = TenantStatus::Running;
             }
@@ -444,8 +454,8 @@ impl Lodge {
         Ok(())
     }
 
-    /// Rebuilds the registry from storage at start: every live tenant, its env,
-    /// and its active version from the artifact cache (compiled again if needed).
+    /// Rebuilds the registry from storage at start: every live tenant, its env
+    /// and its active version, whose component loads on the tenant's first request.
     pub async fn restore(&self) -> anyhow::Result<usize> {
         let mut restored = 0;
         for record in self.all_tenant_records().await? {
@@ -454,13 +464,11 @@ impl Lodge {
             let Some(version) = record.active_version else {
                 continue;
             };
-            let loaded = match self.storage.get_deployment(&record.id, version).await {
-                Ok(deployment) => self.load_version(&deployment).await,
-                Err(e) => Err(e.into()),
-            };
-            match loaded {
-                Ok(app) => {
-                    tenant.update(|state| state.active = Some(Active { version, app }));
+            // Only what the version is: its component loads on the first request.
+            match self.storage.get_deployment(&record.id, version).await {
+                Ok(d) => {
+                    let active = Active::unloaded(version, &d.sha256, d.size as usize);
+                    tenant.update(|state| state.active = Some(active));
                     restored += 1;
                 }
                 Err(e) => {

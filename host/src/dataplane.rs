@@ -163,7 +163,6 @@ async fn run(
         (_, Some(active)) => active,
     };
     tracing::Span::current().record("version", active.version);
-    let app = active.app;
     let governor = tenant.governor();
     let limits = &governor.limits;
 
@@ -191,6 +190,18 @@ async fn run(
         });
     }
     let admission = limits::admit(lodge.runtime.pool(), &tenant.load, limits.max_concurrency)?;
+    let app = active
+        .app_or_load(|| lodge.load_component(&active.digest, active.size))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading the active version failed");
+            tenant.logs.push(
+                request_id,
+                LogStream::Host,
+                format!("version {} could not be loaded: {e}", active.version),
+            );
+            DataPlaneError::Unloadable
+        })?;
 
     let id_header =
         http::HeaderValue::from_str(request_id).map_err(|_| DataPlaneError::Internal)?;

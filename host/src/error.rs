@@ -51,6 +51,9 @@ pub enum DataPlaneError {
     /// The guest returned without a response.
     #[error("the app returned no response")]
     NoResponse,
+    /// The active version's code could not be loaded (details in the tenant's log).
+    #[error("this app's code could not be loaded; see its logs")]
+    Unloadable,
     /// The host failed.
     #[error("internal error")]
     Internal,
@@ -65,7 +68,8 @@ impl DataPlaneError {
             | Self::Stopped
             | Self::OverConcurrency
             | Self::HostBusy
-            | Self::FuelExhausted => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::FuelExhausted
+            | Self::Unloadable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Deadline => StatusCode::GATEWAY_TIMEOUT,
@@ -88,6 +92,7 @@ impl DataPlaneError {
             Self::FuelExhausted => "fuel_exhausted",
             Self::AppFailed => "app_failed",
             Self::NoResponse => "no_response",
+            Self::Unloadable => "app_unloadable",
             Self::Internal => "internal",
         }
     }

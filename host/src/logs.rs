@@ -82,20 +82,22 @@ pub struct TenantLogs {
     capacity: usize,
     next_seq: AtomicU64,
     lines: Mutex<VecDeque<LogLine>>,
-    live: broadcast::Sender<LogLine>,
+    /// Made on the first `subscribe`: most tenants are never followed, and a
+    /// channel holds its whole buffer from the start.
+    live: std::sync::OnceLock<broadcast::Sender<LogLine>>,
     archive: Option<(String, ArchiveSender)>,
 }
 
 impl TenantLogs {
     /// An empty log for `tenant` keeping at most `capacity` lines.
     pub fn new(tenant: impl Into<String>, capacity: usize) -> Self {
-        let (live, _) = broadcast::channel(256);
         Self {
             tenant: tenant.into(),
             capacity: capacity.max(1),
             next_seq: AtomicU64::new(1),
-            lines: Mutex::new(VecDeque::with_capacity(capacity.clamp(1, 1024))),
-            live,
+            // Grows with use: an idle tenant holds no buffer.
+            lines: Mutex::new(VecDeque::new()),
+            live: std::sync::OnceLock::new(),
             archive: None,
         }
     }
@@ -141,7 +143,9 @@ impl TenantLogs {
             "{}",
             line.message
         );
-        let _ = self.live.send(line.clone());
+        if let Some(live) = self.live.get() {
+            let _ = live.send(line.clone());
+        }
         if let Some((tenant_id, archive)) = &self.archive {
             // A full archive queue drops the line from storage, never blocks the guest.
             let _ = archive.try_send((tenant_id.clone(), line.clone()));
@@ -168,7 +172,9 @@ impl TenantLogs {
 
     /// A receiver of every line pushed from now on (for `logs --follow`).
     pub fn subscribe(&self) -> broadcast::Receiver<LogLine> {
-        self.live.subscribe()
+        self.live
+            .get_or_init(|| broadcast::channel(256).0)
+            .subscribe()
     }
 }
 

@@ -17,13 +17,102 @@ use crate::metrics::TenantMetrics;
 use crate::plans::LimitsPatch;
 use crate::storage::{TenantStatus, Usage};
 
-/// The deployment serving a tenant's requests.
+/// The deployment serving a tenant's requests. Its component is in memory
+/// only while the tenant is in use: loaded on the first request (from the
+/// precompiled artifact, a few ms), dropped again after the tenant sat idle
+/// (`HostConfig::idle_unload`), so an idle tenant costs kilobytes.
 #[derive(Debug, Clone)]
 pub struct Active {
     /// Its version number.
     pub version: i64,
-    /// The compiled, pre-instantiated component.
-    pub app: Arc<App>,
+    /// SHA-256 of its `.wasm`, lowercase hex.
+    pub digest: Arc<str>,
+    /// Size of its `.wasm` in bytes.
+    pub size: usize,
+    code: Arc<Code>,
+}
+
+/// The loaded component of an [`Active`] version, if loaded.
+#[derive(Debug, Default)]
+struct Code {
+    app: Mutex<Option<Arc<App>>>,
+    loading: tokio::sync::Mutex<()>,
+    /// When a request last used it, ms since the Unix epoch.
+    last_used: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Active {
+    /// Version `version` with its component already loaded.
+    pub fn loaded(version: i64, app: Arc<App>) -> Self {
+        let active = Self::unloaded(version, &app.digest, app.size);
+        *active
+            .code
+            .app
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(app);
+        active
+    }
+
+    /// Version `version` of the component `digest`, loaded on first use.
+    pub fn unloaded(version: i64, digest: &str, size: usize) -> Self {
+        let code = Code::default();
+        code.last_used.store(now_ms(), Ordering::Relaxed);
+        Self {
+            version,
+            digest: digest.into(),
+            size,
+            code: Arc::new(code),
+        }
+    }
+
+    /// The component, if it is in memory now.
+    pub fn app(&self) -> Option<Arc<App>> {
+        self.code
+            .app
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The component, loaded by `load` if it is not in memory (one load at a
+    /// time; requests arriving meanwhile wait for it).
+    pub async fn app_or_load<E, F>(&self, load: impl FnOnce() -> F) -> Result<Arc<App>, E>
+    where
+        F: Future<Output = Result<Arc<App>, E>>,
+    {
+        self.code.last_used.store(now_ms(), Ordering::Relaxed);
+        if let Some(app) = self.app() {
+            return Ok(app);
+        }
+        let _loading = self.code.loading.lock().await;
+        if let Some(app) = self.app() {
+            return Ok(app);
+        }
+        let app = load().await?;
+        *self.code.app.lock().unwrap_or_else(PoisonError::into_inner) = Some(app.clone());
+        Ok(app)
+    }
+
+    /// Drops the component if no request used it for `idle`; whether it did.
+    /// Requests running now keep their own reference.
+    pub fn unload_if_idle(&self, idle: std::time::Duration) -> bool {
+        let idle_since = now_ms().saturating_sub(idle.as_millis() as u64);
+        if self.code.last_used.load(Ordering::Relaxed) > idle_since {
+            return false;
+        }
+        self.code
+            .app
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some()
+    }
 }
 
 /// What a request needs to know about its tenant, taken once per request.

@@ -169,6 +169,10 @@ impl Lodge {
         crate::convergence::tasks::spawn_workers(&lodge, lodge.config.convergence_workers);
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
         tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
+        tokio::spawn(unload_idle_periodically(
+            Arc::downgrade(&lodge),
+            lodge.config.idle_unload,
+        ));
         if lodge.config.config_file.is_some() {
             tokio::spawn(watch_config(Arc::downgrade(&lodge)));
         }
@@ -342,6 +346,32 @@ async fn watch_config(lodge: std::sync::Weak<Lodge>) {
 }
 
 /// Flushes usage counters every few seconds while the host lives.
+/// Drops the components of tenants idle for `HostConfig::idle_unload`.
+async fn unload_idle_periodically(lodge: std::sync::Weak<Lodge>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        let unloaded = lodge
+            .registry
+            .all()
+            .iter()
+            .filter_map(|tenant| tenant.active())
+            .filter(|active| active.unload_if_idle(idle))
+            .count();
+        if unloaded > 0 {
+            tracing::debug!(
+                unloaded,
+                in_memory = lodge.runtime.components_loaded(),
+                "unloaded idle tenants"
+            );
+        }
+    }
+}
+
 async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;

@@ -92,10 +92,11 @@ impl Lodge {
         let active = match record.active_version {
             Some(version) if tenant.active().map(|a| a.version) != Some(version) => {
                 let deployment = self.storage.get_deployment(&record.id, version).await?;
-                Some(Active {
+                Some(Active::unloaded(
                     version,
-                    app: self.load_version(&deployment).await?,
-                })
+                    &deployment.sha256,
+                    deployment.size as usize,
+                ))
             }
             Some(_) => tenant.active(),
             None => None,

@@ -457,11 +457,13 @@ async fn tenants_survive_a_restart() {
     let tenant = host.lodge.registry.get(&f.slug).expect("restored");
     let active = tenant.active().expect("active version restored");
     assert_eq!(active.version, 1);
+    assert!(active.app().is_none(), "nothing loaded before a request");
+    assert_eq!(host.lodge.runtime.components_loaded(), 0);
+    assert_eq!(host.get(&f.slug, "/").await.status(), 200);
     assert!(
-        active.app.from_cache,
+        active.app().expect("loaded by the request").from_cache,
         "served from the precompiled artifact, not recompiled"
     );
-    assert_eq!(host.get(&f.slug, "/").await.status(), 200);
     assert_error(host.get(&stopped.slug, "/").await, 503, "tenant_stopped").await;
     let status = call(
         &host,

@@ -633,3 +633,55 @@ async fn a_tenant_over_its_rate_gets_429_and_others_do_not() {
         "the bucket refills"
     );
 }
+
+#[tokio::test]
+async fn idle_tenants_are_unloaded_and_come_back_on_their_next_request() {
+    let artifacts = tempfile::tempdir().expect("dir");
+    let dir = artifacts.path().to_owned();
+    let host = TestHost::start_with(|c| {
+        c.idle_unload = Duration::from_millis(300);
+        c.artifacts_dir = Some(dir);
+    })
+    .await;
+    host.app("sleepy", guests::HELLO, limits()).await;
+    host.app("busy", guests::WSTD_ECHO, limits()).await;
+    assert_eq!(host.get("sleepy", "/").await.status(), 200);
+    let sleepy = host.lodge.registry.get("sleepy").expect("tenant");
+    let busy = host.lodge.registry.get("busy").expect("tenant");
+
+    // Sleepy gets no requests and is unloaded; busy keeps its component.
+    let started = Instant::now();
+    while sleepy.active().expect("active").app().is_some() {
+        assert_eq!(host.get("busy", "/status?code=200").await.status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never unloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(busy.active().expect("active").app().is_some());
+    assert_eq!(host.lodge.runtime.components_loaded(), 1);
+
+    // Its next request loads it again from the precompiled artifact.
+    let body = host.get("sleepy", "/").await.text().await.expect("body");
+    assert!(body.contains("Hello from Lodge"), "{body}");
+    let app = sleepy
+        .active()
+        .expect("active")
+        .app()
+        .expect("loaded again");
+    assert!(app.from_cache);
+    assert_eq!(host.lodge.runtime.components_loaded(), 2);
+
+    // With the artifact gone too, it is compiled again from the stored blob.
+    drop(app);
+    while sleepy.active().expect("active").app().is_some() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for entry in std::fs::read_dir(artifacts.path()).expect("dir").flatten() {
+        std::fs::remove_file(entry.path()).expect("removed");
+    }
+    assert_eq!(host.get("sleepy", "/").await.status(), 200);
+    let app = sleepy.active().expect("active").app().expect("loaded");
+    assert!(!app.from_cache, "compiled from the stored component");
+}
