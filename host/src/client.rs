@@ -501,6 +501,13 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                     _ => serde_json::Map::new(),
                 };
                 for name in unset {
+                    if v["effective"].get(&name).is_none() {
+                        return Err(CallError {
+                            code: 2,
+                            message: format!("{name:?} is not a limit (see `lodge tenant limits`)"),
+                        }
+                        .into());
+                    }
                     overrides.remove(&name);
                 }
                 for pair in set {

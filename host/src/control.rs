@@ -319,6 +319,21 @@ impl Lodge {
             .await
     }
 
+    /// Makes sure the artifact cache holds component `digest` (compiling its
+    /// stored blob if not), without keeping it in memory; failures are logged.
+    pub(crate) async fn warm(&self, digest: &str) {
+        if self.runtime.has_artifact(digest) {
+            return;
+        }
+        let compiled = match self.storage.get_blob(digest).await {
+            Ok(wasm) => self.load(wasm).await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = compiled {
+            tracing::warn!(digest, error = %e, "component not precompiled; its tenants load it on demand");
+        }
+    }
+
     /// Loads the component `digest`: shared with a tenant that has it in memory,
     /// else from the artifact cache, else compiled from its stored blob.
     pub(crate) async fn load_component(

@@ -71,6 +71,33 @@ pub enum LoadError {
     Internal(#[source] anyhow::Error),
 }
 
+/// A handle on the per-component load lock of [`Runtime::gate`].
+struct Gate<'a> {
+    runtime: &'a Runtime,
+    digest: String,
+    lock: Arc<Mutex<()>>,
+}
+
+impl Gate<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut gates = self
+            .runtime
+            .gates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The map's reference and ours: nobody else waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            gates.remove(&self.digest);
+        }
+    }
+}
+
 /// A compiled, pre-instantiated component, ready to serve requests.
 pub struct App {
     /// SHA-256 of the `.wasm`, lowercase hex.
@@ -145,6 +172,9 @@ pub struct Runtime {
     /// Loaded components by digest, while some tenant uses them: tenants that
     /// run the same component share its code in memory.
     loaded: Mutex<HashMap<String, Weak<ProxyPre<GuestState>>>>,
+    /// One load of a component at a time: requests for a component being
+    /// loaded wait for it and then share it instead of loading it again.
+    gates: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     _ticker: EpochTicker,
 }
 
@@ -258,6 +288,7 @@ impl Runtime {
             epoch_tick: config.epoch_tick,
             stats: Arc::default(),
             loaded: Mutex::default(),
+            gates: Mutex::default(),
         })
     }
 
@@ -298,6 +329,8 @@ impl Runtime {
         }
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(wasm));
+        let gate = self.gate(&digest);
+        let _one_at_a_time = gate.lock();
         if let Some(app) = self.shared(&digest, wasm.len(), started) {
             return Ok(app);
         }
@@ -325,6 +358,8 @@ impl Runtime {
     /// cache has a usable one: a restart's fast path, with no compilation.
     pub fn load_cached(&self, digest: &str, size: usize) -> Option<App> {
         let started = Instant::now();
+        let gate = self.gate(digest);
+        let _one_at_a_time = gate.lock();
         if let Some(app) = self.shared(digest, size, started) {
             return Some(app);
         }
@@ -337,6 +372,28 @@ impl Runtime {
     fn artifact_path(&self, digest: &str) -> PathBuf {
         self.artifacts
             .join(format!("{digest}-{}.cwasm", self.compat))
+    }
+
+    /// The lock serialising loads of component `digest` (dropped from the map
+    /// when its last holder lets go).
+    fn gate(&self, digest: &str) -> Gate<'_> {
+        let lock = self
+            .gates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(digest.to_owned())
+            .or_default()
+            .clone();
+        Gate {
+            runtime: self,
+            digest: digest.to_owned(),
+            lock,
+        }
+    }
+
+    /// Whether the artifact cache holds component `digest` for this engine.
+    pub fn has_artifact(&self, digest: &str) -> bool {
+        self.artifact_path(digest).exists()
     }
 
     /// Distinct components in memory now.

@@ -37,14 +37,23 @@ pub struct Active {
 struct Code {
     app: Mutex<Option<Arc<App>>>,
     loading: tokio::sync::Mutex<()>,
-    /// When a request last used it, ms since the Unix epoch.
+    /// When a request last used it ([`now_ms`]).
     last_used: AtomicU64,
+    /// The last failed load: when ([`now_ms`]) and why. Requests within
+    /// [`RETRY_LOAD_AFTER`] get the same answer instead of loading again.
+    failed: Mutex<Option<(u64, String)>>,
 }
 
+/// How long a failed load is answered from memory before it is tried again.
+const RETRY_LOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Milliseconds on a monotonic clock (since the first call).
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl Active {
@@ -81,12 +90,16 @@ impl Active {
     }
 
     /// The component, loaded by `load` if it is not in memory (one load at a
-    /// time; requests arriving meanwhile wait for it).
-    pub async fn app_or_load<E, F>(&self, load: impl FnOnce() -> F) -> Result<Arc<App>, E>
+    /// time; requests arriving meanwhile wait for it). A failure is answered
+    /// from memory for [`RETRY_LOAD_AFTER`], so a broken version does not load
+    /// again on every request.
+    pub async fn app_or_load<E, F>(&self, load: impl FnOnce() -> F) -> Result<Arc<App>, String>
     where
+        E: std::fmt::Display,
         F: Future<Output = Result<Arc<App>, E>>,
     {
-        self.code.last_used.store(now_ms(), Ordering::Relaxed);
+        let now = now_ms();
+        self.code.last_used.store(now, Ordering::Relaxed);
         if let Some(app) = self.app() {
             return Ok(app);
         }
@@ -94,9 +107,35 @@ impl Active {
         if let Some(app) = self.app() {
             return Ok(app);
         }
-        let app = load().await?;
-        *self.code.app.lock().unwrap_or_else(PoisonError::into_inner) = Some(app.clone());
-        Ok(app)
+        if let Some((at, why)) = &*self
+            .code
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            && now.saturating_sub(*at) < RETRY_LOAD_AFTER.as_millis() as u64
+        {
+            return Err(why.clone());
+        }
+        match load().await {
+            Ok(app) => {
+                *self.code.app.lock().unwrap_or_else(PoisonError::into_inner) = Some(app.clone());
+                *self
+                    .code
+                    .failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                Ok(app)
+            }
+            Err(e) => {
+                let why = e.to_string();
+                *self
+                    .code
+                    .failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((now_ms(), why.clone()));
+                Err(why)
+            }
+        }
     }
 
     /// Drops the component if no request used it for `idle`; whether it did.

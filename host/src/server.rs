@@ -69,6 +69,9 @@ pub struct Lodge {
     /// Where tenants' log lines go to be archived.
     pub(crate) log_archive: ArchiveSender,
     generated_admin_token: std::sync::Mutex<Option<String>>,
+    /// Compilations running at once (one per core): a burst of cold tenants
+    /// after an engine upgrade queues instead of exhausting memory.
+    compiles: tokio::sync::Semaphore,
 }
 
 impl Lodge {
@@ -116,6 +119,19 @@ impl Lodge {
             &config.data_dir,
             config.master_key.clone(),
         )?);
+        // The key must open the wallets already sealed (a database from before
+        // the check value existed included), and match the check value.
+        if let Some(owner) = storage.wallet_any_owner().await?
+            && let Some(wallet) = storage.wallet_get(&owner).await?
+        {
+            crate::wallet::unseal(&master, &owner, &wallet).map_err(|_| {
+                anyhow::anyhow!(
+                    "this host's master key does not open the wallets in this database: every \
+                     host sharing a database needs the key they were sealed with (LODGE_MASTER_KEY \
+                     or the data dir's master-key file)"
+                )
+            })?;
+        }
         let check = master.check_value();
         if storage.meta_claim("master_key_check", &check).await? != check {
             anyhow::bail!(
@@ -154,21 +170,20 @@ impl Lodge {
             task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
+            compiles: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         });
-        // One host owns every task on SQLite; with several hosts only expired leases.
-        let cutoff = match lodge.notifier {
-            Some(_) => std::time::SystemTime::now() - lodge.config.task_lease,
-            None => std::time::SystemTime::now() + Duration::from_secs(1),
-        };
-        let requeued = lodge
-            .storage
-            .task_requeue_running(&humantime::format_rfc3339_millis(cutoff).to_string())
-            .await?;
+        // One host owns every task on SQLite; with several hosts only lapsed leases.
+        let lease = lodge.notifier.as_ref().map(|_| lodge.config.task_lease);
+        let requeued = lodge.storage.task_requeue_running(lease).await?;
         let restored = lodge.restore().await.context("restoring tenants")?;
         tracing::info!(requeued, "convergence tasks resumed");
         crate::convergence::tasks::spawn_workers(&lodge, lodge.config.convergence_workers);
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
+        tokio::spawn(warm_missing_artifacts(Arc::downgrade(&lodge)));
         tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
+        tokio::spawn(requeue_lapsed_tasks_periodically(Arc::downgrade(&lodge)));
         tokio::spawn(unload_idle_periodically(
             Arc::downgrade(&lodge),
             lodge.config.idle_unload,
@@ -220,6 +235,11 @@ impl Lodge {
 
     /// Compiles `wasm` off the async threads (validation only; nothing is stored).
     pub async fn load(&self, wasm: Vec<u8>) -> Result<Arc<App>, LoadError> {
+        let _permit = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|e| LoadError::Internal(e.into()))?;
         let runtime = self.runtime.clone();
         tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
             .await
@@ -368,6 +388,60 @@ async fn unload_idle_periodically(lodge: std::sync::Weak<Lodge>, idle: Duration)
                 in_memory = lodge.runtime.components_loaded(),
                 "unloaded idle tenants"
             );
+        }
+    }
+}
+
+/// After a start, compiles (one per core, in the background) the active
+/// components whose artifact is missing, e.g. after an upgrade changed the
+/// engine, so their tenants' first requests only load.
+async fn warm_missing_artifacts(lodge: std::sync::Weak<Lodge>) {
+    let digests: std::collections::BTreeSet<String> = match lodge.upgrade() {
+        Some(lodge) => lodge
+            .registry
+            .all()
+            .iter()
+            .filter_map(|t| t.active())
+            .map(|a| a.digest.to_string())
+            .filter(|d| !lodge.runtime.has_artifact(d))
+            .collect(),
+        None => return,
+    };
+    if !digests.is_empty() {
+        tracing::info!(
+            components = digests.len(),
+            "compiling components missing from the artifact cache"
+        );
+    }
+    for digest in digests {
+        let Some(lodge) = lodge.upgrade() else { return };
+        lodge.warm(&digest).await;
+    }
+}
+
+/// Puts tasks whose lease lapsed back in the queue: their host died (several
+/// hosts) or could not store their result.
+async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
+    let every = match lodge.upgrade() {
+        Some(lodge) => lodge.config.reconcile_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        match lodge
+            .storage
+            .task_requeue_running(Some(lodge.config.task_lease))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(tasks = n, "requeued convergence tasks whose lease lapsed");
+                lodge.task_wakeup.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "requeueing lapsed tasks failed"),
         }
     }
 }

@@ -92,6 +92,9 @@ impl Lodge {
         let active = match record.active_version {
             Some(version) if tenant.active().map(|a| a.version) != Some(version) => {
                 let deployment = self.storage.get_deployment(&record.id, version).await?;
+                // Compiled here (into the artifact cache, not memory) so the
+                // first request on this host only loads it.
+                self.warm(&deployment.sha256).await;
                 Some(Active::unloaded(
                     version,
                     &deployment.sha256,
@@ -148,7 +151,8 @@ impl Lodge {
     }
 }
 
-/// Listens for change notices and reconciles every `interval`, while the host lives.
+/// Listens for change notices and reconciles every `interval`, while the host
+/// lives. (Lapsed task leases are requeued by `server`, on every backend.)
 pub fn spawn(lodge: &Arc<Lodge>, url: String, interval: Duration) {
     tokio::spawn(listen(Arc::downgrade(lodge), url));
     tokio::spawn(reconcile_periodically(Arc::downgrade(lodge), interval));
@@ -200,19 +204,6 @@ async fn reconcile_periodically(lodge: Weak<Lodge>, interval: Duration) {
     loop {
         tick.tick().await;
         let Some(lodge) = lodge.upgrade() else { return };
-        let cutoff = std::time::SystemTime::now() - lodge.config.task_lease;
-        match lodge
-            .storage
-            .task_requeue_running(&humantime::format_rfc3339_millis(cutoff).to_string())
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::warn!(tasks = n, "requeued convergence tasks whose host stopped");
-                lodge.task_wakeup.notify_waiters();
-            }
-            Err(e) => tracing::warn!(error = %e, "requeueing stale tasks failed"),
-        }
         match lodge.reconcile().await {
             Ok(0) => {}
             Ok(changed) => tracing::info!(changed, "reconciled tenants with the database"),

@@ -116,7 +116,7 @@ pub fn new_wallet(master: &MasterKey, tenant_id: &str) -> anyhow::Result<WalletR
 }
 
 /// Opens a sealed seed; fails if the master key or the tenant is not the one it was sealed for.
-fn unseal(
+pub(crate) fn unseal(
     master: &MasterKey,
     tenant_id: &str,
     wallet: &WalletRecord,

@@ -58,6 +58,25 @@ pub async fn postgres_url_for(dir: &Path) -> Option<String> {
     ))
 }
 
+/// Runs one statement on the database of the host on data dir `dir`:
+/// `sqlite` on SQLite, `postgres` on PostgreSQL (their dialects differ).
+pub async fn db_execute(dir: &Path, sqlite: &str, postgres: &str) {
+    match postgres_url_for(dir).await {
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(&url).await.expect("database");
+            sqlx::query(postgres)
+                .execute(&pool)
+                .await
+                .expect("executed");
+        }
+        None => {
+            let url = format!("sqlite:{}", dir.join("lodge.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.expect("database");
+            sqlx::query(sqlite).execute(&pool).await.expect("executed");
+        }
+    }
+}
+
 /// Whether the tests run on PostgreSQL (`LODGE_TEST_DATABASE_URL`).
 pub fn on_postgres() -> bool {
     std::env::var("LODGE_TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty())

@@ -248,6 +248,18 @@ fn the_cli_drives_a_host_end_to_end() {
         &["tenant", "limits", "shop-front", "--set", "fuel=-1"],
     );
     assert_eq!(code, 5, "{err}");
+    let (code, _, err) = lodge.cli(
+        ADMIN_TOKEN,
+        &[
+            "tenant",
+            "limits",
+            "shop-front",
+            "--unset",
+            "max_concurency",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a limit"), "{err}");
     let (code, out, _) = lodge.cli(
         ADMIN_TOKEN,
         &["tenant", "limits", "shop-front", "--clear", "--json"],

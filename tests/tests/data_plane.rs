@@ -685,3 +685,44 @@ async fn idle_tenants_are_unloaded_and_come_back_on_their_next_request() {
     let app = sleepy.active().expect("active").app().expect("loaded");
     assert!(!app.from_cache, "compiled from the stored component");
 }
+
+#[tokio::test]
+async fn a_version_that_cannot_load_answers_503_and_says_why() {
+    let data = tempfile::tempdir().expect("dir");
+    let artifacts = tempfile::tempdir().expect("dir");
+    let private = artifacts.path().to_owned();
+    let config = move |c: &mut lodge_host::HostConfig| c.artifacts_dir = Some(private.clone());
+    let host = TestHost::start_in(data.path(), config.clone()).await;
+    host.app("fragile", guests::HELLO, limits()).await;
+    host.app("sturdy", guests::WSTD_ECHO, limits()).await;
+    host.shutdown().await;
+
+    // Its artifact is gone and its stored component damaged.
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(lodge_tests::wasm(guests::HELLO)));
+    for entry in std::fs::read_dir(artifacts.path()).expect("dir").flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&digest) {
+            std::fs::remove_file(entry.path()).expect("removed");
+        }
+    }
+    lodge_tests::db_execute(
+        data.path(),
+        &format!("UPDATE blobs SET bytes = x'00' WHERE sha256 = '{digest}'"),
+        &format!("UPDATE blobs SET bytes = '\\x00'::bytea WHERE sha256 = '{digest}'"),
+    )
+    .await;
+
+    let host = TestHost::start_in(data.path(), config).await;
+    for _ in 0..2 {
+        assert_error(host.get("fragile", "/").await, 503, "app_unloadable").await;
+    }
+    assert!(
+        host.log_messages("fragile")
+            .iter()
+            .any(|m| m.contains("version 1 could not be loaded")),
+        "{:?}",
+        host.log_messages("fragile")
+    );
+    // Nobody else is affected.
+    assert_eq!(host.get("sturdy", "/status?code=200").await.status(), 200);
+}

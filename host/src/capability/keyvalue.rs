@@ -228,6 +228,9 @@ impl store::HostBucket for KeyValue<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> Result<store::KeyResponse, Error> {
+        if let Some(cursor) = &cursor {
+            check_key(cursor)?;
+        }
         let name = self.bucket(&bucket)?;
         let (keys, cursor) = self
             .ctx

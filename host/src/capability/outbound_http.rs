@@ -106,13 +106,25 @@ pub fn is_private(ip: IpAddr) -> bool {
             Some(v4) => is_private(IpAddr::V4(v4)),
             None => {
                 let first = v6.segments()[0];
+                let seg = v6.segments();
+                // 6to4 (2002::/16) carries an IPv4 address in bits 16..48.
+                let six_to_four = std::net::Ipv4Addr::new(
+                    (seg[1] >> 8) as u8,
+                    seg[1] as u8,
+                    (seg[2] >> 8) as u8,
+                    seg[2] as u8,
+                );
                 v6.is_loopback()
                     || v6.is_unspecified()
                     || v6.is_multicast()
                     || (first & 0xfe00) == 0xfc00 // unique local
                     || (first & 0xffc0) == 0xfe80 // link local
-                    || first == 0x2001 && v6.segments()[1] == 0xdb8 // documentation
-                    || first == 0x64 && v6.segments()[1] == 0xff9b // NAT64 to anything
+                    || (first & 0xffc0) == 0xfec0 // site local (deprecated)
+                    || seg[..6] == [0; 6] // IPv4-compatible ::a.b.c.d (deprecated)
+                    || seg[..4] == [0x100, 0, 0, 0] // discard-only 100::/64
+                    || first == 0x2001 && seg[1] == 0xdb8 // documentation
+                    || first == 0x64 && seg[1] == 0xff9b // NAT64 to anything
+                    || first == 0x2002 && is_private(IpAddr::V4(six_to_four))
             }
         },
     }
@@ -228,10 +240,13 @@ async fn send_pinned(
     let first_byte_timeout = options.first_byte_timeout.unwrap_or(forever);
     let between_bytes = options.between_bytes_timeout.unwrap_or(forever);
 
+    // One deadline for the whole connect phase: every address tried, TLS and
+    // the HTTP handshake together.
+    let connect_by = tokio::time::Instant::now() + connect_timeout;
     let mut last = Error::DestinationNotFound;
     let mut tcp = None;
     for addr in addrs {
-        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout_at(connect_by, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 tcp = Some(stream);
                 break;
@@ -240,7 +255,10 @@ async fn send_pinned(
                 last = Error::ConnectionRefused;
             }
             Ok(Err(e)) => last = Error::Connect(e),
-            Err(_) => last = Error::ConnectionTimeout,
+            Err(_) => {
+                last = Error::ConnectionTimeout;
+                break;
+            }
         }
     }
     let tcp = tcp.ok_or(last)?;
@@ -249,7 +267,7 @@ async fn send_pinned(
             Ok(ip) => ServerName::from(ip),
             Err(_) => ServerName::try_from(host.to_owned()).map_err(Error::InvalidDnsNameError)?,
         };
-        let tls = tokio::time::timeout(connect_timeout, tls_connector().connect(name, tcp))
+        let tls = tokio::time::timeout_at(connect_by, tls_connector().connect(name, tcp))
             .await
             .map_err(|_| Error::ConnectionTimeout)?
             .map_err(Error::Tls)?;
@@ -257,17 +275,17 @@ async fn send_pinned(
     } else {
         Box::new(tcp)
     };
-    let (mut sender, conn) = tokio::time::timeout(
-        connect_timeout,
+    let (mut sender, conn) = tokio::time::timeout_at(
+        connect_by,
         hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)),
     )
     .await
     .map_err(|_| Error::ConnectionTimeout)??;
-    // The connection runs on its own; it ends when the response body is
-    // dropped or read to the end, and reports its failure through `io`.
-    let connection = tokio::spawn(conn);
+    // The connection runs as its own task, owned by `io`: it ends when the
+    // response is read or dropped, or when wasmtime drops `io` with the request.
+    let connection = AbortOnDrop(tokio::spawn(conn));
     let io = async move {
-        match connection.await {
+        match (&mut { connection }.0).await {
             Ok(result) => result.map_err(Error::from),
             Err(_) => Err(Error::ConnectionTerminated),
         }
@@ -287,7 +305,7 @@ async fn send_pinned(
         IdleCapped {
             incoming,
             idle: between_bytes,
-            deadline: Box::pin(tokio::time::sleep(between_bytes)),
+            waiting: None,
         }
         .boxed_unsync()
     });
@@ -327,12 +345,21 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(config.clone())
 }
 
-/// A response body that fails with `connection-read-timeout` when no data
-/// arrives for `idle`.
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A response body that fails with `connection-read-timeout` when the guest
+/// has waited `idle` for data (time the guest spends elsewhere does not count).
 struct IdleCapped {
     incoming: hyper::body::Incoming,
     idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for IdleCapped {
@@ -345,16 +372,19 @@ impl http_body::Body for IdleCapped {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         match Pin::new(&mut self.incoming).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let idle = self.idle;
-                self.deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + idle);
+                self.waiting = None;
                 Poll::Ready(frame.map(|f| f.map_err(Error::from)))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = self.idle;
+                let waiting = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match waiting.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -402,10 +432,20 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "fec0::1",
+            "::10.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "100::1",
         ] {
             assert!(is_private(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "2002:5db8:d822::1",
+        ] {
             assert!(!is_private(ip.parse().expect("ip")), "{ip}");
         }
     }

@@ -510,6 +510,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     ) -> StorageResult<WalletRecord>;
     /// A tenant's wallet.
     async fn wallet_get(&self, tenant_id: &str) -> StorageResult<Option<WalletRecord>>;
+    /// The tenant of some wallet, if any exists (to check the master key at start).
+    async fn wallet_any_owner(&self) -> StorageResult<Option<String>>;
     /// Whether a wallet has `address`.
     async fn wallet_exists(&self, address: &str) -> StorageResult<bool>;
     /// A balance (0 for an unknown account).
@@ -552,9 +554,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()>;
     /// One of a tenant's tasks.
     async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>>;
-    /// Puts tasks `running` whose lease was last renewed before `claimed_before`
-    /// (RFC 3339) back to `pending`: ones left by a stopped host; returns how many.
-    async fn task_requeue_running(&self, claimed_before: &str) -> StorageResult<u64>;
+    /// Puts tasks `running` whose lease was last renewed (claimed, or renewed by
+    /// [`Storage::task_heartbeat`]) longer than `lease` ago — by the database's
+    /// clock, so hosts' clocks do not matter — back to `pending`: ones left by a
+    /// stopped host. `None`: every running task (one host that just started).
+    /// Returns how many.
+    async fn task_requeue_running(&self, lease: Option<std::time::Duration>) -> StorageResult<u64>;
 
     /// Adds to a tenant's usage of `day`.
     async fn add_usage(&self, tenant_id: &str, hour: &str, delta: &Usage) -> StorageResult<()>;

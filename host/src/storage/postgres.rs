@@ -914,6 +914,14 @@ impl Storage for PostgresStorage {
         .transpose()
     }
 
+    async fn wallet_any_owner(&self) -> StorageResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM wallets ORDER BY tenant_id LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn wallet_exists(&self, address: &str) -> StorageResult<bool> {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM wallets WHERE address = $1)")
@@ -1098,16 +1106,16 @@ impl Storage for PostgresStorage {
         // SKIP LOCKED: hosts claiming at once each lock a different task (or
         // none); a task is claimed once.
         let row = sqlx::query(
-            "UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1, updated_at = $1
+            r#"UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1,
+                 updated_at = to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
              WHERE id = (
                  SELECT id FROM convergence_tasks WHERE status = 'pending'
                  ORDER BY created_at, id LIMIT 1
                  FOR UPDATE SKIP LOCKED
              )
                AND status = 'pending'
-             RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts",
+             RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts"#,
         )
-        .bind(now_rfc3339())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(task_row).transpose()
@@ -1140,9 +1148,9 @@ impl Storage for PostgresStorage {
 
     async fn task_heartbeat(&self, id: &str, attempt: i64) -> StorageResult<bool> {
         let done = sqlx::query(
-            "UPDATE convergence_tasks SET updated_at = $1 WHERE id = $2 AND attempts = $3 AND status = 'running'",
+            r#"UPDATE convergence_tasks SET updated_at = to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+             WHERE id = $1 AND attempts = $2 AND status = 'running'"#,
         )
-        .bind(now_rfc3339())
         .bind(id)
         .bind(attempt)
         .execute(&self.pool)
@@ -1171,13 +1179,16 @@ impl Storage for PostgresStorage {
         row.as_ref().map(task_row).transpose()
     }
 
-    async fn task_requeue_running(&self, claimed_before: &str) -> StorageResult<u64> {
-        // Only tasks claimed before the lease cut-off: another live host may be running newer ones.
+    async fn task_requeue_running(&self, lease: Option<Duration>) -> StorageResult<u64> {
+        // The database's clock: hosts whose clocks disagree still agree on leases.
+        let lease = lease.map_or(-1.0, |l| l.as_secs_f64());
         let done = sqlx::query(
-            "UPDATE convergence_tasks SET status = 'pending', updated_at = $1 WHERE status = 'running' AND updated_at < $2",
+            r#"UPDATE convergence_tasks SET status = 'pending', updated_at = to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+             WHERE status = 'running'
+               AND updated_at < to_char((clock_timestamp() - make_interval(secs => $1)) AT TIME ZONE 'UTC',
+                                        'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#,
         )
-        .bind(now_rfc3339())
-        .bind(claimed_before)
+        .bind(lease)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -1768,8 +1779,7 @@ mod tests {
         ensure!(transfers_per_key.iter().all(|n| *n == 1));
 
         // Tasks: one claim wins; only claims older than the lease cut-off are requeued.
-        let future = "9999-01-01T00:00:00.000Z";
-        storage.task_requeue_running(future).await?;
+        storage.task_requeue_running(None).await?;
         while storage.task_claim().await?.is_some() {}
         let task = TaskRecord {
             id: unique("task"),
@@ -1797,11 +1807,11 @@ mod tests {
         ensure!(won.len() == 1 && won[0].id == task.id && won[0].status == "running");
         ensure!(
             storage
-                .task_requeue_running("2000-01-01T00:00:00.000Z")
+                .task_requeue_running(Some(Duration::from_secs(3600)))
                 .await?
                 == 0
         );
-        ensure!(storage.task_requeue_running(future).await? == 1);
+        ensure!(storage.task_requeue_running(None).await? == 1);
         let again = storage.task_claim().await?.context("claimed again")?;
         ensure!(again.id == task.id && again.attempts == won[0].attempts + 1);
         // The first claim lost the task: its heartbeat and its result are refused.

@@ -808,6 +808,14 @@ impl Storage for SqliteStorage {
         .transpose()
     }
 
+    async fn wallet_any_owner(&self) -> StorageResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT tenant_id FROM wallets ORDER BY tenant_id LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn wallet_exists(&self, address: &str) -> StorageResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM wallets WHERE address = ?")
             .bind(address)
@@ -989,12 +997,12 @@ impl Storage for SqliteStorage {
 
     async fn task_claim(&self) -> StorageResult<Option<TaskRecord>> {
         let row = sqlx::query(
-            "UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1, updated_at = ?
+            "UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1,
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
              WHERE id = (SELECT id FROM convergence_tasks WHERE status = 'pending' ORDER BY created_at, id LIMIT 1)
                AND status = 'pending'
              RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts",
         )
-        .bind(now_rfc3339())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(task_row).transpose()
@@ -1027,9 +1035,9 @@ impl Storage for SqliteStorage {
 
     async fn task_heartbeat(&self, id: &str, attempt: i64) -> StorageResult<bool> {
         let done = sqlx::query(
-            "UPDATE convergence_tasks SET updated_at = ? WHERE id = ? AND attempts = ? AND status = 'running'",
+            "UPDATE convergence_tasks SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE id = ? AND attempts = ? AND status = 'running'",
         )
-        .bind(now_rfc3339())
         .bind(id)
         .bind(attempt)
         .execute(&self.pool)
@@ -1058,12 +1066,19 @@ impl Storage for SqliteStorage {
         row.as_ref().map(task_row).transpose()
     }
 
-    async fn task_requeue_running(&self, claimed_before: &str) -> StorageResult<u64> {
-        let done = sqlx::query("UPDATE convergence_tasks SET status = 'pending', updated_at = ? WHERE status = 'running' AND updated_at < ?")
-            .bind(now_rfc3339())
-            .bind(claimed_before)
-            .execute(&self.pool)
-            .await?;
+    async fn task_requeue_running(&self, lease: Option<Duration>) -> StorageResult<u64> {
+        // `lease` as an SQLite date modifier; none: anything before a second from now.
+        let modifier = match lease {
+            Some(lease) => format!("-{:.3} seconds", lease.as_secs_f64()),
+            None => "+1 seconds".to_owned(),
+        };
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET status = 'pending', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE status = 'running' AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)",
+        )
+        .bind(modifier)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 
