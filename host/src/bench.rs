@@ -218,24 +218,15 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
     for (i, path) in args.deploy_components.iter().enumerate() {
         let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let slug = format!("deploy-{i}");
-        client
-            .post(api("/tenant/spawn"))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({ "name": slug, "orgId": org_id }))
-            .send()
-            .await?
-            .error_for_status()?;
+        let tenants = Tenants {
+            client: &client,
+            addr,
+            token: TOKEN,
+            org_id: &org_id,
+        };
+        tenants.spawn(&slug).await?;
         let started = Instant::now();
-        let deployed: serde_json::Value = client
-            .put(api(&format!("/tenant/{slug}/component")))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/wasm")
-            .body(wasm.clone())
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let deployed = tenants.deploy(&slug, &wasm).await?;
         let first = client
             .get(format!("http://{addr}/tenants/{slug}/"))
             .send()
@@ -261,23 +252,16 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
     {
         let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let created = Instant::now();
+        let tenants = Tenants {
+            client: &client,
+            addr,
+            token: TOKEN,
+            org_id: &org_id,
+        };
         for i in 0..args.reopen_tenants {
             let slug = format!("many-{i}");
-            client
-                .post(api("/tenant/spawn"))
-                .bearer_auth(TOKEN)
-                .json(&serde_json::json!({ "name": slug, "orgId": org_id }))
-                .send()
-                .await?
-                .error_for_status()?;
-            client
-                .put(api(&format!("/tenant/{slug}/component")))
-                .bearer_auth(TOKEN)
-                .header("content-type", "application/wasm")
-                .body(wasm.clone())
-                .send()
-                .await?
-                .error_for_status()?;
+            tenants.spawn(&slug).await?;
+            tenants.deploy(&slug, &wasm).await?;
         }
         eprintln!(
             "created and deployed {} more tenants in {:.1} s",
@@ -329,6 +313,45 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
          {components} distinct components in memory"
     );
     Ok(())
+}
+
+/// Creates and deploys tenants of one organization through the API.
+struct Tenants<'a> {
+    client: &'a reqwest::Client,
+    addr: SocketAddr,
+    token: &'a str,
+    org_id: &'a str,
+}
+
+impl Tenants<'_> {
+    async fn spawn(&self, slug: &str) -> anyhow::Result<()> {
+        self.client
+            .post(format!("http://{}/api/v1/tenant/spawn", self.addr))
+            .bearer_auth(self.token)
+            .json(&serde_json::json!({ "name": slug, "orgId": self.org_id }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Uploads `wasm` as `slug`'s next version; returns the API's answer.
+    async fn deploy(&self, slug: &str, wasm: &[u8]) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .client
+            .put(format!(
+                "http://{}/api/v1/tenant/{slug}/component",
+                self.addr
+            ))
+            .bearer_auth(self.token)
+            .header("content-type", "application/wasm")
+            .body(wasm.to_vec())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
 }
 
 /// A host on `dir` serving on a loopback port, in this runtime.
