@@ -311,6 +311,23 @@ impl Api {
         org["apiKey"].as_str().expect("key").to_owned()
     }
 
+    /// Creates tenant `name` with an organization's key; returns the tenant's key.
+    pub async fn spawn_tenant(&self, org_key: &str, name: &str) -> String {
+        let (status, spawned) = self
+            .json(
+                reqwest::Method::POST,
+                "/tenant/spawn",
+                Some(org_key),
+                Some(&serde_json::json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{spawned}");
+        spawned["tenant"]["apiKey"]
+            .as_str()
+            .expect("key")
+            .to_owned()
+    }
+
     /// A GET to tenant `slug`'s `path`; returns the status and the JSON answer
     /// (`Null` if none).
     pub async fn tenant_json(&self, slug: &str, path: &str) -> (u16, serde_json::Value) {

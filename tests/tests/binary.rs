@@ -487,19 +487,7 @@ fn agreeable_model() -> axum::Router {
 async fn converge_once(lodge: &LodgeProcess) -> (u16, serde_json::Value) {
     let api = lodge.http();
     let org_key = api.org("tls").await;
-    let (status, spawned) = api
-        .json(
-            reqwest::Method::POST,
-            "/tenant/spawn",
-            Some(&org_key),
-            Some(&serde_json::json!({ "name": "thinker" })),
-        )
-        .await;
-    assert_eq!(status, 201, "{spawned}");
-    let key = spawned["tenant"]["apiKey"]
-        .as_str()
-        .expect("key")
-        .to_owned();
+    let key = api.spawn_tenant(&org_key, "thinker").await;
     api.json(
         reqwest::Method::POST,
         "/converge",

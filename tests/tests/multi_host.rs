@@ -310,22 +310,6 @@ async fn task_status(api: &Api, key: &str, task: &str) -> Value {
     state
 }
 
-async fn spawn_tenant(api: &Api, org_key: &str, name: &str) -> String {
-    let (status, spawned) = api
-        .json(
-            Method::POST,
-            "/tenant/spawn",
-            Some(org_key),
-            Some(&json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(status, 201, "{spawned}");
-    spawned["tenant"]["apiKey"]
-        .as_str()
-        .expect("key")
-        .to_owned()
-}
-
 /// The scenario with two real `lodge serve` processes on one database:
 /// deploy through A (with the CLI) and serve through B, concurrent transfers
 /// through both, delete through B seen by A, and a convergence task that A was
@@ -359,7 +343,7 @@ async fn two_lodge_processes_share_tenants_the_ledger_and_tasks() {
     let a = LodgeProcess::serve(&args);
     let a_api = a.http();
     let org_key = a_api.org("processes").await;
-    let thinker = spawn_tenant(&a_api, &org_key, "thinker").await;
+    let thinker = a_api.spawn_tenant(&org_key, "thinker").await;
     let (status, queued) = a_api
         .json(
             Method::POST,
@@ -382,7 +366,7 @@ async fn two_lodge_processes_share_tenants_the_ledger_and_tasks() {
     // B joins. A deploys with the CLI; B serves it.
     let b = LodgeProcess::serve(&args);
     let b_api = b.http();
-    spawn_tenant(&a_api, &org_key, "echo").await;
+    a_api.spawn_tenant(&org_key, "echo").await;
     let (code, out, err) = a.cli(&org_key, &["deploy", "echo", guests::WSTD_ECHO]);
     assert_eq!(code, 0, "{out}{err}");
     within_a_second(async || {
@@ -397,7 +381,7 @@ async fn two_lodge_processes_share_tenants_the_ledger_and_tasks() {
 
     // 40 transfers of 10 from a wallet holding 300, alternating between hosts.
     for name in ["payer", "payee"] {
-        spawn_tenant(&a_api, &org_key, name).await;
+        a_api.spawn_tenant(&org_key, name).await;
         let (code, out, err) = a.cli(&org_key, &["deploy", name, guests::WALLET_APP]);
         assert_eq!(code, 0, "{out}{err}");
     }
