@@ -58,6 +58,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -66,7 +67,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Also tells the client when to retry.
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     fn not_found(what: &str) -> Self {
@@ -99,6 +107,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -115,6 +128,25 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             ControlError::Invalid(message) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+            }
+            ControlError::Gone(message) => Self::new(StatusCode::GONE, "version_pruned", message),
+            ControlError::TooLarge(message) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            e @ ControlError::CompileTimeout(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "compile_timeout",
+                e.to_string(),
+            ),
+            e @ ControlError::UploadBusy(crate::control::UploadBusy::Tenant) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "deploy_in_progress",
+                e.to_string(),
+            )
+            .retry_after(1),
+            e @ ControlError::UploadBusy(crate::control::UploadBusy::Host) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_busy", e.to_string())
+                    .retry_after(2)
             }
             ControlError::Component(LoadError::Internal(e)) => {
                 tracing::error!(error = %e, "compiling a component failed inside the host");
@@ -617,7 +649,8 @@ impl DeploymentView {
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component"),
     responses((status = 201, body = DeploymentCreated), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody)))]
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn deploy_component(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -654,6 +687,11 @@ async fn deploy_component(
     if declared.is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
+    // Taken before the body is read: one upload per tenant, a few per host.
+    let slot = lodge
+        .uploads
+        .try_start(&record.id)
+        .map_err(|busy| ApiError::from(ControlError::UploadBusy(busy)))?;
     let body = http_body_util::Limited::new(request.into_body(), max)
         .collect()
         .await
@@ -676,7 +714,7 @@ async fn deploy_component(
             "the body is empty: send the .wasm file as the request body",
         ));
     }
-    let deployment = lodge.deploy(&record, body.to_vec()).await?;
+    let deployment = lodge.deploy(&record, body, Some(slot)).await?;
     Ok((
         StatusCode::CREATED,
         Json(DeploymentCreated {
@@ -727,7 +765,8 @@ pub struct Rollback {
 
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/rollback", tag = "deployments", request_body = Rollback,
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = DeploymentCreated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeploymentCreated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody)))]
 async fn rollback(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -1418,6 +1457,11 @@ impl From<crate::convergence::tasks::ConvergenceFailure> for ApiError {
             e @ F::QuotaExceeded { .. } => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "quota_exceeded",
+                e.to_string(),
+            ),
+            e @ F::TooManyTasks { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_tasks",
                 e.to_string(),
             ),
             F::UnknownTask(_) => Self::not_found("task"),

@@ -219,6 +219,26 @@ pub struct HostArgs {
     /// whose lease lapsed.
     #[arg(long, env = "LODGE_RECONCILE_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub reconcile_interval: Duration,
+
+    /// Client connections open at once; past it new connections are closed at
+    /// once (with a log line every 10 s while it lasts).
+    #[arg(long, env = "LODGE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// A client must send its request headers within this long (HTTP/1); a
+    /// kept-alive HTTP/1 connection waiting for its next request is closed after it too.
+    #[arg(long, env = "LODGE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight that moved no bytes for this long is closed.
+    #[arg(long, env = "LODGE_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Deploy uploads received or compiled at once across the host (default:
+    /// one per core); each tenant has one at a time. More are answered 503/429
+    /// with Retry-After.
+    #[arg(long, env = "LODGE_MAX_UPLOADS")]
+    pub max_uploads: Option<usize>,
 }
 
 /// A duration such as `60s`, `500ms` or `2m`, above zero.
@@ -280,9 +300,15 @@ impl ServeArgs {
             task_lease: self.host.task_lease,
             reconcile_interval: self.host.reconcile_interval,
             idle_unload: self.host.idle_unload,
+            max_connections: self.host.max_connections.max(1),
+            header_read_timeout: self.host.header_read_timeout,
+            idle_timeout: self.host.idle_timeout,
             ..HostConfig::default()
         }
         .with(|c| {
+            if let Some(uploads) = self.host.max_uploads {
+                c.max_uploads = uploads.max(1);
+            }
             if self.fast_compile {
                 c.engine.single_pass_regalloc = true;
                 c.engine.optimize = false;

@@ -48,6 +48,22 @@ pub struct Limits {
     pub outbound_timeout: Duration,
     /// Share of the CPU when tenants compete for it (1 = one fair share).
     pub weight: u32,
+    /// Deployed versions kept per tenant; older ones are pruned (never the active one).
+    pub max_versions: u32,
+    /// Component bytes the tenant's kept versions may take together (distinct components).
+    pub max_stored_component_bytes: u64,
+    /// Longest a deploy may spend validating and compiling; past it the deploy is refused.
+    pub compile_timeout: Duration,
+    /// Asynchronous convergence tasks of the tenant waiting or running at once.
+    pub convergence_max_pending: u32,
+    /// Keys one key-value batch call (`get-many`, `set-many`, `delete-many`) may name.
+    pub kv_batch_max_keys: u32,
+    /// Bytes (keys + values) one key-value batch call may carry.
+    pub kv_batch_max_bytes: u64,
+    /// Archived log lines are deleted after this many days.
+    pub log_retention_days: u32,
+    /// Archived log lines kept per tenant at most (the newest).
+    pub log_retention_lines: u32,
 }
 
 impl Limits {
@@ -61,6 +77,10 @@ impl Limits {
     pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
     /// Default request-body cap.
     pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 * 1024 * 1024;
+    /// Default versions kept per tenant.
+    pub const DEFAULT_MAX_VERSIONS: u32 = 10;
+    /// Default component bytes stored per tenant.
+    pub const DEFAULT_MAX_STORED_COMPONENT_MIB: u64 = 256;
 }
 
 impl Default for Limits {
@@ -85,6 +105,14 @@ impl Default for Limits {
             outbound_max_requests: 10,
             outbound_timeout: Duration::from_secs(10),
             weight: 1,
+            max_versions: Self::DEFAULT_MAX_VERSIONS,
+            max_stored_component_bytes: Self::DEFAULT_MAX_STORED_COMPONENT_MIB * 1024 * 1024,
+            compile_timeout: Duration::from_secs(120),
+            convergence_max_pending: 100,
+            kv_batch_max_keys: 1000,
+            kv_batch_max_bytes: 4 * 1024 * 1024,
+            log_retention_days: 7,
+            log_retention_lines: 10_000,
         }
     }
 }
@@ -146,6 +174,26 @@ pub struct HostConfig {
     pub cpu_lanes: Option<u32>,
     /// Tenants given their own label in `/metrics`; the rest share `_other`.
     pub metrics_tenant_labels: usize,
+    /// Deploy uploads being received or compiled at once across the host (each
+    /// tenant has one at a time); more are answered 503 with `Retry-After`.
+    pub max_uploads: usize,
+    /// A client must send a request's headers within this long (HTTP/1), and an
+    /// HTTP/1 connection waiting for its next request is closed after it.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight that moved no bytes for this long is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Log lines waiting to be archived, across tenants (each gets a fair share).
+    pub log_archive_queue: usize,
+    /// Webhook deliveries in flight at once across the host (each tenant at most 2).
+    pub webhook_workers: usize,
+    /// Delete the artifacts of components no longer stored. Turn off when the
+    /// artifacts directory is shared by hosts on different databases.
+    pub prune_artifacts: bool,
+    /// How often archived log lines are pruned (per plan retention) and
+    /// artifacts of deleted components swept.
+    pub housekeeping_interval: Duration,
 }
 
 /// Engine knobs (pooling allocator, compiler) measured in `docs/benchmarks.md`.
@@ -241,6 +289,14 @@ impl Default for HostConfig {
             reconcile_interval: Duration::from_secs(5),
             task_lease: Duration::from_secs(60),
             idle_unload: Duration::from_secs(300),
+            max_uploads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            log_archive_queue: 10_000,
+            webhook_workers: 8,
+            housekeeping_interval: Duration::from_secs(600),
+            prune_artifacts: true,
         }
     }
 }

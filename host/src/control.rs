@@ -3,9 +3,11 @@
 //! crash between the two leaves storage right and the next start rebuilds the
 //! registry from it.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::auth;
@@ -29,6 +31,25 @@ pub enum ControlError {
     /// The request was wrong; the message says how.
     #[error("{0}")]
     Invalid(String),
+    /// The version existed and was pruned.
+    #[error("{0}")]
+    Gone(String),
+    /// The upload is larger than the plan allows.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Compiling took longer than the plan allows.
+    #[error(
+        "compiling the component took longer than this plan's limit of {} s \
+         (compile_timeout_ms); make it smaller or ask for a larger limit",
+        .0.as_secs_f64()
+    )]
+    CompileTimeout(Duration),
+    /// Another upload is in progress (the tenant's own, or the host's limit).
+    #[error("{}", match .0 {
+        UploadBusy::Tenant => "another deploy of this tenant is in progress; retry when it ends",
+        UploadBusy::Host => "the host is receiving as many deploys as it can; retry shortly",
+    })]
+    UploadBusy(UploadBusy),
     /// The component was refused.
     #[error(transparent)]
     Component(#[from] LoadError),
@@ -44,6 +65,71 @@ impl From<StorageError> for ControlError {
             StorageError::Conflict(what) => Self::Conflict(what.to_owned()),
             other => Self::Storage(other),
         }
+    }
+}
+
+/// Why an upload was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadBusy {
+    /// The tenant already has an upload in progress.
+    Tenant,
+    /// The host has `--max-uploads` in progress.
+    Host,
+}
+
+/// Deploy uploads in progress: one per tenant and a few per host, taken before
+/// the body is read and held until its compilation really ends (even past the
+/// compile time limit), so a tenant cannot pile up uploads in memory or
+/// compilations on the cores.
+#[derive(Debug)]
+pub struct Uploads {
+    host: Arc<tokio::sync::Semaphore>,
+    tenants: Arc<Mutex<HashSet<String>>>,
+}
+
+/// One upload in progress; dropping it lets the next one in.
+#[derive(Debug)]
+pub struct UploadSlot {
+    _host: tokio::sync::OwnedSemaphorePermit,
+    tenant: String,
+    tenants: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.tenants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.tenant);
+    }
+}
+
+impl Uploads {
+    /// At most `max` uploads at once across the host.
+    pub fn new(max: usize) -> Self {
+        Self {
+            host: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            tenants: Arc::default(),
+        }
+    }
+
+    /// Starts an upload for `tenant_id`, or says why not (never waits).
+    pub fn try_start(&self, tenant_id: &str) -> Result<UploadSlot, UploadBusy> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if tenants.contains(tenant_id) {
+            return Err(UploadBusy::Tenant);
+        }
+        let permit = self
+            .host
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| UploadBusy::Host)?;
+        tenants.insert(tenant_id.to_owned());
+        Ok(UploadSlot {
+            _host: permit,
+            tenant: tenant_id.to_owned(),
+            tenants: self.tenants.clone(),
+        })
     }
 }
 
@@ -232,12 +318,14 @@ impl Lodge {
             .recent_logs(&record.id, self.config.log_lines_per_tenant as i64)
             .await
             .unwrap_or_default();
+        let metrics = self.metrics.tenant(&record.slug);
         let logs = Arc::new(TenantLogs::archived(
             record.slug.clone(),
             self.config.log_lines_per_tenant,
             record.id.clone(),
             self.log_archive.clone(),
             history,
+            metrics.clone(),
         ));
         let tenant = Arc::new(
             Tenant::new(
@@ -246,7 +334,7 @@ impl Lodge {
                 self.plans().effective(&record.plan, &record.limits),
                 logs,
             )
-            .with_metrics(self.metrics.tenant(&record.slug)),
+            .with_metrics(metrics),
         );
         tenant.set_plan(record.plan.clone(), record.limits.clone());
         tenant.set_synced(&record.updated_at);
@@ -280,23 +368,35 @@ impl Lodge {
     ///
     /// Nothing changes unless every step succeeds: the active version keeps
     /// serving through a refused upload, and requests already running finish on
-    /// the version they started with.
+    /// the version they started with. `slot` (from [`Uploads::try_start`]) is
+    /// held until the compilation ends. Afterwards the tenant's oldest versions
+    /// past its plan's `max_versions` / `max_stored_component_mib` are pruned.
     pub async fn deploy(
         &self,
         record: &TenantRecord,
-        wasm: Vec<u8>,
+        wasm: Bytes,
+        slot: Option<UploadSlot>,
     ) -> Result<Deployment, ControlError> {
         let tenant = self.live(record).await?;
+        let limits = tenant.governor().limits.clone();
+        if wasm.len() as u64 > limits.max_stored_component_bytes {
+            return Err(ControlError::TooLarge(format!(
+                "the component is {} bytes; this plan stores at most {} bytes of components \
+                 (max_stored_component_mib)",
+                wasm.len(),
+                limits.max_stored_component_bytes
+            )));
+        }
         let _change = tenant.changes.lock().await;
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(&wasm));
-        let size = wasm.len() as i64;
-        let app = self.load(wasm.clone()).await?;
+        let app = self
+            .compile_within(wasm.clone(), limits.compile_timeout, slot)
+            .await?;
         let compile_ms = started.elapsed().as_millis() as i64;
-        self.storage.put_blob(&sha256, &wasm).await?;
         let deployment = self
             .storage
-            .add_deployment(&record.id, &sha256, size, compile_ms)
+            .add_deployment(&record.id, &sha256, &wasm, compile_ms)
             .await?;
         let version = deployment.version;
         tenant.update(|state| {
@@ -306,8 +406,94 @@ impl Lodge {
             }
         });
         tracing::info!(tenant = %record.slug, version, %sha256, compile_ms, "deployed");
+        if let Err(e) = self.prune_versions(&tenant, Some(version), &limits).await {
+            tracing::warn!(tenant = %record.slug, error = %e, "pruning old versions failed; the next deploy retries");
+        }
         self.announce(&record.id).await;
         Ok(deployment)
+    }
+
+    /// Compiles `wasm` within `limit`. A compilation cannot be interrupted:
+    /// past the limit the deploy is refused, and the compilation finishes in
+    /// the background still holding `slot` and its compile permit.
+    async fn compile_within(
+        &self,
+        wasm: Bytes,
+        limit: Duration,
+        slot: Option<UploadSlot>,
+    ) -> Result<Arc<App>, ControlError> {
+        let Some(me) = self.weak().upgrade() else {
+            return Err(ControlError::Invalid("the host is shutting down".into()));
+        };
+        let compile = tokio::spawn(async move {
+            let _slot = slot;
+            me.load(wasm).await
+        });
+        match tokio::time::timeout(limit, compile).await {
+            Ok(Ok(loaded)) => Ok(loaded?),
+            Ok(Err(e)) => Err(ControlError::Component(LoadError::Internal(e.into()))),
+            Err(_) => Err(ControlError::CompileTimeout(limit)),
+        }
+    }
+
+    /// Deletes a tenant's versions past its plan's caps (never `active`), the
+    /// components no version of any tenant uses any more, and their artifacts.
+    async fn prune_versions(
+        &self,
+        tenant: &Tenant,
+        active: Option<i64>,
+        limits: &Limits,
+    ) -> Result<(), StorageError> {
+        let versions = self.storage.list_deployments(&tenant.id).await?;
+        let prune = crate::storage::versions_to_prune(
+            &versions,
+            active,
+            limits.max_versions,
+            limits.max_stored_component_bytes,
+        );
+        if prune.is_empty() {
+            return Ok(());
+        }
+        self.remove_versions(&tenant.id, &prune).await?;
+        let list: Vec<String> = prune.iter().map(i64::to_string).collect();
+        tenant.logs.push(
+            "",
+            crate::logs::LogStream::Host,
+            format!(
+                "version(s) {} pruned: this plan keeps {} versions and {} MiB of components",
+                list.join(", "),
+                limits.max_versions,
+                limits.max_stored_component_bytes / (1024 * 1024)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Deletes versions, then each component they used that nothing uses any more.
+    async fn remove_versions(&self, tenant_id: &str, versions: &[i64]) -> Result<(), StorageError> {
+        let digests = self.storage.delete_deployments(tenant_id, versions).await?;
+        for digest in digests {
+            if self.storage.delete_blob_if_unused(&digest).await? {
+                if self.config.prune_artifacts {
+                    self.runtime.remove_artifacts(&digest);
+                }
+                tracing::info!(%digest, "component deleted: no version uses it");
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the artifacts of components no longer stored (pruned through
+    /// another host, or left by a crash between the two steps).
+    pub(crate) async fn sweep_artifacts(&self) {
+        if !self.config.prune_artifacts {
+            return;
+        }
+        for digest in self.runtime.artifact_digests() {
+            if matches!(self.storage.blob_exists(&digest).await, Ok(false)) {
+                self.runtime.remove_artifacts(&digest);
+            }
+        }
     }
 
     /// Loads a stored version: from the artifact cache if possible, else from its blob.
@@ -326,7 +512,11 @@ impl Lodge {
             return;
         }
         let compiled = match self.storage.get_blob(digest).await {
-            Ok(wasm) => self.load(wasm).await.map(drop).map_err(|e| e.to_string()),
+            Ok(wasm) => self
+                .load(Bytes::from(wasm))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = compiled {
@@ -351,7 +541,7 @@ impl Lodge {
             return Ok(Arc::new(app));
         }
         let wasm = self.storage.get_blob(digest).await?;
-        Ok(self.load(wasm).await?)
+        Ok(self.load(Bytes::from(wasm)).await?)
     }
 
     /// Makes a previous version active again.
@@ -362,14 +552,20 @@ impl Lodge {
     ) -> Result<Deployment, ControlError> {
         let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
-        let deployment = self
-            .storage
-            .get_deployment(&record.id, version)
-            .await
-            .map_err(|e| match e {
-                StorageError::NotFound => ControlError::NotFound("version"),
-                other => other.into(),
-            })?;
+        let deployment = match self.storage.get_deployment(&record.id, version).await {
+            Ok(deployment) => deployment,
+            Err(StorageError::NotFound)
+                if version >= 1 && version <= self.storage.last_version(&record.id).await? =>
+            {
+                let keep = tenant.governor().limits.max_versions;
+                return Err(ControlError::Gone(format!(
+                    "version {version} was pruned: this plan keeps the newest {keep} versions \
+                     (see `lodge tenant deployments`); deploy its component again"
+                )));
+            }
+            Err(StorageError::NotFound) => return Err(ControlError::NotFound("version")),
+            Err(e) => return Err(e.into()),
+        };
         let app = self.load_version(&deployment).await?;
         self.storage.set_active_version(&record.id, version).await?;
         tenant.update(|state| {
@@ -453,6 +649,21 @@ impl Lodge {
     /// Soft-deletes a tenant: the data plane answers 404 at once, the slug is freed.
     pub async fn delete_tenant(&self, record: &TenantRecord) -> Result<(), ControlError> {
         self.storage.delete_tenant(&record.id).await?;
+        // Its waiting convergence tasks will not run, nor post their webhooks.
+        let cancelled = self
+            .storage
+            .task_cancel_pending(&record.id, "cancelled: the tenant was deleted")
+            .await?;
+        // Its components go unless another tenant runs them too.
+        let versions: Vec<i64> = self
+            .storage
+            .list_deployments(&record.id)
+            .await?
+            .iter()
+            .map(|d| d.version)
+            .collect();
+        self.remove_versions(&record.id, &versions).await?;
+        tracing::info!(tenant = %record.slug, cancelled, versions = versions.len(), "tenant deleted");
         if let Some(tenant) = self
             .registry
             .get(&record.slug)
@@ -577,7 +788,7 @@ impl Lodge {
             None => None,
         };
         if current.as_deref() != Some(sha256.as_str()) || tenant.active().is_none() {
-            self.deploy(&record, wasm).await?;
+            self.deploy(&record, Bytes::from(wasm), None).await?;
         }
         Ok(tenant)
     }

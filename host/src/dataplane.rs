@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::capability::convergence::ConvergenceCtx;
-use crate::capability::keyvalue::KeyValueCtx;
+use crate::capability::keyvalue::{BatchCaps, KeyValueCtx};
 use crate::capability::outbound_http::OutboundPolicy;
 use crate::capability::wallet::WalletCtx;
 use crate::error::DataPlaneError;
@@ -69,6 +69,7 @@ fn report_limit(tenant: &Tenant, request_id: &str, failure: DataPlaneError) {
         DataPlaneError::RateLimited { .. }
         | DataPlaneError::OverConcurrency
         | DataPlaneError::HostBusy
+        | DataPlaneError::MemoryBusy
         | DataPlaneError::BodyTooLarge
         | DataPlaneError::Deadline
         | DataPlaneError::FuelExhausted => failure.code(),
@@ -225,6 +226,10 @@ async fn run(
             quota: KvQuota {
                 max_keys: limits.kv_max_keys,
                 max_bytes: limits.kv_max_bytes,
+            },
+            batch: BatchCaps {
+                max_keys: limits.kv_batch_max_keys,
+                max_bytes: limits.kv_batch_max_bytes,
             },
             counters: tenant.counters.clone(),
         },

@@ -36,6 +36,10 @@ pub enum DataPlaneError {
     /// Every instance slot of the host is taken.
     #[error("the host is at capacity; retry shortly")]
     HostBusy,
+    /// The host refused the app memory: the tenant holds its fair share of the
+    /// host memory budget while others need it (or the budget is spent).
+    #[error("the host's memory is in demand; retry shortly")]
+    MemoryBusy,
     /// The request body is larger than the plan allows.
     #[error("request body too large")]
     BodyTooLarge,
@@ -68,6 +72,7 @@ impl DataPlaneError {
             | Self::Stopped
             | Self::OverConcurrency
             | Self::HostBusy
+            | Self::MemoryBusy
             | Self::FuelExhausted
             | Self::Unloadable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -87,6 +92,7 @@ impl DataPlaneError {
             Self::OverConcurrency => "over_concurrency",
             Self::RateLimited { .. } => "rate_limited",
             Self::HostBusy => "host_busy",
+            Self::MemoryBusy => "memory_busy",
             Self::BodyTooLarge => "body_too_large",
             Self::Deadline => "deadline_exceeded",
             Self::FuelExhausted => "fuel_exhausted",
@@ -101,7 +107,7 @@ impl DataPlaneError {
     pub fn into_response(self) -> http::Response<ResponseBody> {
         let mut response = json_error(self.status(), self.code(), &self.to_string());
         let retry_after = match self {
-            Self::OverConcurrency | Self::HostBusy => Some(1),
+            Self::OverConcurrency | Self::HostBusy | Self::MemoryBusy => Some(1),
             Self::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
             _ => None,
         };
@@ -120,6 +126,7 @@ impl From<GuestFailure> for DataPlaneError {
             GuestFailure::Deadline => Self::Deadline,
             GuestFailure::FuelExhausted => Self::FuelExhausted,
             GuestFailure::Trap | GuestFailure::GuestError => Self::AppFailed,
+            GuestFailure::MemoryBusy => Self::MemoryBusy,
             GuestFailure::NoResponse => Self::NoResponse,
             GuestFailure::Internal => Self::Internal,
         }

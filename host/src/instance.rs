@@ -132,6 +132,9 @@ pub enum GuestFailure {
     FuelExhausted,
     /// The guest trapped (panic, `unreachable`, stack overflow, memory limit …).
     Trap,
+    /// The guest failed after the host refused it memory: its tenant holds its
+    /// fair share of the host memory budget, or the budget is spent.
+    MemoryBusy,
     /// The guest answered with a `wasi:http` error code instead of a response.
     GuestError,
     /// The guest returned without setting a response.
@@ -273,14 +276,15 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
 
+        let pool = Pool::new(config.max_instances);
         Ok(Self {
             _ticker: EpochTicker::spawn(engine.clone(), config.epoch_tick)?,
             engine,
             linker,
             artifacts,
             compat,
-            budget: MemoryBudget::new(config.memory_budget_bytes),
-            pool: Pool::new(config.max_instances),
+            budget: MemoryBudget::new(config.memory_budget_bytes, pool.clone()),
+            pool,
             lanes: config.cpu_lanes.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
             }),
@@ -389,6 +393,42 @@ impl Runtime {
             digest: digest.to_owned(),
             lock,
         }
+    }
+
+    /// Deletes every cached artifact of component `digest` (of any engine).
+    pub fn remove_artifacts(&self, digest: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.artifacts) else {
+            return;
+        };
+        let prefix = format!("{digest}-");
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix)
+                && name.ends_with(".cwasm")
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "artifact not deleted");
+            }
+        }
+    }
+
+    /// The components the artifact cache holds artifacts of.
+    pub fn artifact_digests(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.artifacts) else {
+            return Vec::new();
+        };
+        let mut digests: Vec<String> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let (digest, rest) = name.split_once('-')?;
+                (rest.ends_with(".cwasm") && digest.len() == 64).then(|| digest.to_owned())
+            })
+            .collect();
+        digests.sort();
+        digests.dedup();
+        digests
     }
 
     /// Whether the artifact cache holds component `digest` for this engine.
@@ -523,7 +563,8 @@ impl Runtime {
             convergence: call.convergence,
             outbound: call.outbound,
         };
-        let limiter = GuestLimiter::new(limits.memory_bytes, self.budget.clone());
+        let limiter =
+            GuestLimiter::new(limits.memory_bytes, self.budget.clone(), call.load.clone());
         let mut store = Store::new(&self.engine, GuestState::new(grant, limiter));
         store.limiter(|state| &mut state.limiter);
         let ticks = limits
@@ -644,21 +685,37 @@ fn classify(
         }
         Ok(Err(error)) => error,
     };
+    const MIB: u64 = 1024 * 1024;
     let why = match denied {
-        Some(GrowthDenied::InstanceMemory) => " (a memory growth was refused: plan memory limit)",
-        Some(GrowthDenied::HostBudget) => " (a memory growth was refused: host memory budget)",
-        Some(GrowthDenied::Table) => " (a table growth was refused: table limit)",
-        None => "",
+        Some(GrowthDenied::InstanceMemory) => {
+            " (a memory growth was refused: plan memory limit)".to_owned()
+        }
+        Some(GrowthDenied::TenantShare { held, share }) => format!(
+            " (a memory growth was refused: this app's instances hold {} MiB, over its fair \
+             share of {} MiB of the host memory budget while other apps need memory; \
+             answered 503, retry when fewer of its requests run)",
+            held / MIB,
+            share / MIB
+        ),
+        Some(GrowthDenied::HostBudget) => {
+            " (a memory growth was refused: the host memory budget is spent; answered 503)"
+                .to_owned()
+        }
+        Some(GrowthDenied::Table) => " (a table growth was refused: table limit)".to_owned(),
+        None => String::new(),
     };
     let kind = match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => GuestFailure::FuelExhausted,
         Some(Trap::Interrupt) => GuestFailure::Deadline,
+        // A trap, or an instantiation, the host's memory refusal caused.
+        _ if denied.is_some_and(GrowthDenied::is_host_memory) => GuestFailure::MemoryBusy,
         // Any other trap, or an instantiation the limiter refused.
         _ => GuestFailure::Trap,
     };
     let label = match kind {
         GuestFailure::FuelExhausted => "fuel exhausted",
         GuestFailure::Deadline => "request deadline exceeded",
+        GuestFailure::MemoryBusy => "app stopped for lack of host memory",
         _ => "app trapped",
     };
     Some((kind, format!("{label}{why}: {error:?}")))

@@ -14,19 +14,30 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// Linear memory all live instances together may hold.
+/// Linear memory all live instances together may hold, shared fairly.
+///
+/// Like the instance [`Pool`], the budget keeps a reserve: the first three
+/// quarters are first come, first served; the last quarter only goes to a
+/// tenant holding less than its fair share, `limit / (active tenants + 1)`.
+/// So a tenant whose instances hoard memory stops at the shared part (or at its
+/// fair share), its own growths are refused, and a neighbour still finds memory
+/// for its requests.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
+    reserve: u64,
     used: AtomicU64,
+    pool: Arc<Pool>,
 }
 
 impl MemoryBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: u64) -> Arc<Self> {
+    /// A budget of `limit` bytes; `pool` tells how many tenants are active.
+    pub fn new(limit: u64, pool: Arc<Pool>) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            reserve: limit / 4,
             used: AtomicU64::new(0),
+            pool,
         })
     }
 
@@ -35,15 +46,45 @@ impl MemoryBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn try_charge(&self, bytes: u64) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
-            })
-            .is_ok()
+    /// Bytes in the budget.
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
-    fn release(&self, bytes: u64) {
+    /// What one tenant may hold while others may need memory: the budget split
+    /// among the active tenants and one more about to arrive.
+    pub fn fair_share(&self) -> u64 {
+        self.limit / (u64::from(self.pool.active_tenants()) + 1)
+    }
+
+    /// Charges `bytes` to `tenant`, or says why not.
+    fn try_charge(&self, bytes: u64, tenant: &TenantLoad) -> Result<(), GrowthDenied> {
+        let held = tenant.memory.load(Ordering::Acquire);
+        let within_share = held.saturating_add(bytes) <= self.fair_share();
+        let shared = self.limit - self.reserve;
+        let mut over_share = false;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let total = used.checked_add(bytes)?;
+                over_share = total > shared && !within_share;
+                (total <= self.limit && !over_share).then_some(total)
+            })
+            .map_err(|_| {
+                if over_share {
+                    GrowthDenied::TenantShare {
+                        held,
+                        share: self.fair_share(),
+                    }
+                } else {
+                    GrowthDenied::HostBudget
+                }
+            })?;
+        tenant.memory.fetch_add(bytes, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn release(&self, bytes: u64, tenant: &TenantLoad) {
+        tenant.memory.fetch_sub(bytes, Ordering::AcqRel);
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
@@ -53,13 +94,29 @@ impl MemoryBudget {
 pub enum GrowthDenied {
     /// The instance reached its plan's memory limit.
     InstanceMemory,
+    /// The tenant holds its fair share of the host memory budget while the
+    /// shared part is spent: its own growths wait, its neighbours' do not.
+    TenantShare {
+        /// Bytes the tenant's instances held.
+        held: u64,
+        /// Its fair share then.
+        share: u64,
+    },
     /// The host-wide memory budget is spent.
     HostBudget,
     /// A table grew past the element limit.
     Table,
 }
 
-/// A per-store [`wasmtime::ResourceLimiter`]: the plan's memory cap plus the host budget.
+impl GrowthDenied {
+    /// Whether the refusal was about the host's memory rather than the app's own limits.
+    pub fn is_host_memory(self) -> bool {
+        matches!(self, Self::TenantShare { .. } | Self::HostBudget)
+    }
+}
+
+/// A per-store [`wasmtime::ResourceLimiter`]: the plan's memory cap plus the
+/// tenant's share of the host budget.
 #[derive(Debug)]
 pub struct GuestLimiter {
     max_memory: usize,
@@ -67,19 +124,21 @@ pub struct GuestLimiter {
     charged: u64,
     peak: u64,
     budget: Arc<MemoryBudget>,
+    tenant: Arc<TenantLoad>,
     /// Set when a growth was refused; explains a trap that follows.
     pub denied: Option<GrowthDenied>,
 }
 
 impl GuestLimiter {
-    /// A limiter granting `max_memory` bytes per memory, charged to `budget`.
-    pub fn new(max_memory: usize, budget: Arc<MemoryBudget>) -> Self {
+    /// A limiter granting `max_memory` bytes per memory, charged to `tenant`'s share of `budget`.
+    pub fn new(max_memory: usize, budget: Arc<MemoryBudget>, tenant: Arc<TenantLoad>) -> Self {
         Self {
             max_memory,
             max_table_elements: 100_000,
             charged: 0,
             peak: 0,
             budget,
+            tenant,
             denied: None,
         }
     }
@@ -104,8 +163,8 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
             return Ok(false);
         }
         let extra = desired.saturating_sub(current) as u64;
-        if !self.budget.try_charge(extra) {
-            self.denied = Some(GrowthDenied::HostBudget);
+        if let Err(denied) = self.budget.try_charge(extra, &self.tenant) {
+            self.denied = Some(denied);
             return Ok(false);
         }
         self.charged += extra;
@@ -142,7 +201,7 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
 
 impl Drop for GuestLimiter {
     fn drop(&mut self) {
-        self.budget.release(self.charged);
+        self.budget.release(self.charged, &self.tenant);
     }
 }
 
@@ -244,6 +303,7 @@ impl Pool {
 #[derive(Debug, Default)]
 pub struct TenantLoad {
     in_flight: AtomicU32,
+    memory: AtomicU64,
     cpu: std::sync::Mutex<CpuState>,
 }
 
@@ -251,6 +311,11 @@ impl TenantLoad {
     /// Requests of this tenant running now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Linear memory this tenant's live instances hold, in bytes.
+    pub fn memory(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
     }
 }
 
@@ -564,22 +629,59 @@ mod tests {
 
     #[test]
     fn memory_is_capped_per_instance_and_charged_to_the_host() {
-        let budget = MemoryBudget::new(3 << 20);
-        let mut a = GuestLimiter::new(2 << 20, budget.clone());
+        // One tenant alone: capped per instance, and by the whole budget.
+        let budget = MemoryBudget::new(3 << 20, Pool::new(10));
+        let load = Arc::new(TenantLoad::default());
+        let mut a = GuestLimiter::new(2 << 20, budget.clone(), load.clone());
         assert!(a.memory_growing(0, 1 << 20, None).unwrap_or(false));
         assert!(!a.memory_growing(1 << 20, 3 << 20, None).unwrap_or(true));
         assert_eq!(a.denied, Some(GrowthDenied::InstanceMemory));
 
-        let mut b = GuestLimiter::new(2 << 20, budget.clone());
-        assert!(b.memory_growing(0, 2 << 20, None).unwrap_or(false));
-        let mut c = GuestLimiter::new(2 << 20, budget.clone());
-        assert!(!c.memory_growing(0, 1 << 20, None).unwrap_or(true));
-        assert_eq!(c.denied, Some(GrowthDenied::HostBudget));
+        let mut b = GuestLimiter::new(4 << 20, budget.clone(), load.clone());
+        assert!(!b.memory_growing(0, 3 << 20, None).unwrap_or(true));
+        assert!(b.denied.is_some_and(GrowthDenied::is_host_memory));
+        assert_eq!(load.memory(), 1 << 20, "a refused growth holds nothing");
 
         drop(b);
-        assert_eq!(budget.used(), 1 << 20);
-        assert!(c.memory_growing(0, 1 << 20, None).unwrap_or(false));
-        drop((a, c));
+        drop(a);
+        assert_eq!((budget.used(), load.memory()), (0, 0));
+    }
+
+    #[test]
+    fn a_memory_hog_stops_at_its_share_and_its_neighbour_is_served() {
+        let pool = Pool::new(100);
+        let budget = MemoryBudget::new(100 << 20, pool.clone());
+        let hog = Arc::new(TenantLoad::default());
+        let neighbour = Arc::new(TenantLoad::default());
+        let _hog_requests: Vec<_> = (0..20)
+            .filter_map(|_| admit(&pool, &hog, 100).ok())
+            .collect();
+        // The hog's instances grow 10 MiB each until refused.
+        let mut hoard = Vec::new();
+        loop {
+            let mut limiter = GuestLimiter::new(64 << 20, budget.clone(), hog.clone());
+            let grew = limiter.memory_growing(0, 10 << 20, None).unwrap_or(false);
+            if !grew {
+                assert!(
+                    matches!(limiter.denied, Some(GrowthDenied::TenantShare { .. })),
+                    "{:?}",
+                    limiter.denied
+                );
+                break;
+            }
+            hoard.push(limiter);
+        }
+        assert_eq!(hog.memory(), 70 << 20, "the shared three quarters, no more");
+        // The neighbour arrives and gets memory from the reserve.
+        let _its_request = admit(&pool, &neighbour, 100);
+        let mut served = Vec::new();
+        for _ in 0..10 {
+            let mut limiter = GuestLimiter::new(64 << 20, budget.clone(), neighbour.clone());
+            assert!(limiter.memory_growing(0, 2 << 20, None).unwrap_or(false));
+            served.push(limiter);
+        }
+        assert_eq!(neighbour.memory(), 20 << 20);
+        drop((hoard, served));
         assert_eq!(budget.used(), 0);
     }
 

@@ -72,8 +72,100 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// Where log lines go to be stored: `(tenant id, line)`.
-pub type ArchiveSender = tokio::sync::mpsc::Sender<(String, LogLine)>;
+/// A line on its way to the archive.
+#[derive(Debug)]
+pub struct Archived {
+    /// The tenant's id.
+    pub tenant_id: String,
+    /// The line.
+    pub line: LogLine,
+    share: Arc<ArchiveShare>,
+}
+
+impl Archived {
+    /// Marks the line as written (or given up on): its tenant's share frees a place.
+    pub fn done(self) {
+        if self.share.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.share.queue.queuing.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The host's archive queue, shared fairly: a tenant may hold at most
+/// `capacity / (tenants with lines queued + 1)` places, so a chatty tenant
+/// cannot crowd out another's lines.
+#[derive(Debug)]
+struct ArchiveQueue {
+    capacity: usize,
+    queuing: std::sync::atomic::AtomicUsize,
+}
+
+/// Where log lines go to be stored; cloned into every tenant's log.
+#[derive(Debug, Clone)]
+pub struct ArchiveSender {
+    tx: tokio::sync::mpsc::Sender<Archived>,
+    queue: Arc<ArchiveQueue>,
+}
+
+impl ArchiveSender {
+    /// A queue of `capacity` lines, and its receiving end for the writer.
+    pub fn channel(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<Archived>) {
+        let capacity = capacity.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let queue = Arc::new(ArchiveQueue {
+            capacity,
+            queuing: Default::default(),
+        });
+        (Self { tx, queue }, rx)
+    }
+}
+
+/// One tenant's places in the archive queue.
+#[derive(Debug)]
+struct ArchiveShare {
+    queue: Arc<ArchiveQueue>,
+    queued: std::sync::atomic::AtomicUsize,
+    /// Lines dropped since the last note in the tenant's log.
+    unreported: AtomicU64,
+    /// When that note was written (ms since the epoch).
+    last_note_ms: AtomicU64,
+}
+
+/// How a tenant's log reaches the archive.
+#[derive(Debug)]
+struct ArchiveLink {
+    tenant_id: String,
+    sender: ArchiveSender,
+    share: Arc<ArchiveShare>,
+    metrics: crate::metrics::TenantMetrics,
+}
+
+impl ArchiveLink {
+    /// Queues `line` within the tenant's fair share (`within_share`, else
+    /// wherever the queue has room: the host's own notes); false if it was dropped.
+    fn send(&self, line: &LogLine, within_share: bool) -> bool {
+        let queue = &self.sender.queue;
+        let fair = (queue.capacity / (queue.queuing.load(Ordering::Acquire) + 1)).max(1);
+        if within_share && self.share.queued.load(Ordering::Acquire) >= fair {
+            return false;
+        }
+        if self.share.queued.fetch_add(1, Ordering::AcqRel) == 0 {
+            queue.queuing.fetch_add(1, Ordering::AcqRel);
+        }
+        let archived = Archived {
+            tenant_id: self.tenant_id.clone(),
+            line: line.clone(),
+            share: self.share.clone(),
+        };
+        match self.sender.tx.try_send(archived) {
+            Ok(()) => true,
+            Err(e) => {
+                e.into_inner().done();
+                false
+            }
+        }
+    }
+}
 
 /// The last N log lines of one tenant.
 #[derive(Debug)]
@@ -85,7 +177,7 @@ pub struct TenantLogs {
     /// Made on the first `subscribe`: most tenants are never followed, and a
     /// channel holds its whole buffer from the start.
     live: std::sync::OnceLock<broadcast::Sender<LogLine>>,
-    archive: Option<(String, ArchiveSender)>,
+    archive: Option<ArchiveLink>,
 }
 
 impl TenantLogs {
@@ -103,13 +195,15 @@ impl TenantLogs {
     }
 
     /// A log that also sends every line to `archive` under `tenant_id`, continuing
-    /// after `history` (the lines archived before a restart).
+    /// after `history` (the lines archived before a restart); lines the queue
+    /// has no room for are counted in `metrics` and noted in the log.
     pub fn archived(
         tenant: impl Into<String>,
         capacity: usize,
         tenant_id: String,
         archive: ArchiveSender,
         history: Vec<LogLine>,
+        metrics: crate::metrics::TenantMetrics,
     ) -> Self {
         let mut logs = Self::new(tenant, capacity);
         let next = history.last().map_or(1, |l| l.seq + 1);
@@ -119,12 +213,59 @@ impl TenantLogs {
             let skip = history.len().saturating_sub(logs.capacity);
             lines.extend(history.into_iter().skip(skip));
         }
-        logs.archive = Some((tenant_id, archive));
+        logs.archive = Some(ArchiveLink {
+            tenant_id,
+            share: Arc::new(ArchiveShare {
+                queue: archive.queue.clone(),
+                queued: Default::default(),
+                unreported: AtomicU64::new(0),
+                last_note_ms: AtomicU64::new(0),
+            }),
+            sender: archive,
+            metrics,
+        });
         logs
     }
 
     /// Appends a line, dropping the oldest when full, and emits it through `tracing`.
     pub fn push(&self, request_id: &str, stream: LogStream, message: String) {
+        let now = self.push_line(request_id, stream, message);
+        let Some(link) = &self.archive else { return };
+        // Say so (at most once a second) when lines could not be archived.
+        let last = link.share.last_note_ms.load(Ordering::Relaxed);
+        if link.share.unreported.load(Ordering::Relaxed) > 0
+            && now.saturating_sub(last) >= 1000
+            && link
+                .share
+                .last_note_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let dropped = link.share.unreported.swap(0, Ordering::Relaxed);
+            self.push_line_to(
+                false,
+                "",
+                LogStream::Host,
+                format!(
+                    "{dropped} log line(s) were not archived: this app's share of the host's log \
+                     archive queue was full (they were in the live log; see docs/operations.md)"
+                ),
+            );
+        }
+    }
+
+    /// Appends one line within the tenant's share of the archive; returns its timestamp.
+    fn push_line(&self, request_id: &str, stream: LogStream, message: String) -> u64 {
+        self.push_line_to(true, request_id, stream, message)
+    }
+
+    fn push_line_to(
+        &self,
+        within_share: bool,
+        request_id: &str,
+        stream: LogStream,
+        message: String,
+    ) -> u64 {
         let line = LogLine {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             timestamp_ms: SystemTime::now()
@@ -146,15 +287,20 @@ impl TenantLogs {
         if let Some(live) = self.live.get() {
             let _ = live.send(line.clone());
         }
-        if let Some((tenant_id, archive)) = &self.archive {
-            // A full archive queue drops the line from storage, never blocks the guest.
-            let _ = archive.try_send((tenant_id.clone(), line.clone()));
+        if let Some(link) = &self.archive {
+            // A full share drops the line from storage, never blocks the guest.
+            if !link.send(&line, within_share) {
+                link.share.unreported.fetch_add(1, Ordering::Relaxed);
+                link.metrics.log_lines_dropped(1);
+            }
         }
+        let timestamp = line.timestamp_ms;
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         if lines.len() == self.capacity {
             lines.pop_front();
         }
         lines.push_back(line);
+        timestamp
     }
 
     /// Lines with `seq > since`, oldest first, at most `limit` of the newest.
@@ -412,6 +558,53 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0].message, "0123456789");
         assert_eq!(lines[1].stream, LogStream::Host);
+    }
+
+    #[test]
+    fn a_chatty_tenant_cannot_crowd_another_out_of_the_archive() {
+        let (archive, mut rx) = ArchiveSender::channel(100);
+        let log = |id: &str| {
+            TenantLogs::archived(
+                id,
+                2000,
+                id.to_owned(),
+                archive.clone(),
+                Vec::new(),
+                crate::metrics::TenantMetrics::default(),
+            )
+        };
+        let (chatty, quiet) = (log("chatty"), log("quiet"));
+        for i in 0..1000 {
+            chatty.push("r", LogStream::Stdout, format!("{i}"));
+        }
+        for i in 0..10 {
+            quiet.push("r", LogStream::Stdout, format!("{i}"));
+        }
+        let mut per_tenant = std::collections::HashMap::<String, usize>::new();
+        while let Ok(archived) = rx.try_recv() {
+            *per_tenant.entry(archived.tenant_id.clone()).or_default() += 1;
+            archived.done();
+        }
+        assert_eq!(
+            per_tenant.get("chatty"),
+            Some(&51),
+            "half the queue (its fair share), and the host's note that the rest was dropped"
+        );
+        assert_eq!(
+            per_tenant.get("quiet"),
+            Some(&10),
+            "every line of the quiet tenant"
+        );
+        // The drops are noted in the chatty tenant's own log.
+        chatty.push("r", LogStream::Stdout, "again".into());
+        assert!(
+            chatty
+                .snapshot()
+                .iter()
+                .any(|l| l.stream == LogStream::Host && l.message.contains("not archived")),
+            "{:?}",
+            chatty.snapshot()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -73,6 +73,15 @@ impl TenantMetrics {
         }
     }
 
+    /// Records log lines of this tenant that could not be archived.
+    pub fn log_lines_dropped(&self, lines: u64) {
+        if let Some(m) = &self.metrics {
+            m.log_dropped
+                .get_or_create(&vec![("tenant", self.label.to_string())])
+                .inc_by(lines);
+        }
+    }
+
     /// Records a guest that failed (`trap`, `deadline`, `fuel`, `no_response` …).
     pub fn guest_failure(&self, kind: &'static str) {
         if let Some(m) = &self.metrics {
@@ -94,6 +103,11 @@ pub struct Metrics {
     duration: HistogramFamily,
     limits: Family<Labels, Counter>,
     failures: Family<Labels, Counter>,
+    log_dropped: Family<Labels, Counter>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections closed at once because the host was at `--max-connections`.
+    pub connections_refused: Counter,
     labelled: Mutex<HashSet<String>>,
     max_labels: usize,
 }
@@ -126,6 +140,24 @@ impl Metrics {
             "Guests that trapped, timed out, ran out of fuel or answered nothing",
             failures.clone(),
         );
+        let log_dropped = Family::<Labels, Counter>::default();
+        registry.register(
+            "log_lines_dropped",
+            "Tenant log lines not archived because the tenant's share of the archive queue was full",
+            log_dropped.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because the host was at --max-connections",
+            connections_refused.clone(),
+        );
         registry.register_collector(Box::new(RuntimeCollector { runtime }));
         Arc::new(Self {
             registry,
@@ -133,6 +165,9 @@ impl Metrics {
             duration,
             limits,
             failures,
+            log_dropped,
+            connections_open,
+            connections_refused,
             labelled: Mutex::default(),
             max_labels,
         })
@@ -229,6 +264,18 @@ impl prometheus_client::collector::Collector for RuntimeCollector {
             "memory_budget_used_bytes",
             "Linear memory held by live instances",
             self.runtime.memory_budget().used() as i64,
+        )?;
+        gauge(
+            e,
+            "memory_budget_bytes",
+            "The host memory budget (--memory-budget-mib)",
+            self.runtime.memory_budget().limit() as i64,
+        )?;
+        gauge(
+            e,
+            "memory_fair_share_bytes",
+            "What one tenant may hold past the shared three quarters of the budget now",
+            self.runtime.memory_budget().fair_share() as i64,
         )?;
         counter(
             e,

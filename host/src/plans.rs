@@ -80,6 +80,30 @@ pub struct LimitsPatch {
     /// CPU share when tenants compete (1 = one fair share, 2 = twice that).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Deployed versions kept (older ones are pruned; never the active one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_versions: Option<u32>,
+    /// MiB of components the kept versions may take together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_stored_component_mib: Option<u64>,
+    /// Longest a deploy may spend compiling, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile_timeout_ms: Option<u64>,
+    /// Asynchronous convergence tasks waiting or running at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence_max_pending: Option<u32>,
+    /// Keys one key-value batch call may name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_batch_max_keys: Option<u32>,
+    /// Bytes (keys + values) one key-value batch call may carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_batch_max_bytes: Option<u64>,
+    /// Days archived log lines are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention_days: Option<u32>,
+    /// Archived log lines kept (the newest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention_lines: Option<u32>,
 }
 
 impl LimitsPatch {
@@ -137,6 +161,30 @@ impl LimitsPatch {
         if let Some(v) = self.weight {
             l.weight = v;
         }
+        if let Some(v) = self.max_versions {
+            l.max_versions = v;
+        }
+        if let Some(v) = self.max_stored_component_mib {
+            l.max_stored_component_bytes = v.saturating_mul(1024 * 1024);
+        }
+        if let Some(v) = self.compile_timeout_ms {
+            l.compile_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = self.convergence_max_pending {
+            l.convergence_max_pending = v;
+        }
+        if let Some(v) = self.kv_batch_max_keys {
+            l.kv_batch_max_keys = v;
+        }
+        if let Some(v) = self.kv_batch_max_bytes {
+            l.kv_batch_max_bytes = v;
+        }
+        if let Some(v) = self.log_retention_days {
+            l.log_retention_days = v;
+        }
+        if let Some(v) = self.log_retention_lines {
+            l.log_retention_lines = v;
+        }
         l
     }
 
@@ -160,6 +208,14 @@ impl LimitsPatch {
             wallet_max_per_transfer: Some(limits.wallet_max_per_transfer),
             wallet_max_per_day: Some(limits.wallet_max_per_day),
             weight: Some(limits.weight),
+            max_versions: Some(limits.max_versions),
+            max_stored_component_mib: Some(limits.max_stored_component_bytes / (1024 * 1024)),
+            compile_timeout_ms: Some(limits.compile_timeout.as_millis() as u64),
+            convergence_max_pending: Some(limits.convergence_max_pending),
+            kv_batch_max_keys: Some(limits.kv_batch_max_keys),
+            kv_batch_max_bytes: Some(limits.kv_batch_max_bytes),
+            log_retention_days: Some(limits.log_retention_days),
+            log_retention_lines: Some(limits.log_retention_lines),
         }
     }
 
@@ -183,6 +239,15 @@ impl LimitsPatch {
             .is_some_and(|r| !r.is_finite() || r < 0.0)
         {
             return Err("rate_per_second must be 0 (unlimited) or positive".into());
+        }
+        if self.max_versions.is_some_and(|v| v == 0) {
+            return Err("max_versions must be at least 1 (the active version)".into());
+        }
+        if self.compile_timeout_ms == Some(0) {
+            return Err("compile_timeout_ms must be above 0".into());
+        }
+        if self.kv_batch_max_keys == Some(0) || self.kv_batch_max_bytes == Some(0) {
+            return Err("kv_batch_max_keys and kv_batch_max_bytes must be above 0".into());
         }
         if self.weight.is_some_and(|w| w == 0 || w > 100) {
             return Err("weight must be 1..=100".into());

@@ -186,7 +186,7 @@ pub struct TenantCounters {
     pub bytes_out: AtomicU64,
     /// Outbound HTTP requests.
     pub outbound: AtomicU64,
-    /// Convergence tokens used (by guests; the API meters its own).
+    /// Convergence tokens used (guests, the API and tasks), added as each provider call returns.
     pub tokens: AtomicU64,
     /// Key-value operations.
     pub kv_ops: AtomicU64,

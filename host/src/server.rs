@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -71,7 +71,11 @@ pub struct Lodge {
     generated_admin_token: std::sync::Mutex<Option<String>>,
     /// Compilations running at once (one per core): a burst of cold tenants
     /// after an engine upgrade queues instead of exhausting memory.
-    compiles: tokio::sync::Semaphore,
+    compiles: Arc<tokio::sync::Semaphore>,
+    /// Deploy uploads received or compiled at once (`--max-uploads`).
+    pub(crate) uploads: crate::control::Uploads,
+    /// Webhook delivery, apart from the task workers.
+    pub(crate) webhooks: crate::convergence::tasks::Webhooks,
 }
 
 impl Lodge {
@@ -153,8 +157,10 @@ impl Lodge {
             Some(llm) => Arc::new(OpenAiCompatible::new(llm.clone())),
             None => Arc::new(Offline),
         };
-        let (log_archive, archive_rx) = tokio::sync::mpsc::channel(10_000);
+        let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
         tokio::spawn(archive_logs(storage.clone(), archive_rx));
+        let uploads = crate::control::Uploads::new(config.max_uploads);
+        let webhooks = crate::convergence::tasks::Webhooks::new(config.webhook_workers);
         let lodge = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -170,9 +176,11 @@ impl Lodge {
             task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
-            compiles: tokio::sync::Semaphore::new(
+            compiles: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            )),
+            uploads,
+            webhooks,
         });
         // One host owns every task on SQLite; with several hosts only lapsed leases.
         let lease = lodge.notifier.as_ref().map(|_| lodge.config.task_lease);
@@ -183,6 +191,7 @@ impl Lodge {
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
         tokio::spawn(warm_missing_artifacts(Arc::downgrade(&lodge)));
         tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
+        tokio::spawn(housekeeping_periodically(Arc::downgrade(&lodge)));
         tokio::spawn(requeue_lapsed_tasks_periodically(Arc::downgrade(&lodge)));
         tokio::spawn(unload_idle_periodically(
             Arc::downgrade(&lodge),
@@ -234,7 +243,8 @@ impl Lodge {
     }
 
     /// Compiles `wasm` off the async threads (validation only; nothing is stored).
-    pub async fn load(&self, wasm: Vec<u8>) -> Result<Arc<App>, LoadError> {
+    pub async fn load(&self, wasm: impl Into<Bytes>) -> Result<Arc<App>, LoadError> {
+        let wasm: Bytes = wasm.into();
         let _permit = self
             .compiles
             .acquire()
@@ -320,14 +330,17 @@ impl Lodge {
 /// Writes archived log lines in batches; lines are dropped, never blocking guests, if it falls behind.
 async fn archive_logs(
     storage: Arc<dyn Storage>,
-    mut lines: tokio::sync::mpsc::Receiver<(String, crate::logs::LogLine)>,
+    mut lines: tokio::sync::mpsc::Receiver<crate::logs::Archived>,
 ) {
     let mut batch = Vec::with_capacity(512);
+    let mut rows = Vec::with_capacity(512);
     while lines.recv_many(&mut batch, 512).await > 0 {
-        if let Err(e) = storage.append_logs(&batch).await {
-            tracing::warn!(error = %e, lines = batch.len(), "log lines not archived");
+        rows.extend(batch.iter().map(|a| (a.tenant_id.clone(), a.line.clone())));
+        if let Err(e) = storage.append_logs(&rows).await {
+            tracing::warn!(error = %e, lines = rows.len(), "log lines not archived");
         }
-        batch.clear();
+        rows.clear();
+        batch.drain(..).for_each(crate::logs::Archived::done);
     }
 }
 
@@ -446,6 +459,53 @@ async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
     }
 }
 
+/// Prunes archived log lines by each tenant's plan (age and count) and
+/// deletes artifacts of components no longer stored: at start, then every
+/// `housekeeping_interval`.
+async fn housekeeping_periodically(lodge: std::sync::Weak<Lodge>) {
+    let every = match lodge.upgrade() {
+        Some(lodge) => lodge.config.housekeeping_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        lodge.housekeeping().await;
+    }
+}
+
+impl Lodge {
+    /// One round of housekeeping (see [`housekeeping_periodically`]).
+    pub async fn housekeeping(&self) {
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        let now = crate::storage::now_ms();
+        let mut pruned = 0;
+        for tenant in self.registry.all() {
+            let limits = tenant.governor().limits.clone();
+            let before = now - i64::from(limits.log_retention_days) * DAY_MS;
+            match self
+                .storage
+                .prune_logs(&tenant.id, before, i64::from(limits.log_retention_lines))
+                .await
+            {
+                Ok(n) => pruned += n,
+                Err(e) => tracing::warn!(tenant = %tenant.slug, error = %e, "pruning logs failed"),
+            }
+        }
+        let before = now - i64::from(self.config.default_limits.log_retention_days) * DAY_MS;
+        match self.storage.prune_deleted_tenants_logs(before).await {
+            Ok(n) => pruned += n,
+            Err(e) => tracing::warn!(error = %e, "pruning deleted tenants' logs failed"),
+        }
+        if pruned > 0 {
+            tracing::info!(lines = pruned, "archived log lines pruned");
+        }
+        self.sweep_artifacts().await;
+    }
+}
+
 async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
@@ -457,15 +517,29 @@ async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then drains for up to 10 s.
+///
+/// Connections are bounded (see `docs/operations.md`, "Running untrusted
+/// tenants"): at most `max_connections` open (more are closed at once, with a
+/// log line), request headers within `header_read_timeout` (HTTP/1; hyper also
+/// starts that clock while a kept-alive connection waits for its next request),
+/// and a connection with no request in flight that moved no bytes for
+/// `idle_timeout` is closed.
 pub async fn serve(
     lodge: Arc<Lodge>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let control = crate::api::router(lodge.clone());
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(lodge.config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -479,21 +553,56 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        if open.load(std::sync::atomic::Ordering::Acquire) >= lodge.config.max_connections {
+            lodge.metrics.connections_refused.inc();
+            if last_refusal_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections = lodge.config.max_connections,
+                    "connection limit reached: new connections are closed at once \
+                     (--max-connections; further refusals in the next 10 s are only counted)"
+                );
+                last_refusal_log = Some(std::time::Instant::now());
+            }
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
+        let open_guard = OpenConnection::new(open.clone(), lodge.metrics.clone());
+        let activity = Arc::new(Activity::new());
+        let idle_timeout = lodge.config.idle_timeout;
         let lodge = lodge.clone();
         let control = control.clone();
+        let in_service = activity.clone();
         let service = service_fn(move |req| {
             let lodge = lodge.clone();
             let control = control.clone();
-            async move { Ok::<_, Infallible>(lodge.dispatch(&control, req).await) }
+            let request = InFlight::new(in_service.clone());
+            async move {
+                let response = lodge.dispatch(&control, req).await;
+                Ok::<_, Infallible>(response.map(|body| {
+                    TrackedBody {
+                        inner: body,
+                        _request: request,
+                    }
+                    .boxed_unsync()
+                }))
+            }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let _open = open_guard;
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = activity.idle(idle_timeout) => {
+                    tracing::debug!("closing a connection idle for {idle_timeout:?}");
+                }
             }
         });
     }
@@ -505,4 +614,182 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Counts one open connection for as long as it lives.
+struct OpenConnection {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl OpenConnection {
+    fn new(open: Arc<std::sync::atomic::AtomicUsize>, metrics: Arc<Metrics>) -> Self {
+        open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        metrics.connections_open.inc();
+        Self { open, metrics }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.metrics.connections_open.dec();
+    }
+}
+
+/// What a connection is doing: requests in flight and when bytes last moved.
+#[derive(Debug, Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicU32,
+    /// Milliseconds since [`clock_start`] when bytes last moved.
+    last_io_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The start of the connections' activity clock.
+fn clock_start() -> tokio::time::Instant {
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(tokio::time::Instant::now)
+}
+
+impl Activity {
+    fn new() -> Self {
+        let activity = Self::default();
+        activity.touch();
+        activity
+    }
+
+    fn touch(&self) {
+        let now = clock_start().elapsed().as_millis() as u64;
+        self.last_io_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last_io(&self) -> tokio::time::Instant {
+        clock_start()
+            + Duration::from_millis(self.last_io_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Resolves once no request was in flight and no bytes moved for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            tokio::time::sleep_until(self.last_io() + timeout).await;
+            if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                self.touch();
+            } else if self.last_io() + timeout <= tokio::time::Instant::now() {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection, until its response body is done.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct TrackedBody {
+    inner: ResponseBody,
+    _request: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client socket that notes when bytes move.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -116,6 +116,8 @@ impl TestHost {
             data_dir: dir.to_owned(),
             database_url: postgres_url_for(dir).await,
             artifacts_dir: Some(shared_artifacts()),
+            // Other tests' hosts, on other databases, use that directory too.
+            prune_artifacts: false,
             max_instances: 300,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             ..HostConfig::default()

@@ -293,7 +293,10 @@ async fn a_memory_bomb_traps_and_the_memory_comes_back() {
 async fn the_host_memory_budget_is_shared_by_all_tenants() {
     let host = TestHost::start_with(|c| c.memory_budget_bytes = 40 << 20).await;
     host.app("bomb", guests::HOSTILE, limits()).await;
-    assert_error(host.get("bomb", "/alloc").await, 500, "app_failed").await;
+    // Refused for the host's memory, not its own fault: 503 to retry.
+    let refused = host.get("bomb", "/alloc").await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, 503, "memory_busy").await;
     let logs = host.log_messages("bomb");
     assert!(
         logs.iter().any(|m| m.contains("host memory budget")),

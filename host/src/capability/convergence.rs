@@ -59,7 +59,10 @@ pub fn add_to_linker<T: Send + 'static>(
 pub fn to_error(failure: ConvergenceFailure) -> Error {
     match failure {
         ConvergenceFailure::Invalid(m) => Error::InvalidInput(m),
-        e @ ConvergenceFailure::QuotaExceeded { .. } => Error::QuotaExceeded(e.to_string()),
+        e
+        @ (ConvergenceFailure::QuotaExceeded { .. } | ConvergenceFailure::TooManyTasks { .. }) => {
+            Error::QuotaExceeded(e.to_string())
+        }
         ConvergenceFailure::UnknownTask(id) => Error::NotFound(format!("no task {id}")),
         ConvergenceFailure::Provider(
             e @ (ProviderError::Timeout | ProviderError::Unavailable(_)),

@@ -31,8 +31,47 @@ pub struct KeyValueCtx {
     pub storage: Arc<dyn Storage>,
     /// The tenant's quota.
     pub quota: KvQuota,
+    /// How much one batch call may carry.
+    pub batch: BatchCaps,
     /// Where operations are metered.
     pub counters: Arc<crate::registry::TenantCounters>,
+}
+
+/// The plan's caps on one batch call (`get-many`, `set-many`, `delete-many`):
+/// a batch is one bounded transaction, so no tenant's batch holds the database
+/// (on SQLite, the one writer) for long.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchCaps {
+    /// Keys one call may name.
+    pub max_keys: u32,
+    /// Bytes of keys and values one call may carry.
+    pub max_bytes: u64,
+}
+
+impl BatchCaps {
+    /// Refuses a batch of `keys` keys and `bytes` bytes over the caps.
+    fn check(self, keys: usize, bytes: u64) -> Result<(), Error> {
+        if keys > self.max_keys as usize {
+            return Err(Error::Other(format!(
+                "quota-exceeded: a batch may name at most {} keys (kv_batch_max_keys), this one names {keys}",
+                self.max_keys
+            )));
+        }
+        if bytes > self.max_bytes {
+            return Err(Error::Other(format!(
+                "quota-exceeded: a batch may carry at most {} bytes of keys and values \
+                 (kv_batch_max_bytes), this one carries {bytes}",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every key of a batch of keys and the batch's size.
+fn check_keys(caps: BatchCaps, keys: &[String]) -> Result<(), Error> {
+    caps.check(keys.len(), keys.iter().map(|k| k.len() as u64).sum())?;
+    keys.iter().try_for_each(|k| check_key(k))
 }
 
 /// An open bucket: just its name; every call goes to storage.
@@ -180,6 +219,7 @@ impl store::HostBucket for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> Result<Option<Vec<u8>>, Error> {
+        check_key(&key)?;
         let name = self.bucket(&bucket)?;
         Ok(self
             .ctx
@@ -205,6 +245,7 @@ impl store::HostBucket for KeyValue<'_> {
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), Error> {
+        check_key(&key)?;
         let name = self.bucket(&bucket)?;
         self.ctx
             .storage
@@ -214,6 +255,7 @@ impl store::HostBucket for KeyValue<'_> {
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, Error> {
+        check_key(&key)?;
         let name = self.bucket(&bucket)?;
         Ok(self
             .ctx
@@ -341,6 +383,7 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
+        check_keys(self.ctx.batch, &keys)?;
         let name = self.bucket(&bucket)?;
         let values = self
             .ctx
@@ -359,6 +402,11 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
+        let bytes = key_values
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        self.ctx.batch.check(key_values.len(), bytes)?;
         for (key, value) in &key_values {
             check_key(key)?;
             check_value(value)?;
@@ -376,6 +424,7 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<(), Error> {
+        check_keys(self.ctx.batch, &keys)?;
         let name = self.bucket(&bucket)?;
         self.ctx
             .storage
@@ -396,5 +445,20 @@ mod tests {
         assert!(check_key("").is_err());
         assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
         assert!(check_key("nul\0inside").is_err());
+    }
+
+    #[test]
+    fn batches_are_capped_and_every_key_checked() {
+        let caps = BatchCaps {
+            max_keys: 3,
+            max_bytes: 10,
+        };
+        let keys = |list: &[&str]| list.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+        assert!(check_keys(caps, &keys(&["a", "b", "c"])).is_ok());
+        let too_many = check_keys(caps, &keys(&["a", "b", "c", "d"]));
+        assert!(matches!(too_many, Err(Error::Other(m)) if m.contains("kv_batch_max_keys")));
+        let too_big = check_keys(caps, &keys(&["abcdef", "ghijkl"]));
+        assert!(matches!(too_big, Err(Error::Other(m)) if m.contains("kv_batch_max_bytes")));
+        assert!(check_keys(caps, &keys(&["a", ""])).is_err(), "an empty key");
     }
 }

@@ -170,6 +170,9 @@ pub fn agreement(a: &str, b: &str) -> u32 {
     (a.intersection(&b).count() * 100 / union) as u32
 }
 
+/// Longest agent role accepted: a role is a few words, and every round resends it.
+const MAX_ROLE_BYTES: usize = 500;
+
 /// Checks and fills in defaults: (max rounds, threshold).
 pub fn validate(request: &ConvergeRequest) -> Result<(u32, u32), ConvergeError> {
     let invalid = |m: &str| Err(ConvergeError::Invalid(m.to_owned()));
@@ -178,6 +181,9 @@ pub fn validate(request: &ConvergeRequest) -> Result<(u32, u32), ConvergeError> 
     }
     if request.agent_a_role.trim().is_empty() || request.agent_b_role.trim().is_empty() {
         return invalid("both agents need a role");
+    }
+    if request.agent_a_role.len() > MAX_ROLE_BYTES || request.agent_b_role.len() > MAX_ROLE_BYTES {
+        return invalid("roles must be at most 500 bytes each");
     }
     if request.context.as_ref().is_some_and(|c| c.len() > 50_000) {
         return invalid("context must be at most 50000 bytes");
@@ -205,6 +211,17 @@ pub async fn converge(
     provider: &dyn Provider,
     request: &ConvergeRequest,
 ) -> Result<Outcome, ConvergeError> {
+    converge_metered(provider, request, &|_| {}).await
+}
+
+/// Runs the dialogue on `provider`, calling `meter` with the tokens of each
+/// provider call as soon as it returns: a dialogue cut short (a deadline, a
+/// client gone) has still paid for the calls it made.
+pub async fn converge_metered(
+    provider: &dyn Provider,
+    request: &ConvergeRequest,
+    meter: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Outcome, ConvergeError> {
     let (max_rounds, threshold) = validate(request)?;
     let task = match &request.context {
         Some(context) => format!("{}\n\nContext:\n{context}", request.prompt),
@@ -219,6 +236,7 @@ pub async fn converge(
             .await?;
         usage.prompt_tokens += reply.prompt_tokens;
         usage.completion_tokens += reply.completion_tokens;
+        meter(u64::from(reply.prompt_tokens) + u64::from(reply.completion_tokens));
         Ok(reply.content)
     };
 

@@ -20,9 +20,10 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge, validate};
+use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge_metered, validate};
+use crate::registry::TenantCounters;
 use crate::server::Lodge;
-use crate::storage::{StorageError, TaskRecord, Usage, today};
+use crate::storage::{Storage, StorageError, TaskRecord, Usage, today};
 
 /// Header carrying a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-lodge-signature";
@@ -33,6 +34,17 @@ pub enum ConvergenceFailure {
     /// The request is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The tenant has as many asynchronous tasks waiting or running as its plan allows.
+    #[error(
+        "this tenant has {pending} convergence tasks waiting or running, the plan's limit \
+         (convergence_max_pending = {max}); poll them to completion before submitting more"
+    )]
+    TooManyTasks {
+        /// Tasks waiting or running.
+        pending: u64,
+        /// The plan's cap.
+        max: u32,
+    },
     /// The tenant's daily token budget is spent.
     #[error("the daily convergence token budget of {budget} is spent ({used} used today)")]
     QuotaExceeded {
@@ -106,14 +118,13 @@ impl Lodge {
         Ok(())
     }
 
-    async fn meter(&self, tenant_id: &str, outcome: &Outcome) {
-        let delta = Usage {
-            tokens: outcome.usage.total() as i64,
-            ..Usage::default()
-        };
-        let hour = crate::storage::this_hour();
-        if let Err(e) = self.storage.add_usage(tenant_id, &hour, &delta).await {
-            tracing::warn!(tenant_id, error = %e, "convergence tokens not recorded");
+    /// Meters tokens to `tenant_id` as each provider call returns.
+    fn token_meter(&self, tenant_id: &str) -> TokenMeter {
+        TokenMeter {
+            counters: self.registry.by_id(tenant_id).map(|t| t.counters.clone()),
+            unflushed: std::sync::atomic::AtomicU64::new(0),
+            storage: self.storage.clone(),
+            tenant_id: tenant_id.to_owned(),
         }
     }
 
@@ -125,9 +136,8 @@ impl Lodge {
     ) -> Result<Outcome, ConvergenceFailure> {
         validate(request)?;
         self.check_budget(tenant_id).await?;
-        let outcome = converge(self.provider.as_ref(), request).await?;
-        self.meter(tenant_id, &outcome).await;
-        Ok(outcome)
+        let meter = self.token_meter(tenant_id);
+        Ok(converge_metered(self.provider.as_ref(), request, &|n| meter.add(n)).await?)
     }
 
     /// Queues a convergence for `tenant_id`; returns the task id.
@@ -147,6 +157,16 @@ impl Lodge {
             }
         }
         self.check_budget(tenant_id).await?;
+        let max = self
+            .registry
+            .by_id(tenant_id)
+            .map_or(self.config.default_limits.convergence_max_pending, |t| {
+                t.governor().limits.convergence_max_pending
+            });
+        let pending = self.storage.task_count_active(tenant_id).await?;
+        if pending >= u64::from(max) {
+            return Err(ConvergenceFailure::TooManyTasks { pending, max });
+        }
         let id = format!("task_{}", uuid::Uuid::now_v7().simple());
         let task = TaskRecord {
             id: id.clone(),
@@ -236,9 +256,17 @@ async fn work(lodge: Weak<Lodge>) {
 
 async fn run(lodge: &Lodge, task: TaskRecord) {
     let request = serde_json::from_str::<ConvergeRequest>(&task.request);
+    let meter = lodge.token_meter(&task.tenant_id);
     let converged = async {
+        // The budget is checked again now: tasks queued before it was spent fail.
+        if let Err(e) = lodge.check_budget(&task.tenant_id).await {
+            return Err(match e {
+                e @ ConvergenceFailure::QuotaExceeded { .. } => format!("quota-exceeded: {e}"),
+                other => other.to_string(),
+            });
+        }
         match request {
-            Ok(request) => converge(lodge.provider.as_ref(), &request)
+            Ok(request) => converge_metered(lodge.provider.as_ref(), &request, &|n| meter.add(n))
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!("unreadable request: {e}")),
@@ -270,9 +298,6 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
             return;
         }
     }
-    if let Ok(outcome) = &result {
-        lodge.meter(&task.tenant_id, outcome).await;
-    }
     if let Some(url) = &task.webhook_url {
         let body = serde_json::json!({
             "taskId": task.id,
@@ -282,8 +307,171 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
         })
         .to_string();
         let signature = sign_webhook(&lodge.webhook_secret(&task.tenant_id), body.as_bytes());
-        let delivered = deliver(url, body, &signature).await;
-        let _ = lodge.storage.task_webhook(&task.id, &delivered).await;
+        lodge.webhooks.post(
+            lodge.weak(),
+            Webhook {
+                task_id: task.id.clone(),
+                tenant_id: task.tenant_id.clone(),
+                url: url.clone(),
+                body,
+                signature,
+            },
+        );
+    }
+}
+
+/// Tokens metered to one tenant: into its usage counters (flushed with the
+/// rest of its usage), or, for a tenant this host does not hold, straight to
+/// storage when the meter is dropped.
+struct TokenMeter {
+    counters: Option<Arc<TenantCounters>>,
+    unflushed: std::sync::atomic::AtomicU64,
+    storage: Arc<dyn Storage>,
+    tenant_id: String,
+}
+
+impl TokenMeter {
+    fn add(&self, tokens: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &self.counters {
+            Some(counters) => counters.tokens.fetch_add(tokens, Relaxed),
+            None => self.unflushed.fetch_add(tokens, Relaxed),
+        };
+    }
+}
+
+impl Drop for TokenMeter {
+    fn drop(&mut self) {
+        let tokens = *self.unflushed.get_mut();
+        if tokens == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(tenant_id = %self.tenant_id, tokens, "convergence tokens not recorded");
+            return;
+        };
+        let (storage, tenant_id) = (self.storage.clone(), std::mem::take(&mut self.tenant_id));
+        runtime.spawn(async move {
+            let delta = Usage {
+                tokens: tokens as i64,
+                ..Usage::default()
+            };
+            let hour = crate::storage::this_hour();
+            if let Err(e) = storage.add_usage(&tenant_id, &hour, &delta).await {
+                tracing::warn!(tenant_id, error = %e, "convergence tokens not recorded");
+            }
+        });
+    }
+}
+
+/// A webhook to post.
+#[derive(Debug)]
+pub(crate) struct Webhook {
+    task_id: String,
+    tenant_id: String,
+    url: String,
+    body: String,
+    signature: String,
+}
+
+/// Webhook deliveries queued per tenant at most; past it a delivery fails at once.
+const WEBHOOKS_QUEUED_PER_TENANT: usize = 100;
+/// Webhook deliveries of one tenant in flight at once.
+const WEBHOOKS_RUNNING_PER_TENANT: usize = 2;
+
+/// Webhook delivery, apart from the task workers: a bounded number in flight
+/// host-wide, at most two per tenant, at most a hundred queued per tenant, so a
+/// tenant whose webhooks never answer delays only its own deliveries.
+#[derive(Debug)]
+pub(crate) struct Webhooks {
+    host: Arc<tokio::sync::Semaphore>,
+    tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<TenantWebhooks>>>,
+    client: reqwest::Client,
+}
+
+#[derive(Debug)]
+struct TenantWebhooks {
+    running: tokio::sync::Semaphore,
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl Webhooks {
+    /// `workers` deliveries in flight at once across the host.
+    pub(crate) fn new(workers: usize) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            host: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+            tenants: std::sync::Mutex::default(),
+            client,
+        }
+    }
+
+    fn tenant(&self, tenant_id: &str) -> Arc<TenantWebhooks> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(TenantWebhooks {
+                    running: tokio::sync::Semaphore::new(WEBHOOKS_RUNNING_PER_TENANT),
+                    queued: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Queues `hook` for delivery; never waits.
+    pub(crate) fn post(&self, lodge: Weak<Lodge>, hook: Webhook) {
+        use std::sync::atomic::Ordering::AcqRel;
+        let queue = self.tenant(&hook.tenant_id);
+        if queue.queued.fetch_add(1, AcqRel) >= WEBHOOKS_QUEUED_PER_TENANT {
+            queue.queued.fetch_sub(1, AcqRel);
+            tracing::warn!(tenant_id = %hook.tenant_id, task = %hook.task_id, "webhook dropped: too many queued for this tenant");
+            tokio::spawn(async move {
+                if let Some(lodge) = lodge.upgrade() {
+                    let status = format!(
+                        "failed: more than {WEBHOOKS_QUEUED_PER_TENANT} of this tenant's webhooks were waiting"
+                    );
+                    let _ = lodge.storage.task_webhook(&hook.task_id, &status).await;
+                }
+            });
+            return;
+        }
+        let host = self.host.clone();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let _tenant_slot = queue.running.acquire().await;
+            let _host_slot = host.acquire().await;
+            let status = match lodge.upgrade() {
+                // A deleted tenant's webhooks are not posted.
+                Some(l) => match l.storage.get_tenant(&hook.tenant_id).await {
+                    Err(StorageError::NotFound) => Some("cancelled: the tenant was deleted".into()),
+                    _ => None,
+                },
+                None => return,
+            };
+            let status = match status {
+                Some(status) => status,
+                None => deliver(&client, &hook.url, hook.body, &hook.signature).await,
+            };
+            queue.queued.fetch_sub(1, AcqRel);
+            if let Some(lodge) = lodge.upgrade() {
+                let _ = lodge.storage.task_webhook(&hook.task_id, &status).await;
+                let mut tenants = lodge
+                    .webhooks
+                    .tenants
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if queue.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    tenants.remove(&hook.tenant_id);
+                }
+            }
+        });
     }
 }
 
@@ -314,11 +502,7 @@ async fn holding_lease<T>(
 }
 
 /// Posts a webhook, three tries with backoff; returns how it went.
-async fn deliver(url: &str, body: String, signature: &str) -> String {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default();
+async fn deliver(client: &reqwest::Client, url: &str, body: String, signature: &str) -> String {
     let mut last = String::new();
     for attempt in 0..3u32 {
         let sent = client

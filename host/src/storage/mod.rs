@@ -415,19 +415,33 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Soft-deletes a tenant: status `destroyed`, slug freed, keys revoked.
     async fn delete_tenant(&self, tenant_id: &str) -> StorageResult<()>;
 
-    /// Stores a component unless the same bytes are already stored.
-    async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> StorageResult<()>;
     /// A stored component.
     async fn get_blob(&self, sha256: &str) -> StorageResult<Vec<u8>>;
+    /// Whether a component is stored (some version of some tenant uses it).
+    async fn blob_exists(&self, sha256: &str) -> StorageResult<bool>;
+    /// Deletes the stored component `sha256` if no version of any tenant uses
+    /// it; true if it was deleted. A deploy of the same bytes racing with it
+    /// wins (the foreign key refuses the delete).
+    async fn delete_blob_if_unused(&self, sha256: &str) -> StorageResult<bool>;
 
-    /// Records a new version and makes it active, atomically.
+    /// Stores the component (once across tenants: content-addressed), records
+    /// a new version and makes it active, atomically.
     async fn add_deployment(
         &self,
         tenant_id: &str,
         sha256: &str,
-        size: i64,
+        wasm: &[u8],
         compile_ms: i64,
     ) -> StorageResult<Deployment>;
+    /// Deletes versions `versions` of a tenant (never its active one); returns
+    /// the components they used.
+    async fn delete_deployments(
+        &self,
+        tenant_id: &str,
+        versions: &[i64],
+    ) -> StorageResult<Vec<String>>;
+    /// The highest version number a tenant's deployments reached (0 if none).
+    async fn last_version(&self, tenant_id: &str) -> StorageResult<i64>;
     /// Every version of a tenant, newest first.
     async fn list_deployments(&self, tenant_id: &str) -> StorageResult<Vec<Deployment>>;
     /// One version of a tenant.
@@ -444,6 +458,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()>;
     /// The newest `limit` archived lines of a tenant, oldest first.
     async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>>;
+    /// Deletes a tenant's archived lines older than `before_ms` or older than
+    /// its newest `keep` lines; returns how many.
+    async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64>;
+    /// Deletes the archived lines of deleted tenants older than `before_ms`.
+    async fn prune_deleted_tenants_logs(&self, before_ms: i64) -> StorageResult<u64>;
 
     /// A value of a tenant's bucket.
     async fn kv_get(
@@ -536,8 +555,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Queues a task.
     async fn task_insert(&self, task: &TaskRecord) -> StorageResult<()>;
-    /// Claims the oldest pending task (now `running`), if any.
+    /// Claims a pending task (now `running`), fairly across tenants: of the
+    /// live tenants with tasks waiting, the one with the fewest running, oldest
+    /// task first.
     async fn task_claim(&self) -> StorageResult<Option<TaskRecord>>;
+    /// A tenant's tasks waiting or running.
+    async fn task_count_active(&self, tenant_id: &str) -> StorageResult<u64>;
+    /// Fails every waiting task of a tenant with `error`; returns how many.
+    async fn task_cancel_pending(&self, tenant_id: &str, error: &str) -> StorageResult<u64>;
     /// Records the end of claim `attempt` of a task: an outcome (JSON) or an
     /// error. Returns false, storing nothing, when that claim no longer holds
     /// the task (it was requeued and claimed again, or already finished).
@@ -586,6 +611,43 @@ pub trait Storage: Send + Sync + fmt::Debug {
     ) -> StorageResult<()>;
 }
 
+/// The versions to prune so that a tenant keeps at most `max_versions` and
+/// `max_bytes` of distinct components: the active version always stays, then
+/// the newest while they fit. `versions` is newest first.
+pub fn versions_to_prune(
+    versions: &[Deployment],
+    active: Option<i64>,
+    max_versions: u32,
+    max_bytes: u64,
+) -> Vec<i64> {
+    let mut kept_digests = std::collections::HashSet::new();
+    let (mut kept, mut bytes) = (0u32, 0u64);
+    let mut keep = |d: &Deployment, force: bool| -> bool {
+        let extra = if kept_digests.contains(&d.sha256) {
+            0
+        } else {
+            d.size.max(0) as u64
+        };
+        if force || (kept < max_versions && bytes.saturating_add(extra) <= max_bytes) {
+            kept += 1;
+            bytes += extra;
+            kept_digests.insert(d.sha256.clone());
+            true
+        } else {
+            false
+        }
+    };
+    if let Some(d) = versions.iter().find(|d| Some(d.version) == active) {
+        keep(d, true);
+    }
+    versions
+        .iter()
+        .filter(|d| Some(d.version) != active)
+        .filter(|d| !keep(d, false))
+        .map(|d| d.version)
+        .collect()
+}
+
 /// Now, as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -607,4 +669,43 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(version: i64, sha256: &str, size: i64) -> Deployment {
+        Deployment {
+            version,
+            sha256: sha256.into(),
+            size,
+            compile_ms: 0,
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_the_active_version_and_the_newest_that_fit() {
+        let versions: Vec<_> = (1..=12)
+            .rev()
+            .map(|v| version(v, &format!("d{v}"), 10))
+            .collect();
+        assert_eq!(versions_to_prune(&versions, Some(12), 10, 1000), [2, 1]);
+        // A rollback made an old version active: it stays, the oldest others go.
+        assert_eq!(
+            versions_to_prune(&versions, Some(1), 3, 1000),
+            [10, 9, 8, 7, 6, 5, 4, 3, 2]
+        );
+        // Bytes: 35 allow three distinct components of 10.
+        assert_eq!(versions_to_prune(&versions, Some(12), 10, 35).len(), 9);
+        // The same component twice costs its bytes once.
+        let same = [
+            version(3, "x", 10),
+            version(2, "x", 10),
+            version(1, "y", 10),
+        ];
+        assert_eq!(versions_to_prune(&same, Some(3), 10, 20), Vec::<i64>::new());
+        assert_eq!(versions_to_prune(&same, Some(3), 10, 15), [1]);
+    }
 }

@@ -12,8 +12,9 @@
 //! - ledger writes lock the `ledger_balances` rows of both accounts, in sorted
 //!   order (no deadlocks), creating them at 0 if missing: idempotency, the daily
 //!   cap and the balance are checked under the payer's lock;
-//! - `task_claim` takes the oldest pending task with `FOR UPDATE SKIP LOCKED`,
-//!   so each task is claimed by exactly one host;
+//! - `task_claim` takes a pending task (of the tenant with the fewest running,
+//!   oldest first) with `FOR UPDATE SKIP LOCKED`, so each task is claimed by
+//!   exactly one host;
 //! - `add_deployment` locks the tenant row, so versions are numbered without
 //!   gaps or collisions.
 //!
@@ -474,7 +475,7 @@ impl Storage for PostgresStorage {
         let mut tx = self.pool.begin().await?;
         let now = now_rfc3339();
         let done = sqlx::query(
-            "UPDATE tenants SET status = 'destroyed', deleted_at = $1, updated_at = $1 WHERE id = $2 AND deleted_at IS NULL",
+            "UPDATE tenants SET status = 'destroyed', active_version = NULL, deleted_at = $1, updated_at = $1 WHERE id = $2 AND deleted_at IS NULL",
         )
         .bind(&now)
         .bind(tenant_id)
@@ -494,19 +495,6 @@ impl Storage for PostgresStorage {
         Ok(())
     }
 
-    async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> StorageResult<()> {
-        sqlx::query(
-            "INSERT INTO blobs (sha256, size, bytes, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(sha256)
-        .bind(bytes.len() as i64)
-        .bind(bytes)
-        .bind(now_rfc3339())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn get_blob(&self, sha256: &str) -> StorageResult<Vec<u8>> {
         let row = sqlx::query("SELECT bytes FROM blobs WHERE sha256 = $1")
             .bind(sha256)
@@ -515,15 +503,83 @@ impl Storage for PostgresStorage {
         Ok(row.try_get("bytes")?)
     }
 
+    async fn blob_exists(&self, sha256: &str) -> StorageResult<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM blobs WHERE sha256 = $1)")
+                .bind(sha256)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn delete_blob_if_unused(&self, sha256: &str) -> StorageResult<bool> {
+        let deleted = sqlx::query(
+            "DELETE FROM blobs WHERE sha256 = $1 AND NOT EXISTS (SELECT 1 FROM deployments WHERE sha256 = $1)",
+        )
+        .bind(sha256)
+        .execute(&self.pool)
+        .await;
+        match deleted {
+            Ok(done) => Ok(done.rows_affected() > 0),
+            // A deployment of it arrived meanwhile.
+            Err(sqlx::Error::Database(db))
+                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_deployments(
+        &self,
+        tenant_id: &str,
+        versions: &[i64],
+    ) -> StorageResult<Vec<String>> {
+        let mut digests: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM deployments WHERE tenant_id = $1 AND version = ANY($2)
+               AND version IS DISTINCT FROM (SELECT active_version FROM tenants WHERE id = $1)
+             RETURNING sha256",
+        )
+        .bind(tenant_id)
+        .bind(versions)
+        .fetch_all(&self.pool)
+        .await?;
+        digests.sort();
+        digests.dedup();
+        Ok(digests)
+    }
+
+    async fn last_version(&self, tenant_id: &str) -> StorageResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM deployments WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn add_deployment(
         &self,
         tenant_id: &str,
         sha256: &str,
-        size: i64,
+        wasm: &[u8],
         compile_ms: i64,
     ) -> StorageResult<Deployment> {
+        let size = wasm.len() as i64;
         let mut tx = self.pool.begin().await?;
         let now = now_rfc3339();
+        // Content-addressed: stored once across tenants. In the transaction
+        // that references it, so pruning another tenant cannot delete it in between.
+        sqlx::query(
+            "INSERT INTO blobs (sha256, size, bytes, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(size)
+        .bind(wasm)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
         // Two hosts deploying the same tenant at once would both pick
         // MAX(version) + 1: the tenant row's lock makes them take turns. A
         // missing tenant falls through to the foreign key, as in SQLite.
@@ -705,6 +761,30 @@ impl Storage for PostgresStorage {
             .collect::<StorageResult<Vec<_>>>()?;
         lines.reverse();
         Ok(lines)
+    }
+
+    async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tenant_logs WHERE tenant_id = $1 AND (timestamp_ms < $2 OR seq <= (
+                 SELECT seq FROM tenant_logs WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $3))",
+        )
+        .bind(tenant_id)
+        .bind(before_ms)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_deleted_tenants_logs(&self, before_ms: i64) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tenant_logs WHERE timestamp_ms < $1
+               AND tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NOT NULL)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn kv_get(
@@ -1109,9 +1189,14 @@ impl Storage for PostgresStorage {
             r#"UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1,
                  updated_at = to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
              WHERE id = (
-                 SELECT id FROM convergence_tasks WHERE status = 'pending'
-                 ORDER BY created_at, id LIMIT 1
-                 FOR UPDATE SKIP LOCKED
+                 SELECT p.id FROM convergence_tasks p
+                 JOIN tenants t ON t.id = p.tenant_id AND t.deleted_at IS NULL
+                 WHERE p.status = 'pending'
+                 ORDER BY (SELECT COUNT(*) FROM convergence_tasks r
+                           WHERE r.tenant_id = p.tenant_id AND r.status = 'running'),
+                          p.created_at, p.id
+                 LIMIT 1
+                 FOR UPDATE OF p SKIP LOCKED
              )
                AND status = 'pending'
              RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts"#,
@@ -1119,6 +1204,29 @@ impl Storage for PostgresStorage {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(task_row).transpose()
+    }
+
+    async fn task_count_active(&self, tenant_id: &str) -> StorageResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM convergence_tasks WHERE tenant_id = $1 AND status IN ('pending', 'running')",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn task_cancel_pending(&self, tenant_id: &str, error: &str) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET status = 'failed', error = $1, updated_at = $2
+             WHERE tenant_id = $3 AND status = 'pending'",
+        )
+        .bind(error)
+        .bind(now_rfc3339())
+        .bind(tenant_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn task_finish(
@@ -1469,15 +1577,15 @@ mod tests {
 
         // Blobs and deployments.
         let sha = unique("sha");
-        storage.put_blob(&sha, b"component").await?;
-        storage.put_blob(&sha, b"component").await?;
-        ensure!(storage.get_blob(&sha).await? == b"component");
+        ensure!(!storage.blob_exists(&sha).await?);
         ensure!(matches!(
             storage.get_blob("missing").await,
             Err(StorageError::NotFound)
         ));
-        let v1 = storage.add_deployment(&t.id, &sha, 9, 5).await?;
-        let v2 = storage.add_deployment(&t.id, &sha, 9, 6).await?;
+        let v1 = storage.add_deployment(&t.id, &sha, b"component", 5).await?;
+        let v2 = storage.add_deployment(&t.id, &sha, b"component", 6).await?;
+        ensure!(storage.get_blob(&sha).await? == b"component");
+        ensure!(v1.size == 9);
         ensure!(v1.version == 1 && v2.version == 2);
         let record = storage.get_tenant(&t.id).await?;
         ensure!(record.active_version == Some(2) && record.status == TenantStatus::Running);
@@ -1496,11 +1604,27 @@ mod tests {
             storage.set_active_version(&t.id, 99).await,
             Err(StorageError::NotFound)
         ));
+        // Pruning never takes the active version; a blob goes with its last version.
+        let other = unique("sha");
+        let v3 = storage.add_deployment(&t.id, &other, b"other", 1).await?;
+        storage.set_active_version(&t.id, v3.version).await?;
+        ensure!(
+            storage
+                .delete_deployments(&t.id, &[v3.version])
+                .await?
+                .is_empty()
+        );
+        ensure!(storage.delete_deployments(&t.id, &[1, 2]).await? == std::slice::from_ref(&sha));
+        ensure!(storage.last_version(&t.id).await? == 3);
+        ensure!(
+            !storage.delete_blob_if_unused(&other).await?,
+            "in use by v3"
+        );
         // Concurrent deploys of one tenant get distinct versions.
         let deploys = (0..5).map(|_| {
             let storage = storage.clone();
             let (id, sha) = (t2.id.clone(), sha.clone());
-            tokio::spawn(async move { storage.add_deployment(&id, &sha, 9, 1).await })
+            tokio::spawn(async move { storage.add_deployment(&id, &sha, b"component", 1).await })
         });
         let mut numbers = Vec::new();
         for d in deploys {

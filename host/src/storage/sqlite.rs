@@ -1,5 +1,11 @@
 //! The embedded default backend: one SQLite file in the data directory, created
 //! and migrated on start (WAL mode, foreign keys on).
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE`: it takes SQLite's one
+//! write lock at once (waiting up to the busy timeout), so a transaction that
+//! reads before it writes (quota checks, balances) never fails with
+//! `SQLITE_BUSY` because another connection wrote after its read began — a
+//! failure the busy timeout does not retry.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -400,10 +406,10 @@ impl Storage for SqliteStorage {
     }
 
     async fn delete_tenant(&self, tenant_id: &str) -> StorageResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_rfc3339();
         let done = sqlx::query(
-            "UPDATE tenants SET status = 'destroyed', deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+            "UPDATE tenants SET status = 'destroyed', active_version = NULL, deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
         )
         .bind(&now)
         .bind(&now)
@@ -424,19 +430,6 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    async fn put_blob(&self, sha256: &str, bytes: &[u8]) -> StorageResult<()> {
-        sqlx::query(
-            "INSERT INTO blobs (sha256, size, bytes, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(sha256)
-        .bind(bytes.len() as i64)
-        .bind(bytes)
-        .bind(now_rfc3339())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn get_blob(&self, sha256: &str) -> StorageResult<Vec<u8>> {
         let row = sqlx::query("SELECT bytes FROM blobs WHERE sha256 = ?")
             .bind(sha256)
@@ -445,15 +438,54 @@ impl Storage for SqliteStorage {
         Ok(row.try_get("bytes")?)
     }
 
+    async fn blob_exists(&self, sha256: &str) -> StorageResult<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM blobs WHERE sha256 = ?")
+                .bind(sha256)
+                .fetch_one(&self.pool)
+                .await?
+                > 0,
+        )
+    }
+
+    async fn delete_blob_if_unused(&self, sha256: &str) -> StorageResult<bool> {
+        let deleted = sqlx::query(
+            "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS (SELECT 1 FROM deployments WHERE sha256 = ?)",
+        )
+        .bind(sha256)
+        .bind(sha256)
+        .execute(&self.pool)
+        .await;
+        match deleted {
+            Ok(done) => Ok(done.rows_affected() > 0),
+            // A deployment of it arrived meanwhile.
+            Err(sqlx::Error::Database(db))
+                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn add_deployment(
         &self,
         tenant_id: &str,
         sha256: &str,
-        size: i64,
+        wasm: &[u8],
         compile_ms: i64,
     ) -> StorageResult<Deployment> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO blobs (sha256, size, bytes, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(wasm.len() as i64)
+        .bind(wasm)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
         let row = sqlx::query(
             "INSERT INTO deployments (tenant_id, version, sha256, size, compile_ms, created_at)
              SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ? FROM deployments WHERE tenant_id = ?
@@ -461,7 +493,7 @@ impl Storage for SqliteStorage {
         )
         .bind(tenant_id)
         .bind(sha256)
-        .bind(size)
+        .bind(wasm.len() as i64)
         .bind(compile_ms)
         .bind(&now)
         .bind(tenant_id)
@@ -482,6 +514,41 @@ impl Storage for SqliteStorage {
         }
         tx.commit().await?;
         Ok(deployment)
+    }
+
+    async fn delete_deployments(
+        &self,
+        tenant_id: &str,
+        versions: &[i64],
+    ) -> StorageResult<Vec<String>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut digests = Vec::new();
+        for version in versions {
+            let digest: Option<String> = sqlx::query_scalar(
+                "DELETE FROM deployments WHERE tenant_id = ? AND version = ?
+                   AND version IS NOT (SELECT active_version FROM tenants WHERE id = ?)
+                 RETURNING sha256",
+            )
+            .bind(tenant_id)
+            .bind(version)
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            digests.extend(digest);
+        }
+        tx.commit().await?;
+        digests.sort();
+        digests.dedup();
+        Ok(digests)
+    }
+
+    async fn last_version(&self, tenant_id: &str) -> StorageResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) FROM deployments WHERE tenant_id = ?",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn list_deployments(&self, tenant_id: &str) -> StorageResult<Vec<Deployment>> {
@@ -526,7 +593,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn set_env(&self, tenant_id: &str, vars: &[(String, String)]) -> StorageResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM tenant_env WHERE tenant_id = ?")
             .bind(tenant_id)
             .execute(&mut *tx)
@@ -561,7 +628,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (tenant_id, line) in lines {
             sqlx::query(
                 "INSERT OR REPLACE INTO tenant_logs (tenant_id, seq, timestamp_ms, request_id, stream, message)
@@ -603,6 +670,31 @@ impl Storage for SqliteStorage {
             .collect::<StorageResult<Vec<_>>>()?;
         lines.reverse();
         Ok(lines)
+    }
+
+    async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tenant_logs WHERE tenant_id = ? AND (timestamp_ms < ? OR seq <= (
+                 SELECT seq FROM tenant_logs WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?))",
+        )
+        .bind(tenant_id)
+        .bind(before_ms)
+        .bind(tenant_id)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_deleted_tenants_logs(&self, before_ms: i64) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tenant_logs WHERE timestamp_ms < ?
+               AND tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NOT NULL)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn kv_get(
@@ -652,7 +744,7 @@ impl Storage for SqliteStorage {
         quota: KvQuota,
     ) -> Result<(), KvError> {
         let _write = self.kv_writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let changes: Vec<(&str, Option<&[u8]>)> = entries
             .iter()
             .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
@@ -669,7 +761,7 @@ impl Storage for SqliteStorage {
         keys: &[String],
     ) -> StorageResult<()> {
         let _write = self.kv_writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let changes: Vec<(&str, Option<&[u8]>)> = keys.iter().map(|k| (k.as_str(), None)).collect();
         kv_apply(&mut tx, tenant_id, bucket, &changes, None)
             .await
@@ -714,7 +806,7 @@ impl Storage for SqliteStorage {
         quota: KvQuota,
     ) -> Result<i64, KvError> {
         let _write = self.kv_writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let old: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT value FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
         )
@@ -754,7 +846,7 @@ impl Storage for SqliteStorage {
         quota: KvQuota,
     ) -> Result<bool, KvError> {
         let _write = self.kv_writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let current: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT value FROM kv WHERE tenant_id = ? AND bucket = ? AND key = ?",
         )
@@ -838,7 +930,7 @@ impl Storage for SqliteStorage {
             return Err(LedgerError::Invalid("amount must be positive".into()));
         }
         let _write = self.kv_writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id = post_transfer(&mut tx, "mint", to, amount, memo, None).await?;
         tx.commit().await?;
         Ok(id)
@@ -846,7 +938,7 @@ impl Storage for SqliteStorage {
 
     async fn ledger_transfer(&self, r: &TransferRequest<'_>) -> Result<String, LedgerError> {
         let _write = self.kv_writes.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let previous = sqlx::query(
             "SELECT id, to_account, amount, memo FROM ledger_transfers WHERE from_account = ? AND idempotency_key = ?",
         )
@@ -996,16 +1088,48 @@ impl Storage for SqliteStorage {
     }
 
     async fn task_claim(&self) -> StorageResult<Option<TaskRecord>> {
+        // Fair across tenants: the live tenant with the fewest tasks running
+        // goes first, its oldest task first.
         let row = sqlx::query(
             "UPDATE convergence_tasks SET status = 'running', attempts = attempts + 1,
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-             WHERE id = (SELECT id FROM convergence_tasks WHERE status = 'pending' ORDER BY created_at, id LIMIT 1)
+             WHERE id = (
+                 SELECT p.id FROM convergence_tasks p
+                 JOIN tenants t ON t.id = p.tenant_id AND t.deleted_at IS NULL
+                 WHERE p.status = 'pending'
+                 ORDER BY (SELECT COUNT(*) FROM convergence_tasks r
+                           WHERE r.tenant_id = p.tenant_id AND r.status = 'running'),
+                          p.created_at, p.id
+                 LIMIT 1)
                AND status = 'pending'
              RETURNING id, tenant_id, status, request, outcome, error, webhook_url, attempts",
         )
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(task_row).transpose()
+    }
+
+    async fn task_count_active(&self, tenant_id: &str) -> StorageResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM convergence_tasks WHERE tenant_id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn task_cancel_pending(&self, tenant_id: &str, error: &str) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "UPDATE convergence_tasks SET status = 'failed', error = ?, updated_at = ?
+             WHERE tenant_id = ? AND status = 'pending'",
+        )
+        .bind(error)
+        .bind(now_rfc3339())
+        .bind(tenant_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn task_finish(
