@@ -126,6 +126,9 @@ impl From<ControlError> for ApiError {
         match e {
             ControlError::NotFound(what) => Self::not_found(what),
             ControlError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ControlError::Forbidden(message) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
             ControlError::Invalid(message) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
             }
@@ -211,10 +214,56 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// JSON body whose rejections use the API's error shape.
-#[derive(Debug, FromRequest)]
-#[from_request(via(Json), rejection(ApiError))]
+/// JSON body whose rejections use the API's error shape. Text with a NUL
+/// character anywhere is refused (400) before any handler sees it: no backend
+/// stores it the same way (PostgreSQL's text cannot hold it at all).
+#[derive(Debug)]
 pub struct ApiJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        if let Some(field) = nul_in(&value) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{field} contains a NUL character, which no text field may hold"),
+            ));
+        }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+    }
+}
+
+/// The first place in `value` (a key or a string) holding a NUL, as a JSON path.
+fn nul_in(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => Some("a text field".into()),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            nul_in(item).map(|inner| {
+                format!(
+                    "[{i}]{}",
+                    inner.strip_prefix("a text field").unwrap_or(&inner)
+                )
+            })
+        }),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                return Some("a field name".into());
+            }
+            nul_in(item).map(|inner| {
+                format!(
+                    "{key:?}{}",
+                    inner.strip_prefix("a text field").unwrap_or(&inner)
+                )
+            })
+        }),
+        _ => None,
+    }
+}
 
 /// Query string whose rejections use the API's error shape.
 #[derive(Debug, FromRequestParts)]
@@ -240,6 +289,9 @@ impl FromRequestParts<AppState> for Caller {
 
 /// Finds tenant `id` (or slug) if the caller may see it; 404 otherwise.
 async fn tenant_for(lodge: &Lodge, caller: &Principal, id: &str) -> Result<TenantRecord, ApiError> {
+    if id.contains('\0') {
+        return Err(ApiError::not_found("tenant"));
+    }
     let record = lodge.storage.get_tenant(id).await?;
     let allowed = match caller {
         Principal::Admin => true,
@@ -385,7 +437,10 @@ async fn spawn_tenant(
             return Err(ApiError::forbidden("a tenant key cannot create tenants"));
         }
     };
-    let spawned = lodge.spawn_tenant(&org_id, &body.name, body.plan).await?;
+    let by_operator = caller == Principal::Admin;
+    let spawned = lodge
+        .spawn_tenant(&org_id, &body.name, body.plan, by_operator)
+        .await?;
     let mut view = TenantView::new(&lodge, spawned.tenant);
     view.api_key = Some(spawned.api_key);
     Ok((StatusCode::CREATED, Json(TenantEnvelope { tenant: view })))
@@ -554,6 +609,7 @@ async fn tenant_logs(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
@@ -564,40 +620,108 @@ async fn tenant_logs(
         let lines = live.logs.since(since, limit);
         return Ok(Json(LogPage { lines }).into_response());
     }
-    Ok(Sse::new(follow(live, since, limit))
+    let watch = Watch {
+        lodge: lodge.clone(),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        tenant: live.clone(),
+    };
+    Ok(Sse::new(follow(live, since, limit, watch))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-/// The backlog after `since`, then every new line, as `log` events with `id: seq`.
+/// What keeps a followed log stream open: the key it was opened with still
+/// valid, and the tenant still running. Checked every second.
+struct Watch {
+    lodge: Arc<Lodge>,
+    authorization: String,
+    tenant: Arc<Tenant>,
+}
+
+impl Watch {
+    /// Why the stream must end now, if it must.
+    async fn ended(&self) -> Option<&'static str> {
+        let lodge = &self.lodge;
+        let valid = auth::authenticate(
+            Some(&self.authorization),
+            &lodge.admin,
+            lodge.storage.as_ref(),
+        )
+        .await;
+        match valid {
+            Err(AuthError::Storage(_)) => {} // the database is away: keep streaming
+            Err(_) => return Some("the key this stream was opened with was rotated or revoked"),
+            Ok(_) => {}
+        }
+        let current = lodge.registry.get(&self.tenant.slug);
+        if current.is_none_or(|t| t.id != self.tenant.id) {
+            return Some("the tenant was deleted");
+        }
+        match self.tenant.state().status {
+            TenantStatus::Stopped => Some("the tenant was stopped"),
+            TenantStatus::Destroyed => Some("the tenant was deleted"),
+            _ => None,
+        }
+    }
+}
+
+/// The backlog after `since`, then every new line, as `log` events with `id: seq`;
+/// an `end` event (`{"reason": …}`) closes the stream within a second of
+/// `watch` saying so.
 fn follow(
     tenant: Arc<Tenant>,
     since: u64,
     limit: usize,
+    watch: Watch,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
+    enum Item {
+        Line(LogLine),
+        End(&'static str),
+    }
     // Subscribe before reading the backlog so no line falls between the two.
     let receiver = tenant.logs.subscribe();
     let backlog = tenant.logs.since(since, limit);
     let last = backlog.last().map_or(since, |l| l.seq);
-    let backlog = futures::stream::iter(backlog);
-    let live = futures::stream::unfold((receiver, last), |(mut receiver, last)| async move {
+    let backlog = futures::stream::iter(backlog.into_iter().map(Item::Line));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Some((receiver, last, tick, watch));
+    let live = futures::stream::unfold(state, |state| async move {
+        let (mut receiver, mut last, mut tick, watch) = state?;
         loop {
-            match receiver.recv().await {
-                Ok(line) if line.seq <= last => continue,
-                Ok(line) => {
-                    let seq = line.seq;
-                    return Some((line, (receiver, seq)));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Ok(line) if line.seq <= last => continue,
+                    Ok(line) => {
+                        last = line.seq;
+                        return Some((Item::Line(line), Some((receiver, last, tick, watch))));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = tick.tick() => if let Some(reason) = watch.ended().await {
+                    return Some((Item::End(reason), None));
+                },
             }
         }
     });
-    futures::StreamExt::map(futures::StreamExt::chain(backlog, live), |line| {
-        let event = Event::default().event("log").id(line.seq.to_string());
-        Ok(event
-            .json_data(&line)
-            .unwrap_or_else(|_| Event::default().comment("unserializable line")))
+    futures::StreamExt::map(futures::StreamExt::chain(backlog, live), |item| {
+        Ok(match item {
+            Item::Line(line) => {
+                let event = Event::default().event("log").id(line.seq.to_string());
+                event
+                    .json_data(&line)
+                    .unwrap_or_else(|_| Event::default().comment("unserializable line"))
+            }
+            Item::End(reason) => Event::default()
+                .event("end")
+                .json_data(serde_json::json!({ "reason": reason }))
+                .unwrap_or_else(|_| Event::default().event("end")),
+        })
     })
 }
 
@@ -852,7 +976,7 @@ async fn update_env(
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRotated {
-    /// The new tenant key, shown only here; the old ones no longer work.
+    /// The new key, shown only here; the old ones no longer work.
     pub api_key: String,
 }
 
@@ -1465,11 +1589,16 @@ impl From<crate::convergence::tasks::ConvergenceFailure> for ApiError {
                 e.to_string(),
             ),
             F::UnknownTask(_) => Self::not_found("task"),
-            F::Provider(e) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "provider_unavailable",
-                e.to_string(),
-            ),
+            F::Provider(e) => {
+                // The detail (the provider's URL, its answer) is the operator's, not the tenant's.
+                tracing::warn!(error = %e, "the model provider failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    "the model provider is unavailable; retry later (quote this response's \
+                     x-request-id to the operator)",
+                )
+            }
             F::Storage(e) => e.into(),
         }
     }
@@ -1589,7 +1718,8 @@ async fn converge_task(
 /// The key a tenant's webhooks are signed with.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookSecret {
-    /// HMAC-SHA256 key (hex); the signature is `X-Lodge-Signature: sha256=<hex of HMAC(body)>`.
+    /// HMAC-SHA256 key (hex). A webhook carries `X-Lodge-Signature: t=<unix
+    /// seconds>,v1=<hex of HMAC(key, "<t>.<body>")>`; refuse old timestamps.
     pub secret: String,
 }
 
@@ -1603,8 +1733,97 @@ async fn webhook_secret(
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     Ok(Json(WebhookSecret {
-        secret: lodge.webhook_secret(&record.id),
+        secret: lodge.webhook_secret(&record.id).await?,
     }))
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/webhook-secret/rotate", tag = "convergence",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = WebhookSecret, description = "the new secret; the old one signs nothing from now on"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn rotate_webhook_secret(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookSecret>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    Ok(Json(WebhookSecret {
+        secret: lodge.rotate_webhook_secret(&record.id).await?,
+    }))
+}
+
+/// `PATCH /orgs/{id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrg {
+    /// The organization's new plan; its tenants on the old plan follow.
+    pub plan: String,
+}
+
+/// Wraps an organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgEnvelope {
+    /// The organization.
+    pub org: Org,
+}
+
+#[utoipa::path(patch, path = "/api/v1/orgs/{id}", tag = "orgs", request_body = UpdateOrg,
+    params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
+    responses((status = 200, body = OrgEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_org(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateOrg>,
+) -> Result<Json<OrgEnvelope>, ApiError> {
+    if caller != Principal::Admin {
+        return Err(ApiError::forbidden(
+            "only the operator's admin token may change an organization's plan",
+        ));
+    }
+    let org = lodge.set_org_plan(&id, &body.plan).await?;
+    Ok(Json(OrgEnvelope { org }))
+}
+
+/// The organization `id`, if the caller is the operator or that organization.
+fn own_org(caller: &Principal, id: &str) -> Result<(), ApiError> {
+    match caller {
+        Principal::Admin => Ok(()),
+        Principal::Org { org_id } if org_id == id => Ok(()),
+        Principal::Org { .. } => Err(ApiError::not_found("organization")),
+        Principal::Tenant { .. } => Err(ApiError::forbidden(
+            "a tenant key cannot manage its organization's keys",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{id}/keys/rotate", tag = "orgs",
+    params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
+    responses((status = 200, body = KeyRotated, description = "the new organization key; the old ones no longer work"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn rotate_org_keys(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyRotated>, ApiError> {
+    own_org(&caller, &id)?;
+    let api_key = lodge.rotate_org_keys(&id, true).await?.unwrap_or_default();
+    Ok(Json(KeyRotated { api_key }))
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{id}/keys/revoke", tag = "orgs",
+    params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
+    responses((status = 204, description = "every key of the organization (not its tenants') revoked"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn revoke_org_keys(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    own_org(&caller, &id)?;
+    lodge.rotate_org_keys(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The OpenAPI document.
@@ -1614,7 +1833,8 @@ async fn webhook_secret(
     paths(create_org, spawn_tenant, list_tenants, tenant_status, tenant_logs, deploy_component,
         list_deployments, rollback, stop_tenant, start_tenant, update_env, rotate_key, delete_tenant, tenant_usage,
         org_usage, get_limits, set_limits, list_plans,
-        get_wallet, fund_wallet, converge, converge_preset, converge_task, webhook_secret),
+        get_wallet, fund_wallet, converge, converge_preset, converge_task, webhook_secret,
+        rotate_webhook_secret, update_org, rotate_org_keys, revoke_org_keys),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;
@@ -1638,6 +1858,9 @@ const API_DOCS_PAGE: &str = include_str!("api_docs.html");
 pub fn router(lodge: Arc<Lodge>) -> Router {
     let api = Router::new()
         .route("/orgs", post(create_org))
+        .route("/orgs/{id}", axum::routing::patch(update_org))
+        .route("/orgs/{id}/keys/rotate", post(rotate_org_keys))
+        .route("/orgs/{id}/keys/revoke", post(revoke_org_keys))
         .route("/tenant", get(list_tenants))
         .route("/tenant/spawn", post(spawn_tenant))
         .route("/tenant/{id}", axum::routing::delete(delete_tenant))
@@ -1657,6 +1880,10 @@ pub fn router(lodge: Arc<Lodge>) -> Router {
         .route("/tenant/{id}/wallet", get(get_wallet))
         .route("/tenant/{id}/wallet/fund", post(fund_wallet))
         .route("/tenant/{id}/webhook-secret", get(webhook_secret))
+        .route(
+            "/tenant/{id}/webhook-secret/rotate",
+            post(rotate_webhook_secret),
+        )
         .route("/converge", post(converge))
         .route("/converge/{task_id}", get(converge_task))
         .route("/design", post(converge_preset))

@@ -6,8 +6,10 @@
 //! once, when it is made. SHA-256 rather than a password hash: the secret is
 //! random and long, so there is nothing for a slow hash to protect against.
 //!
-//! The operator's admin token comes from `LODGE_ADMIN_TOKEN`, or is generated on
-//! first start into `<data-dir>/admin-token` (mode 0600).
+//! The operator's admin token comes from `LODGE_ADMIN_TOKEN` (or a file named by
+//! `--admin-token-file` / `LODGE_ADMIN_TOKEN_FILE`), any text of at least
+//! [`MIN_ADMIN_TOKEN_LEN`] characters, or is generated on first start into
+//! `<data-dir>/admin-token` (mode 0600).
 
 use std::path::Path;
 
@@ -110,6 +112,9 @@ fn parse_key(token: &str) -> Result<(KeyKind, &str, &str), AuthError> {
     Ok((kind, id, secret))
 }
 
+/// The shortest admin token accepted: 32 characters (e.g. `openssl rand -hex 32` gives 64).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
 /// The operator token's hash, loaded once at start.
 #[derive(Clone)]
 pub struct AdminToken {
@@ -131,12 +136,18 @@ impl AdminToken {
         from_env: Option<String>,
     ) -> anyhow::Result<(Self, Option<String>)> {
         if let Some(token) = from_env.filter(|t| !t.trim().is_empty()) {
-            return Ok((Self::from_plaintext(token.trim()), None));
+            let token = token.trim();
+            let length = token.chars().count();
+            anyhow::ensure!(
+                length >= MIN_ADMIN_TOKEN_LEN,
+                "the admin token is {length} characters; it must be at least \
+                 {MIN_ADMIN_TOKEN_LEN} (any text: generate one with `openssl rand -hex 32`)"
+            );
+            return Ok((Self::from_plaintext(token), None));
         }
         let path = data_dir.join("admin-token");
         if path.exists() {
-            let token = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let token = read_secret_file(&path)?;
             return Ok((Self::from_plaintext(token.trim()), None));
         }
         let token = format!("sk_admin_{}", random_hex(32));
@@ -155,6 +166,28 @@ impl AdminToken {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         bool::from(hash.ct_eq(&self.hash))
     }
+}
+
+/// Reads a file holding a secret, refusing one that others than its owner may
+/// read (the message says how to fix it).
+pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "{} holds a secret but its group or others may read it (mode {:o}): \
+             run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Writes a new file readable only by its owner (mode 0600); fails if it exists.
@@ -184,12 +217,9 @@ pub async fn authenticate(
         .or_else(|| header.strip_prefix("bearer "))
         .ok_or(AuthError::Malformed)?
         .trim();
-    if token.starts_with("sk_admin_") {
-        return if admin.matches(token) {
-            Ok(Principal::Admin)
-        } else {
-            Err(AuthError::Invalid)
-        };
+    // Any text may be the operator's token; only the hash is compared.
+    if admin.matches(token) {
+        return Ok(Principal::Admin);
     }
     let (kind, id, secret) = parse_key(token)?;
     let record = storage.get_key(id).await?.ok_or(AuthError::Invalid)?;
@@ -242,6 +272,30 @@ mod tests {
         assert!(token.matches("sk_admin_abc"));
         assert!(!token.matches("sk_admin_abd"));
         assert_eq!(format!("{token:?}"), "AdminToken(<redacted>)");
+    }
+
+    #[test]
+    fn an_operator_token_is_any_text_of_32_characters_or_more() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let chosen = "correct horse battery staple, twice".to_owned();
+        let (token, shown) = AdminToken::load(dir.path(), Some(chosen.clone())).expect("taken");
+        assert!(shown.is_none() && token.matches(&chosen));
+        let short = AdminToken::load(dir.path(), Some("sk_admin_short".into()));
+        assert!(short.is_err_and(|e| e.to_string().contains("at least 32")));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "x".repeat(40)).expect("written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let refused = read_secret_file(&path);
+        assert!(refused.is_err_and(|e| e.to_string().contains("chmod 600")));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(read_secret_file(&path).is_ok());
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Upload → first 200 for each component on a fresh host (nothing cached), then
 /// the same tenants after a restart: time to reopen, and to the first 200.
 async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
-    const TOKEN: &str = "sk_admin_bench";
+    const TOKEN: &str = "sk_admin_bench-0123456789abcdef01234567";
     let data = tempfile::tempdir()?;
     let client = reqwest::Client::builder().no_proxy().build()?;
     let mut rows = Vec::new();

@@ -39,9 +39,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a host serving tenants' `wasi:http/proxy` components over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure a host serving the hello component over loopback HTTP.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Manage organizations (admin token).
     #[command(subcommand)]
     Org(OrgCommand),
@@ -105,13 +105,35 @@ pub struct ServeArgs {
     #[arg(long, env = "LODGE_BASE_DOMAIN", value_name = "DOMAIN")]
     pub base_domain: Option<String>,
 
-    /// The operator's admin token (default: generated into the data dir on first start).
+    /// The operator's admin token: any text of 32 characters or more (default:
+    /// generated into the data dir on first start). Prefer `--admin-token-file`
+    /// or the environment: a command line shows in `ps`.
     #[arg(long, env = "LODGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// The key sealing wallet seeds, 64 hex digits (default: generated into the data dir).
+    /// A file holding the admin token (mode 0600; others may not read it).
+    #[arg(
+        long,
+        env = "LODGE_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// The master key sealing wallet seeds, env values and webhook secrets, 64
+    /// hex digits (default: generated into the data dir). Prefer
+    /// `--master-key-file` or the environment: a command line shows in `ps`.
     #[arg(long, env = "LODGE_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+
+    /// A file holding the master key (mode 0600; others may not read it).
+    #[arg(
+        long,
+        env = "LODGE_MASTER_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with = "master_key"
+    )]
+    pub master_key_file: Option<PathBuf>,
 
     /// An OpenAI-compatible chat-completions base URL for convergence (OpenAI,
     /// Ollama, vLLM, llama.cpp), e.g. `http://localhost:11434/v1`. Without it,
@@ -142,6 +164,12 @@ pub struct ServeArgs {
     /// address always needs the admin token.
     #[arg(long, env = "LODGE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Let convergence webhooks reach private, loopback and link-local addresses
+    /// (receivers on your own network). Off by default: a webhook URL must
+    /// resolve to public addresses only, as guests' outbound HTTP must.
+    #[arg(long, env = "LODGE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
 
     /// Largest component accepted by a deploy, in MiB.
     #[arg(long, env = "LODGE_MAX_COMPONENT_MIB", default_value_t = 64)]
@@ -295,6 +323,7 @@ impl ServeArgs {
                     backoff: Duration::from_millis(500),
                 }),
             max_component_bytes: self.max_component_mib.saturating_mul(1024 * 1024),
+            webhook_allow_private: self.webhook_allow_private,
             config_file: self.config.clone(),
             database_url: self.database_url.clone(),
             task_lease: self.host.task_lease,
@@ -347,8 +376,8 @@ pub fn main() -> ExitCode {
     let conn = cli.conn;
     let client = |command| runtime.block_on(crate::client::run(conn.clone(), command));
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(run_serve(args)),
-        Command::Bench(args) => runtime.block_on(crate::bench::run(args)),
+        Command::Serve(args) => runtime.block_on(run_serve(*args)),
+        Command::Bench(args) => runtime.block_on(crate::bench::run(*args)),
         Command::Org(c) => return client(ClientCommand::Org(c)),
         Command::Tenant(c) => return client(ClientCommand::Tenant(c)),
         Command::Deploy { tenant, file } => return client(ClientCommand::Deploy { tenant, file }),
@@ -398,6 +427,12 @@ fn init_tracing(format: LogFormat) {
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = args.config();
+    if let Some(path) = &args.admin_token_file {
+        config.admin_token = Some(crate::auth::read_secret_file(path)?.trim().to_owned());
+    }
+    if let Some(path) = &args.master_key_file {
+        config.master_key = Some(crate::auth::read_secret_file(path)?.trim().to_owned());
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -409,7 +444,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "admin token (saved to {}, shown once): {token}",
             config.data_dir.join("admin-token").display()
         ),
-        None if config.admin_token.is_none() => eprintln!(
+        None if config.admin_token.is_none() && args.admin_token_file.is_none() => eprintln!(
             "admin token: in {}",
             config.data_dir.join("admin-token").display()
         ),

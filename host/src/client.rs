@@ -44,6 +44,31 @@ pub enum OrgCommand {
         #[arg(long)]
         plan: Option<String>,
     },
+    /// Move an organization to another plan (admin token); its tenants on the old plan follow.
+    SetPlan {
+        /// Organization id.
+        org: String,
+        /// The new plan.
+        plan: String,
+    },
+    /// Manage an organization's own keys.
+    #[command(subcommand)]
+    Keys(OrgKeysCommand),
+}
+
+/// `lodge org keys …`
+#[derive(Debug, Subcommand)]
+pub enum OrgKeysCommand {
+    /// Revoke the organization's keys and print a new one (admin token or the org's key).
+    Rotate {
+        /// Organization id.
+        org: String,
+    },
+    /// Revoke every key of the organization, leaving none (its tenants' keys stay).
+    Revoke {
+        /// Organization id.
+        org: String,
+    },
 }
 
 /// `lodge tenant …`
@@ -351,6 +376,40 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                     v["org"]["id"].as_str().unwrap_or(""),
                     v["apiKey"].as_str().unwrap_or("")
                 )
+            });
+        }
+        ClientCommand::Org(OrgCommand::SetPlan { org, plan }) => {
+            let body = json!({ "plan": plan });
+            let v = client
+                .send(
+                    client
+                        .request(Method::PATCH, &format!("/orgs/{org}"))
+                        .json(&body),
+                )
+                .await?;
+            print(&v, &|v| {
+                format!(
+                    "organization {} now on plan {}",
+                    v["org"]["id"].as_str().unwrap_or(""),
+                    v["org"]["plan"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Org(OrgCommand::Keys(OrgKeysCommand::Rotate { org })) => {
+            let path = format!("/orgs/{org}/keys/rotate");
+            let v = client.send(client.request(Method::POST, &path)).await?;
+            print(&v, &|v| {
+                format!(
+                    "new organization key (shown once; the old ones no longer work): {}",
+                    v["apiKey"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ClientCommand::Org(OrgCommand::Keys(OrgKeysCommand::Revoke { org })) => {
+            let path = format!("/orgs/{org}/keys/revoke");
+            client.send(client.request(Method::POST, &path)).await?;
+            print(&json!({ "revoked": org }), &|_| {
+                format!("every key of organization {org} revoked")
             });
         }
         ClientCommand::Tenant(TenantCommand::Create { name, plan, org }) => {
@@ -692,6 +751,8 @@ async fn logs(
         if json_out {
             println!("{line}");
         } else {
+            // Guest text is escaped: a terminal sequence in a tenant's log
+            // must not reach the operator's terminal.
             println!(
                 "{} {:<6} [{}] {}",
                 line["timestampMs"]
@@ -701,9 +762,9 @@ async fn logs(
                     )
                     .to_string())
                     .unwrap_or_default(),
-                line["stream"].as_str().unwrap_or(""),
-                line["requestId"].as_str().unwrap_or(""),
-                line["message"].as_str().unwrap_or("")
+                escape_controls(line["stream"].as_str().unwrap_or("")),
+                escape_controls(line["requestId"].as_str().unwrap_or("")),
+                escape_controls(line["message"].as_str().unwrap_or(""))
             );
         }
     };
@@ -735,24 +796,66 @@ async fn logs(
         }
         .into());
     }
-    // Server-sent events: `data:` lines, events separated by a blank line.
+    // Server-sent events: `event:` and `data:` lines, events separated by a
+    // blank line. Bytes are buffered, so a character split across chunks is whole.
     let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut buffer: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
+        buffer.extend_from_slice(&chunk?);
+        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+            let raw: Vec<u8> = buffer.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&raw);
+            let kind = event
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .map(str::trim);
             let data: Vec<&str> = event
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))
                 .map(str::trim_start)
                 .collect();
-            if !data.is_empty()
-                && let Ok(line) = serde_json::from_str::<Value>(&data.join("\n"))
-            {
-                show(&line);
+            let Ok(value) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                continue;
+            };
+            if kind == Some("end") {
+                let reason = value["reason"].as_str().unwrap_or("the host ended it");
+                eprintln!("log stream ended: {}", escape_controls(reason));
+                return Ok(());
             }
+            show(&value);
         }
     }
     Ok(())
+}
+
+/// `text` with control characters (C0, DEL, C1: terminal escape sequences
+/// included) written as `\u{…}` escapes; tabs stay.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_sequences_in_logs_are_escaped() {
+        assert_eq!(escape_controls("plain\ttext"), "plain\ttext");
+        let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2Jgone\u{9b}31m";
+        let shown = escape_controls(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert!(shown.contains("\\u{1b}") && shown.contains("gone"));
+    }
 }

@@ -188,6 +188,9 @@ pub struct HostConfig {
     pub log_archive_queue: usize,
     /// Webhook deliveries in flight at once across the host (each tenant at most 2).
     pub webhook_workers: usize,
+    /// Let webhooks reach private, loopback and link-local addresses (on-premises
+    /// receivers); off, a webhook URL must resolve to public addresses only.
+    pub webhook_allow_private: bool,
     /// Delete the artifacts of components no longer stored. Turn off when the
     /// artifacts directory is shared by hosts on different databases.
     pub prune_artifacts: bool,
@@ -297,6 +300,7 @@ impl Default for HostConfig {
             webhook_workers: 8,
             housekeeping_interval: Duration::from_secs(600),
             prune_artifacts: true,
+            webhook_allow_private: false,
         }
     }
 }

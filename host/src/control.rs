@@ -18,6 +18,7 @@ use crate::plans::{LimitsPatch, PlanBook};
 use crate::registry::{Active, Tenant};
 use crate::server::Lodge;
 use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, now_rfc3339};
+use crate::wallet::Purpose;
 
 /// Why a control-plane operation failed, in terms the API can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum ControlError {
     /// A uniqueness rule refused it.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request was wrong; the message says how.
     #[error("{0}")]
     Invalid(String),
@@ -66,6 +70,18 @@ impl From<StorageError> for ControlError {
             other => Self::Storage(other),
         }
     }
+}
+
+/// How a sealed env value starts in storage (then hex of nonce and ciphertext).
+const SEALED_ENV: &str = "sealed:v1:";
+
+/// A tenant's environment as read from storage.
+#[derive(Debug, Default)]
+pub(crate) struct StoredEnv {
+    /// Name and value, opened.
+    pub vars: Vec<(String, String)>,
+    /// Whether some value was stored in plaintext (before values were sealed).
+    pub plaintext: bool,
 }
 
 /// Why an upload was not started.
@@ -231,6 +247,50 @@ impl Lodge {
         Ok(true)
     }
 
+    /// Moves an organization to `plan`; its tenants that were on its old plan
+    /// move with it (tenants the operator put on another plan stay there).
+    pub async fn set_org_plan(&self, org_id: &str, plan: &str) -> Result<Org, ControlError> {
+        let org = self.storage.get_org(org_id).await.map_err(|e| match e {
+            StorageError::NotFound => ControlError::NotFound("organization"),
+            other => other.into(),
+        })?;
+        let plan = self.check_plan(Some(plan.to_owned()))?;
+        self.storage.set_org_plan(org_id, &plan).await?;
+        let mut offset = 0;
+        loop {
+            let page = self.storage.list_tenants(Some(org_id), 500, offset).await?;
+            for record in page.iter().filter(|t| t.plan == org.plan) {
+                self.set_tenant_limits(record, Some(plan.clone()), None)
+                    .await?;
+            }
+            if page.len() < 500 {
+                break;
+            }
+            offset += 500;
+        }
+        Ok(Org { plan, ..org })
+    }
+
+    /// Revokes an organization's keys (not its tenants') and, with
+    /// `replace`, makes a new one (returned).
+    pub async fn rotate_org_keys(
+        &self,
+        org_id: &str,
+        replace: bool,
+    ) -> Result<Option<String>, ControlError> {
+        self.storage.get_org(org_id).await.map_err(|e| match e {
+            StorageError::NotFound => ControlError::NotFound("organization"),
+            other => other.into(),
+        })?;
+        self.storage.revoke_org_keys(org_id).await?;
+        if !replace {
+            return Ok(None);
+        }
+        let key = auth::new_key(org_id, None);
+        self.storage.insert_key(&key.record).await?;
+        Ok(Some(key.plaintext))
+    }
+
     /// Creates an organization and its first key.
     pub async fn create_org(
         &self,
@@ -255,17 +315,29 @@ impl Lodge {
         Ok((org, key.plaintext))
     }
 
-    /// Creates a tenant of `org_id` named `name`, with its first key; the slug is derived.
+    /// Creates a tenant of `org_id` named `name`, with its first key; the slug
+    /// is derived. Only the operator (`by_operator`) may give it a plan other
+    /// than its organization's.
     pub async fn spawn_tenant(
         &self,
         org_id: &str,
         name: &str,
         plan: Option<String>,
+        by_operator: bool,
     ) -> Result<Spawned, ControlError> {
         let org = self.storage.get_org(org_id).await.map_err(|e| match e {
             StorageError::NotFound => ControlError::NotFound("organization"),
             other => other.into(),
         })?;
+        // An unknown plan is a mistake (400) before it is a privilege (403).
+        let plan = plan.map(|p| self.check_plan(Some(p))).transpose()?;
+        if let Some(asked) = plan.as_deref().filter(|p| *p != org.plan && !by_operator) {
+            return Err(ControlError::Forbidden(format!(
+                "only the operator may give a tenant a plan other than its organization's \
+                 ({:?}); {asked:?} was asked",
+                org.plan
+            )));
+        }
         let slug = slugify(name);
         if slug.is_empty() {
             return Err(ControlError::Invalid(
@@ -623,7 +695,7 @@ impl Lodge {
         }
         let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
-        let mut vars = self.storage.get_env(&record.id).await?;
+        let mut vars = self.stored_env(&record.id).await?.vars;
         for (name, value) in changes {
             vars.retain(|(n, _)| *n != name);
             if let Some(value) = value {
@@ -631,11 +703,55 @@ impl Lodge {
             }
         }
         vars.sort();
-        self.storage.set_env(&record.id, &vars).await?;
+        self.store_env(&record.id, &vars).await?;
         let names = vars.iter().map(|(n, _)| n.clone()).collect();
         tenant.update(|state| state.env = Arc::from(vars));
         self.announce(&record.id).await;
         Ok(names)
+    }
+
+    /// A tenant's environment, its values opened with the master key.
+    pub(crate) async fn stored_env(&self, tenant_id: &str) -> Result<StoredEnv, StorageError> {
+        let mut env = StoredEnv::default();
+        for (name, value) in self.storage.get_env(tenant_id).await? {
+            let value = match value.strip_prefix(SEALED_ENV) {
+                Some(sealed) => hex::decode(sealed)
+                    .ok()
+                    .and_then(|sealed| {
+                        let context = format!("{tenant_id}\0{name}");
+                        self.master.open(Purpose::Env, &context, &sealed).ok()
+                    })
+                    .and_then(|value| String::from_utf8(value).ok())
+                    .ok_or_else(|| {
+                        StorageError::Backend(anyhow::anyhow!(
+                            "the env value {name:?} does not open with this host's master key"
+                        ))
+                    })?,
+                None => {
+                    env.plaintext = true;
+                    value
+                }
+            };
+            env.vars.push((name, value));
+        }
+        Ok(env)
+    }
+
+    /// Stores a tenant's environment, each value sealed (bound to the tenant and the name).
+    async fn store_env(
+        &self,
+        tenant_id: &str,
+        vars: &[(String, String)],
+    ) -> Result<(), StorageError> {
+        let sealed: Vec<(String, String)> = vars
+            .iter()
+            .map(|(name, value)| {
+                let context = format!("{tenant_id}\0{name}");
+                let sealed = self.master.seal(Purpose::Env, &context, value.as_bytes());
+                (name.clone(), format!("{SEALED_ENV}{}", hex::encode(sealed)))
+            })
+            .collect();
+        self.storage.set_env(tenant_id, &sealed).await
     }
 
     /// Revokes a tenant's keys and makes a new one.
@@ -649,6 +765,8 @@ impl Lodge {
     /// Soft-deletes a tenant: the data plane answers 404 at once, the slug is freed.
     pub async fn delete_tenant(&self, record: &TenantRecord) -> Result<(), ControlError> {
         self.storage.delete_tenant(&record.id).await?;
+        // Its secrets go at once.
+        self.storage.set_env(&record.id, &[]).await?;
         // Its waiting convergence tasks will not run, nor post their webhooks.
         let cancelled = self
             .storage
@@ -685,8 +803,12 @@ impl Lodge {
     pub async fn restore(&self) -> anyhow::Result<usize> {
         let mut restored = 0;
         for record in self.all_tenant_records().await? {
-            let env = self.storage.get_env(&record.id).await?;
-            let tenant = self.register(&record, env).await;
+            let env = self.stored_env(&record.id).await?;
+            if env.plaintext {
+                // Stored before values were sealed: sealed now.
+                self.store_env(&record.id, &env.vars).await?;
+            }
+            let tenant = self.register(&record, env.vars).await;
             let Some(version) = record.active_version else {
                 continue;
             };
@@ -766,7 +888,7 @@ impl Lodge {
                 )));
             }
             Err(StorageError::NotFound) => {
-                let spawned = self.spawn_tenant(&org.id, slug, None).await?;
+                let spawned = self.spawn_tenant(&org.id, slug, None, true).await?;
                 if spawned.tenant.slug != slug {
                     return Err(ControlError::Invalid(format!(
                         "{slug:?} is not a valid slug"

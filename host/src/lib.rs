@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod convergence;
 pub mod dataplane;
+pub mod egress;
 pub mod error;
 pub mod instance;
 pub mod limits;

@@ -82,8 +82,7 @@ impl Lodge {
     /// Opens the host: storage (created and migrated), admin token, runtime, and
     /// every stored tenant restored with its active version.
     pub async fn open(config: HostConfig) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        create_private_dir(&config.data_dir)?;
         let (storage, notifier): (Arc<dyn Storage>, _) = match config.database_url.as_deref() {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
                 Arc::new(
@@ -160,7 +159,10 @@ impl Lodge {
         let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
         tokio::spawn(archive_logs(storage.clone(), archive_rx));
         let uploads = crate::control::Uploads::new(config.max_uploads);
-        let webhooks = crate::convergence::tasks::Webhooks::new(config.webhook_workers);
+        let webhooks = crate::convergence::tasks::Webhooks::new(
+            config.webhook_workers,
+            config.webhook_allow_private,
+        );
         let lodge = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
@@ -317,14 +319,45 @@ impl Lodge {
                     .instrument(span)
                     .await
             }
-            None => match control.clone().oneshot(req).await {
-                Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
-                Err(never) => match never {},
-            },
+            None => {
+                // The control plane sees the same id the response carries.
+                let mut req = req;
+                req.headers_mut().insert(REQUEST_ID, request_id.clone());
+                let span = tracing::info_span!("api", request_id = %id);
+                match control.clone().oneshot(req).instrument(span).await {
+                    Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
+                    Err(never) => match never {},
+                }
+            }
         };
         response.headers_mut().insert(REQUEST_ID, request_id);
         response
     }
+}
+
+/// Creates the data directory readable by its owner only (0700); an existing
+/// one others may enter is used as it is, with a warning.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating data dir {}", dir.display()))?;
+        }
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the data directory is open to other users: `chmod 700` it"
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))
 }
 
 /// Writes archived log lines in batches; lines are dropped, never blocking guests, if it falls behind.

@@ -62,8 +62,8 @@ impl Lodge {
             Some(tenant) => tenant,
             None => match self.storage.get_tenant(id).await {
                 Ok(record) => {
-                    let env = self.storage.get_env(&record.id).await?;
-                    self.register(&record, env).await
+                    let env = self.stored_env(&record.id).await?;
+                    self.register(&record, env.vars).await
                 }
                 Err(StorageError::NotFound) => return Ok(()),
                 Err(e) => return Err(e.into()),
@@ -88,7 +88,7 @@ impl Lodge {
             }
             Err(e) => return Err(e.into()),
         };
-        let env = self.storage.get_env(&record.id).await?;
+        let env = self.stored_env(&record.id).await?.vars;
         let active = match record.active_version {
             Some(version) if tenant.active().map(|a| a.version) != Some(version) => {
                 let deployment = self.storage.get_deployment(&record.id, version).await?;

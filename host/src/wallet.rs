@@ -45,9 +45,7 @@ impl MasterKey {
         }
         let path = data_dir.join("master-key");
         if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            return parse(&text);
+            return parse(&crate::auth::read_secret_file(&path)?);
         }
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -66,13 +64,78 @@ impl MasterKey {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// The raw key, for deriving other host secrets (webhook keys).
-    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+    /// The raw key's cipher: how wallet seeds were sealed before subkeys existed.
+    fn legacy_cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.0).into())
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new((&self.0).into())
+    /// A key for one purpose only, derived from the master key with
+    /// HKDF-SHA256 under the purpose's label: sealing seeds, sealing env values
+    /// and sealing webhook secrets each use their own key.
+    pub fn subkey(&self, purpose: Purpose) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(b"lodge master key v1"), &self.0)
+            .expand(purpose.label(), &mut key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        key
+    }
+
+    fn cipher(&self, purpose: Purpose) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&self.subkey(purpose)).into())
+    }
+
+    /// Seals `plaintext` for `purpose`, bound to `context` (a value sealed for
+    /// one tenant or name does not open for another): the nonce, then the ciphertext.
+    pub fn seal(&self, purpose: Purpose, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).expect("the operating system's random source works");
+        let sealed = self
+            .cipher(purpose)
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any length we store");
+        [nonce.as_slice(), &sealed].concat()
+    }
+
+    /// Opens what [`MasterKey::seal`] sealed for `purpose` and `context`.
+    pub fn open(&self, purpose: Purpose, context: &str, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+        anyhow::ensure!(sealed.len() >= 24, "sealed value too short");
+        let (nonce, ciphertext) = sealed.split_at(24);
+        self.cipher(purpose)
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("a sealed value does not open with this master key"))
+    }
+}
+
+/// What a subkey of the master key is for ([`MasterKey::subkey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Wallet seeds.
+    Seeds,
+    /// Tenants' environment values.
+    Env,
+    /// Tenants' webhook signing secrets.
+    Webhook,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::Seeds => b"lodge wallet seeds",
+            Self::Env => b"lodge env values",
+            Self::Webhook => b"lodge webhook secrets",
+        }
     }
 }
 
@@ -99,7 +162,7 @@ pub fn new_wallet(master: &MasterKey, tenant_id: &str) -> anyhow::Result<WalletR
     let mut nonce = [0u8; 24];
     getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let sealed_seed = master
-        .cipher()
+        .cipher(Purpose::Seeds)
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
@@ -122,15 +185,16 @@ pub(crate) fn unseal(
     wallet: &WalletRecord,
 ) -> anyhow::Result<SigningKey> {
     anyhow::ensure!(wallet.nonce.len() == 24, "corrupt wallet nonce");
+    let payload = || Payload {
+        msg: &wallet.sealed_seed,
+        aad: tenant_id.as_bytes(),
+    };
+    let nonce = XNonce::from_slice(&wallet.nonce);
+    // Wallets sealed before subkeys existed open with the master key itself.
     let seed = master
-        .cipher()
-        .decrypt(
-            XNonce::from_slice(&wallet.nonce),
-            Payload {
-                msg: &wallet.sealed_seed,
-                aad: tenant_id.as_bytes(),
-            },
-        )
+        .cipher(Purpose::Seeds)
+        .decrypt(nonce, payload())
+        .or_else(|_| master.legacy_cipher().decrypt(nonce, payload()))
         .map_err(|_| anyhow::anyhow!("the wallet seed does not open with this master key"))?;
     let seed: [u8; 32] = seed
         .try_into()
@@ -204,5 +268,41 @@ mod tests {
         assert_eq!(format!("{again:?}"), "MasterKey(<redacted>)");
         assert!(format!("{wallet:?}").contains("address"));
         assert!(!format!("{wallet:?}").contains("sealed"));
+    }
+
+    #[test]
+    fn each_purpose_has_its_own_key_and_sealed_values_their_context() {
+        let master = MasterKey([7; 32]);
+        let keys = [Purpose::Seeds, Purpose::Env, Purpose::Webhook].map(|p| master.subkey(p));
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != master.0);
+        let sealed = master.seal(Purpose::Env, "ten_a\0DB_PASSWORD", b"hunter2");
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
+        let opened = master.open(Purpose::Env, "ten_a\0DB_PASSWORD", &sealed);
+        assert_eq!(opened.ok().as_deref(), Some(b"hunter2".as_slice()));
+        assert!(
+            master
+                .open(Purpose::Env, "ten_b\0DB_PASSWORD", &sealed)
+                .is_err()
+        );
+        assert!(
+            master
+                .open(Purpose::Webhook, "ten_a\0DB_PASSWORD", &sealed)
+                .is_err()
+        );
+        // A wallet sealed with the master key itself (before subkeys) still opens.
+        let mut legacy = new_wallet(&master, "ten_a").expect("wallet");
+        let nonce = [1u8; 24];
+        legacy.sealed_seed = master
+            .legacy_cipher()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &[9u8; 32],
+                    aad: b"ten_a",
+                },
+            )
+            .expect("sealed");
+        legacy.nonce = nonce.to_vec();
+        assert!(unseal(&master, "ten_a", &legacy).is_ok());
     }
 }

@@ -18,7 +18,7 @@ pub mod guests {
 }
 
 /// The admin token every in-process test host uses.
-pub const ADMIN_TOKEN: &str = "sk_admin_test-token";
+pub const ADMIN_TOKEN: &str = "sk_admin_test-token-0123456789abcdef";
 
 /// Reads a guest component.
 pub fn wasm(path: &str) -> Vec<u8> {

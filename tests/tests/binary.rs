@@ -514,10 +514,15 @@ async fn https_model_endpoints_are_reached_over_verified_tls() {
     assert_eq!(status, 200, "{outcome}\n{}", trusting.stderr());
     assert_eq!(outcome["provider"], "openai-compatible", "{outcome}");
 
-    // Not trusted: refused, and the error says why.
+    // Not trusted: refused; the host's log says why, the tenant is told
+    // nothing about the provider (not its URL, not the TLS error).
     let wary = LodgeProcess::serve(&["--llm-url", &url]);
     let (status, refused) = converge_once(&wary).await;
     assert_eq!(status, 503, "{refused}");
     let message = refused["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("certificate"), "{refused}");
+    assert!(
+        !message.contains("certificate") && !message.contains("localhost"),
+        "{refused}"
+    );
+    assert!(wary.stderr().contains("certificate"), "{}", wary.stderr());
 }

@@ -161,7 +161,8 @@ async fn a_guest_converges_through_presets_and_tasks() {
 
 #[tokio::test]
 async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
-    let host = TestHost::start().await;
+    // The receiver is on loopback: the operator allows private targets.
+    let host = TestHost::start_with(|c| c.webhook_allow_private = true).await;
     let (slug, key) = tenant(&host, "client").await;
     let (_, other_key) = tenant(&host, "bystander").await;
 
@@ -242,12 +243,25 @@ async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
         )
         .await
         .1;
+    // `t=<unix seconds>,v1=<HMAC of "<t>.<body>">`: recent, and signed.
+    let signature = headers["x-lodge-signature"].to_str().expect("text");
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=…,v1=…");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        now.abs_diff(t.parse::<u64>().expect("seconds")) < 60,
+        "{signature}"
+    );
     let mut mac =
         Hmac::<sha2::Sha256>::new_from_slice(secret["secret"].as_str().expect("secret").as_bytes())
             .expect("key");
-    mac.update(body.as_bytes());
-    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    assert_eq!(headers["x-lodge-signature"], expected.as_str());
+    mac.update(format!("{t}.{body}").as_bytes());
+    assert_eq!(v1, hex::encode(mac.finalize().into_bytes()));
     let payload: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(payload["taskId"], task_id.as_str());
     assert_eq!(payload["status"], "done");

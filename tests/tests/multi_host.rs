@@ -337,6 +337,8 @@ async fn two_lodge_processes_share_tenants_the_ledger_and_tasks() {
         "2s",
         "--reconcile-interval",
         "200ms",
+        // The webhook receiver is on loopback: an on-premises setup.
+        "--webhook-allow-private",
     ];
 
     // A starts alone and takes a task; its model call hangs.

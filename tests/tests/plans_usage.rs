@@ -30,7 +30,8 @@ async fn org_with_tenant(
             Method::POST,
             "/orgs",
             Some(ADMIN_TOKEN),
-            Some(&json!({ "name": name })),
+            // The operator puts the org on the plan; its tenants take it.
+            Some(&json!({ "name": name, "plan": plan })),
         )
         .await;
     assert_eq!(status, 201, "{org}");

@@ -8,7 +8,7 @@ use wasmtime::component::{HasData, Linker};
 use super::bindings::lodge::platform::convergence::{self as wit, Preset, TaskState};
 use super::bindings::lodge::platform::types::Error;
 use crate::convergence::tasks::{ConvergenceFailure, TaskState as State};
-use crate::convergence::{self as engine, ConvergeRequest, ProviderError};
+use crate::convergence::{self as engine, ConvergeRequest};
 use crate::server::Lodge;
 
 /// What one request's guest may do with convergence.
@@ -55,6 +55,9 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(())
 }
 
+/// What a tenant is told when the model provider fails (the detail goes to the host's log).
+pub const PROVIDER_UNAVAILABLE: &str = "the model provider is unavailable; retry later";
+
 /// The guest's error for a failure.
 pub fn to_error(failure: ConvergenceFailure) -> Error {
     match failure {
@@ -64,10 +67,12 @@ pub fn to_error(failure: ConvergenceFailure) -> Error {
             Error::QuotaExceeded(e.to_string())
         }
         ConvergenceFailure::UnknownTask(id) => Error::NotFound(format!("no task {id}")),
-        ConvergenceFailure::Provider(
-            e @ (ProviderError::Timeout | ProviderError::Unavailable(_)),
-        ) => Error::Unavailable(e.to_string()),
-        ConvergenceFailure::Provider(e) => Error::Unavailable(e.to_string()),
+        ConvergenceFailure::Provider(e) => {
+            // The provider's URL and answer are the operator's business; the
+            // request span carries the tenant and request id to match them.
+            tracing::warn!(error = %e, "the model provider failed");
+            Error::Unavailable(PROVIDER_UNAVAILABLE.into())
+        }
         ConvergenceFailure::Storage(e) => {
             tracing::error!(error = ?e, "convergence storage failed");
             Error::Unavailable("convergence is unavailable; retry later".into())

@@ -10,9 +10,13 @@
 //! it. Only the current claim may store a result, so a task ends once and its
 //! webhook is posted once, even when a slow host loses its lease.
 //!
-//! Webhooks are `POST`ed as JSON with `X-Lodge-Signature: sha256=<hex>`, the
-//! HMAC-SHA256 of the exact body under the tenant's webhook secret
-//! (`GET /api/v1/tenant/{id}/webhook-secret`).
+//! Webhooks are `POST`ed as JSON with `X-Lodge-Signature: t=<unix seconds>,v1=<hex>`,
+//! the HMAC-SHA256 of `<t>.<exact body>` under the tenant's webhook secret
+//! (`GET /api/v1/tenant/{id}/webhook-secret`, rotated with `…/rotate`): a
+//! receiver checks the MAC and refuses old timestamps, so a captured delivery
+//! cannot be replayed later. They leave through `crate::egress`, like guests'
+//! outbound HTTP: public addresses only (unless the operator allows private
+//! ones), the checked address connected to, no redirects followed.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -20,10 +24,14 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use http_body_util::BodyExt as _;
+
 use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge_metered, validate};
+use crate::egress::{Refused as EgressRefused, resolve_checked, send_pinned};
 use crate::registry::TenantCounters;
 use crate::server::Lodge;
 use crate::storage::{Storage, StorageError, TaskRecord, Usage, today};
+use crate::wallet::Purpose;
 
 /// Header carrying a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-lodge-signature";
@@ -149,12 +157,7 @@ impl Lodge {
     ) -> Result<String, ConvergenceFailure> {
         validate(request)?;
         if let Some(url) = &webhook_url {
-            let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-            if !ok {
-                return Err(ConvergenceFailure::Invalid(
-                    "webhookUrl must be an http(s) URL".into(),
-                ));
-            }
+            check_webhook_url(url, self.config.webhook_allow_private).await?;
         }
         self.check_budget(tenant_id).await?;
         let max = self
@@ -206,22 +209,87 @@ impl Lodge {
         })
     }
 
-    /// The key webhooks of `tenant_id` are signed with (hex).
-    pub fn webhook_secret(&self, tenant_id: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.master.as_bytes())
-            .expect("any key length works");
-        mac.update(b"lodge webhook secret\0");
-        mac.update(tenant_id.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+    /// The secret webhooks of `tenant_id` are signed with (hex): random, made
+    /// on first use, stored sealed under the master key's webhook subkey.
+    pub async fn webhook_secret(&self, tenant_id: &str) -> Result<String, StorageError> {
+        let name = format!("webhook_secret:{tenant_id}");
+        let stored = self
+            .storage
+            .meta_claim(&name, &self.seal_webhook_secret(tenant_id))
+            .await?;
+        self.open_webhook_secret(tenant_id, &stored)
+    }
+
+    /// Replaces `tenant_id`'s webhook secret with a new one and returns it; the
+    /// old one signs nothing from now on.
+    pub async fn rotate_webhook_secret(&self, tenant_id: &str) -> Result<String, StorageError> {
+        let sealed = self.seal_webhook_secret(tenant_id);
+        self.storage
+            .meta_set(&format!("webhook_secret:{tenant_id}"), &sealed)
+            .await?;
+        self.open_webhook_secret(tenant_id, &sealed)
+    }
+
+    /// A new random secret, sealed (hex).
+    fn seal_webhook_secret(&self, tenant_id: &str) -> String {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the operating system's random source works");
+        let plain = hex::encode(secret);
+        hex::encode(
+            self.master
+                .seal(Purpose::Webhook, tenant_id, plain.as_bytes()),
+        )
+    }
+
+    fn open_webhook_secret(&self, tenant_id: &str, sealed: &str) -> Result<String, StorageError> {
+        hex::decode(sealed)
+            .ok()
+            .and_then(|sealed| self.master.open(Purpose::Webhook, tenant_id, &sealed).ok())
+            .and_then(|plain| String::from_utf8(plain).ok())
+            .ok_or_else(|| {
+                StorageError::Backend(anyhow::anyhow!(
+                    "a webhook secret does not open with this host's master key"
+                ))
+            })
     }
 }
 
-/// `sha256=<hex>` of `body` under `secret`.
-pub fn sign_webhook(secret: &str, body: &[u8]) -> String {
+/// Checks a webhook URL at submit: http(s), and (unless `allow_private`) a
+/// host that resolves to public addresses only. The message says why not.
+async fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), ConvergenceFailure> {
+    let invalid = |why: String| ConvergenceFailure::Invalid(format!("webhookUrl refused: {why}"));
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("it must be an http(s) URL".into()));
+    }
+    let host = parsed
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .ok_or_else(|| invalid("it has no host".into()))?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    resolve_checked(&host, port, allow_private, Duration::from_secs(5))
+        .await
+        .map_err(|e| match e {
+            EgressRefused::Private { .. } => invalid(format!(
+                "{e}; webhooks reach public addresses only (an operator may allow private \
+                 ones with --webhook-allow-private)"
+            )),
+            other => invalid(other.to_string()),
+        })?;
+    Ok(())
+}
+
+/// `t=<timestamp>,v1=<hex>`: HMAC-SHA256 of `<timestamp>.<body>` under `secret`.
+pub fn sign_webhook(secret: &str, timestamp: u64, body: &[u8]) -> String {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("any key length works");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 /// Starts `workers` task workers; they stop when the host is dropped.
@@ -268,7 +336,13 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
         match request {
             Ok(request) => converge_metered(lodge.provider.as_ref(), &request, &|n| meter.add(n))
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| match e {
+                    ConvergeError::Provider(e) => {
+                        tracing::warn!(task = %task.id, tenant_id = %task.tenant_id, error = %e, "the model provider failed");
+                        crate::capability::convergence::PROVIDER_UNAVAILABLE.to_owned()
+                    }
+                    other => other.to_string(),
+                }),
             Err(e) => Err(format!("unreadable request: {e}")),
         }
     };
@@ -306,7 +380,13 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
             "error": result.as_ref().err(),
         })
         .to_string();
-        let signature = sign_webhook(&lodge.webhook_secret(&task.tenant_id), body.as_bytes());
+        let secret = match lodge.webhook_secret(&task.tenant_id).await {
+            Ok(secret) => secret,
+            Err(e) => {
+                tracing::error!(task = %task.id, error = %e, "webhook not posted: no secret to sign it");
+                return;
+            }
+        };
         lodge.webhooks.post(
             lodge.weak(),
             Webhook {
@@ -314,7 +394,7 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
                 tenant_id: task.tenant_id.clone(),
                 url: url.clone(),
                 body,
-                signature,
+                secret,
             },
         );
     }
@@ -371,7 +451,8 @@ pub(crate) struct Webhook {
     tenant_id: String,
     url: String,
     body: String,
-    signature: String,
+    /// Signed at each try, so the timestamp is the time of sending.
+    secret: String,
 }
 
 /// Webhook deliveries queued per tenant at most; past it a delivery fails at once.
@@ -386,7 +467,7 @@ const WEBHOOKS_RUNNING_PER_TENANT: usize = 2;
 pub(crate) struct Webhooks {
     host: Arc<tokio::sync::Semaphore>,
     tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<TenantWebhooks>>>,
-    client: reqwest::Client,
+    allow_private: bool,
 }
 
 #[derive(Debug)]
@@ -396,18 +477,13 @@ struct TenantWebhooks {
 }
 
 impl Webhooks {
-    /// `workers` deliveries in flight at once across the host.
-    pub(crate) fn new(workers: usize) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+    /// `workers` deliveries in flight at once across the host; `allow_private`
+    /// lets them reach internal addresses.
+    pub(crate) fn new(workers: usize, allow_private: bool) -> Self {
         Self {
             host: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
             tenants: std::sync::Mutex::default(),
-            client,
+            allow_private,
         }
     }
 
@@ -443,7 +519,7 @@ impl Webhooks {
             return;
         }
         let host = self.host.clone();
-        let client = self.client.clone();
+        let allow_private = self.allow_private;
         tokio::spawn(async move {
             let _tenant_slot = queue.running.acquire().await;
             let _host_slot = host.acquire().await;
@@ -457,7 +533,7 @@ impl Webhooks {
             };
             let status = match status {
                 Some(status) => status,
-                None => deliver(&client, &hook.url, hook.body, &hook.signature).await,
+                None => deliver(&hook, allow_private).await,
             };
             queue.queued.fetch_sub(1, AcqRel);
             if let Some(lodge) = lodge.upgrade() {
@@ -502,24 +578,75 @@ async fn holding_lease<T>(
 }
 
 /// Posts a webhook, three tries with backoff; returns how it went.
-async fn deliver(client: &reqwest::Client, url: &str, body: String, signature: &str) -> String {
+async fn deliver(hook: &Webhook, allow_private: bool) -> String {
     let mut last = String::new();
     for attempt in 0..3u32 {
-        let sent = client
-            .post(url)
-            .header("content-type", "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(body.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => {
-                return format!("delivered: {}", response.status());
+        match post_once(hook, allow_private).await {
+            Ok(status) if status.is_success() => return format!("delivered: {status}"),
+            Ok(status) if status.is_redirection() => {
+                return format!("failed: {status} (redirects are not followed)");
             }
-            Ok(response) => last = format!("failed: {}", response.status()),
-            Err(e) => last = format!("failed: {}", super::provider::describe(&e)),
+            Ok(status) => last = format!("failed: {status}"),
+            Err(Refused(why)) => return format!("refused: {why}"),
+            Err(Failed(why)) => last = format!("failed: {why}"),
         }
         tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
     }
     last
+}
+
+/// Why one try did not get a status: refused by the egress rule (no retry),
+/// or failed on the way (retried).
+enum TryError {
+    Refused(String),
+    Failed(String),
+}
+use TryError::{Failed, Refused};
+
+/// One `POST`: resolve and check, connect to the checked address (5 s), send,
+/// read the status (10 s for the whole try).
+async fn post_once(hook: &Webhook, allow_private: bool) -> Result<http::StatusCode, TryError> {
+    let url = reqwest::Url::parse(&hook.url).map_err(|e| Refused(e.to_string()))?;
+    let secure = url.scheme() == "https";
+    let host = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .ok_or_else(|| Refused("no host".into()))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs = resolve_checked(&host, port, allow_private, Duration::from_secs(5))
+        .await
+        .map_err(|e| match e {
+            EgressRefused::Private { .. } => Refused(e.to_string()),
+            other => Failed(other.to_string()),
+        })?;
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signature = sign_webhook(&hook.secret, timestamp, hook.body.as_bytes());
+    let authority = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let body = http_body_util::Full::new(bytes::Bytes::from(hook.body.clone()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let request = http::Request::post(url.as_str())
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .map_err(|e| Refused(e.to_string()))?;
+    let options = wasmtime_wasi_http::RequestOptions {
+        connect_timeout: Some(Duration::from_secs(5)),
+        first_byte_timeout: Some(Duration::from_secs(10)),
+        between_bytes_timeout: Some(Duration::from_secs(10)),
+    };
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        send_pinned(request, &host, secure, &addrs, options),
+    )
+    .await
+    .map_err(|_| Failed("no answer within 10 s".into()))?
+    .map_err(|e| Failed(e.to_string()))?;
+    Ok(sent.0.status())
 }

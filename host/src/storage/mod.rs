@@ -393,6 +393,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn get_key(&self, id: &str) -> StorageResult<Option<KeyRecord>>;
     /// Revokes every live key of a tenant.
     async fn revoke_tenant_keys(&self, tenant_id: &str) -> StorageResult<()>;
+    /// Revokes every live organization key of an organization (not its tenants' keys).
+    async fn revoke_org_keys(&self, org_id: &str) -> StorageResult<()>;
+    /// Changes an organization's plan; `NotFound` if there is no such organization.
+    async fn set_org_plan(&self, org_id: &str, plan: &str) -> StorageResult<()>;
 
     /// Creates a tenant; `Conflict` if the slug is taken by a live tenant.
     async fn create_tenant(&self, tenant: &TenantRecord) -> StorageResult<()>;
@@ -552,6 +556,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Stores `value` under `name` unless a value is stored there already;
     /// returns the stored value (so the first writer wins).
     async fn meta_claim(&self, name: &str, value: &str) -> StorageResult<String>;
+    /// Stores `value` under `name`, replacing what was there.
+    async fn meta_set(&self, name: &str, value: &str) -> StorageResult<()>;
 
     /// Queues a task.
     async fn task_insert(&self, task: &TaskRecord) -> StorageResult<()>;

@@ -396,6 +396,29 @@ impl Storage for PostgresStorage {
         Ok(())
     }
 
+    async fn revoke_org_keys(&self, org_id: &str) -> StorageResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE org_id = $2 AND kind = 'org' AND revoked_at IS NULL",
+        )
+        .bind(now_rfc3339())
+        .bind(org_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_org_plan(&self, org_id: &str, plan: &str) -> StorageResult<()> {
+        let done = sqlx::query("UPDATE orgs SET plan = $1 WHERE id = $2")
+            .bind(plan)
+            .bind(org_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn create_tenant(&self, t: &TenantRecord) -> StorageResult<()> {
         let result = sqlx::query(
             "INSERT INTO tenants (id, org_id, name, slug, status, plan, limits_override, active_version, last_error, created_at, updated_at)
@@ -1164,6 +1187,18 @@ impl Storage for PostgresStorage {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    async fn meta_set(&self, name: &str, value: &str) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO host_meta (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn task_insert(&self, t: &TaskRecord) -> StorageResult<()> {

@@ -39,8 +39,20 @@ const TENANT_COLUMNS: &str = "id, org_id, name, slug, status, plan, limits_overr
 
 impl SqliteStorage {
     /// Opens (creating if needed) `<dir>/lodge.db` and migrates it.
+    /// The file is created readable by its owner only (0600; SQLite gives its
+    /// `-wal` and `-shm` files the same mode), and an existing one is made so.
     pub async fn open_in(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("lodge.db");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
         Self::open(&format!("sqlite://{}", path.display())).await
     }
 
@@ -51,7 +63,9 @@ impl SqliteStorage {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted rows (old env values, pruned components) are zeroed, not left in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -325,6 +339,29 @@ impl Storage for SqliteStorage {
         .bind(tenant_id)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn revoke_org_keys(&self, org_id: &str) -> StorageResult<()> {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE org_id = ? AND kind = 'org' AND revoked_at IS NULL",
+        )
+        .bind(now_rfc3339())
+        .bind(org_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_org_plan(&self, org_id: &str, plan: &str) -> StorageResult<()> {
+        let done = sqlx::query("UPDATE orgs SET plan = ? WHERE id = ?")
+            .bind(plan)
+            .bind(org_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::NotFound);
+        }
         Ok(())
     }
 
@@ -1068,6 +1105,18 @@ impl Storage for SqliteStorage {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    async fn meta_set(&self, name: &str, value: &str) -> StorageResult<()> {
+        sqlx::query(
+            "INSERT INTO host_meta (name, value) VALUES (?, ?)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn task_insert(&self, t: &TaskRecord) -> StorageResult<()> {
