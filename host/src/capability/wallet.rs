@@ -118,6 +118,10 @@ impl wallet::Host for Wallet<'_> {
         if memo.len() > 1000 {
             return invalid("memo must be at most 1000 bytes");
         }
+        if memo.contains('\0') || idempotency_key.contains('\0') {
+            // Refused alike on every backend (PostgreSQL text cannot hold it).
+            return invalid("memo and idempotency-key may not contain NUL characters");
+        }
         if crate::wallet::parse_address(&to).is_none() {
             return invalid("`to` is not a wallet address (lodge1 + 64 hex digits)");
         }
