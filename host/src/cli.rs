@@ -361,8 +361,24 @@ fn parse_app(s: &str) -> Result<(String, PathBuf), String> {
 /// Runs the command line. Exit codes: 0 success, 1 runtime error, 2 bad usage;
 /// client commands add 3 (credentials refused), 4 (not found), 5 (request rejected).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing(cli.log_format);
+    if let Some(("serve", serve)) = matches.subcommand() {
+        for secret in ["admin_token", "master_key"] {
+            if serve.value_source(secret) == Some(clap::parser::ValueSource::CommandLine) {
+                tracing::warn!(
+                    "--{} was given on the command line, where every local user can read it \
+                     (`ps`): prefer --{}-file or the environment",
+                    secret.replace('_', "-"),
+                    secret.replace('_', "-")
+                );
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
