@@ -135,6 +135,13 @@ impl Lodge {
                 )
             })?;
         }
+        let resealed = crate::wallet::reseal_legacy_seeds(storage.as_ref(), &master).await?;
+        if resealed > 0 {
+            tracing::info!(
+                wallets = resealed,
+                "wallet seeds sealed again under the seeds subkey"
+            );
+        }
         let check = master.check_value();
         if storage.meta_claim("master_key_check", &check).await? != check {
             anyhow::bail!(

@@ -202,6 +202,72 @@ pub(crate) fn unseal(
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// Seals again, under the seeds subkey, every wallet seed still sealed with the
+/// master key itself (before subkeys existed); returns how many. Run at start;
+/// a host that finds none records that, and later starts skip the walk.
+pub async fn reseal_legacy_seeds(
+    storage: &dyn Storage,
+    master: &MasterKey,
+) -> Result<usize, StorageError> {
+    const DONE: &str = "wallet_seeds_subkey_v1";
+    if storage.meta_claim(DONE, "pending").await? == "done" {
+        return Ok(0);
+    }
+    let mut resealed = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let owners = storage.wallet_owners(after.as_deref(), 500).await?;
+        for owner in &owners {
+            let Some(wallet) = storage.wallet_get(owner).await? else {
+                continue;
+            };
+            let nonce = XNonce::from_slice(&wallet.nonce);
+            let payload = || Payload {
+                msg: &wallet.sealed_seed,
+                aad: owner.as_bytes(),
+            };
+            if wallet.nonce.len() != 24
+                || master
+                    .cipher(Purpose::Seeds)
+                    .decrypt(nonce, payload())
+                    .is_ok()
+            {
+                continue;
+            }
+            let Ok(seed) = master.legacy_cipher().decrypt(nonce, payload()) else {
+                continue; // not ours to fix: the start check reports a wrong key
+            };
+            let mut fresh = [0u8; 24];
+            getrandom::fill(&mut fresh)
+                .map_err(|e| StorageError::Backend(anyhow::anyhow!("no randomness: {e}")))?;
+            let sealed = master
+                .cipher(Purpose::Seeds)
+                .encrypt(
+                    XNonce::from_slice(&fresh),
+                    Payload {
+                        msg: &seed,
+                        aad: owner.as_bytes(),
+                    },
+                )
+                .map_err(|_| {
+                    StorageError::Backend(anyhow::anyhow!("sealing a wallet seed failed"))
+                })?;
+            if storage
+                .wallet_reseal(owner, &wallet.nonce, &sealed, &fresh)
+                .await?
+            {
+                resealed += 1;
+            }
+        }
+        if owners.len() < 500 {
+            break;
+        }
+        after = owners.last().cloned();
+    }
+    storage.meta_set(DONE, "done").await?;
+    Ok(resealed)
+}
+
 /// The wallet of `tenant_id`, created on first use.
 pub async fn ensure(
     storage: &dyn Storage,
@@ -304,5 +370,73 @@ mod tests {
             .expect("sealed");
         legacy.nonce = nonce.to_vec();
         assert!(unseal(&master, "ten_a", &legacy).is_ok());
+    }
+
+    #[tokio::test]
+    async fn seeds_sealed_with_the_master_key_itself_are_sealed_again_under_the_subkey() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let storage = crate::storage::sqlite::SqliteStorage::open_in(dir.path())
+            .await
+            .expect("db");
+        let master = MasterKey([3; 32]);
+        // A wallet as an earlier version sealed it.
+        let signing = SigningKey::from_bytes(&[5; 32]);
+        let nonce = [2u8; 24];
+        let legacy = WalletRecord {
+            address: address_of(&signing.verifying_key()),
+            sealed_seed: master
+                .legacy_cipher()
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: &[5; 32],
+                        aad: b"ten_old",
+                    },
+                )
+                .expect("sealed"),
+            nonce: nonce.to_vec(),
+        };
+        storage
+            .wallet_create("ten_old", &legacy)
+            .await
+            .expect("stored");
+        let fresh = new_wallet(&master, "ten_new").expect("wallet");
+        storage
+            .wallet_create("ten_new", &fresh)
+            .await
+            .expect("stored");
+
+        let resealed = reseal_legacy_seeds(&storage, &master)
+            .await
+            .expect("resealed");
+        assert_eq!(resealed, 1, "only the legacy one");
+        let now = storage
+            .wallet_get("ten_old")
+            .await
+            .expect("db")
+            .expect("wallet");
+        assert_ne!(now.nonce, legacy.nonce);
+        assert!(
+            master
+                .legacy_cipher()
+                .decrypt(
+                    XNonce::from_slice(&now.nonce),
+                    Payload {
+                        msg: &now.sealed_seed,
+                        aad: b"ten_old"
+                    }
+                )
+                .is_err()
+        );
+        let signature = sign(&master, "ten_old", &now, b"m").expect("signs");
+        assert_eq!(
+            verify(&legacy.address, b"m", &signature),
+            Some(true),
+            "the same key"
+        );
+        assert_eq!(
+            reseal_legacy_seeds(&storage, &master).await.expect("again"),
+            0
+        );
     }
 }

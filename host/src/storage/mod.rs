@@ -535,6 +535,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn wallet_get(&self, tenant_id: &str) -> StorageResult<Option<WalletRecord>>;
     /// The tenant of some wallet, if any exists (to check the master key at start).
     async fn wallet_any_owner(&self) -> StorageResult<Option<String>>;
+    /// Up to `limit` tenants with wallets, in order, after `after`.
+    async fn wallet_owners(&self, after: Option<&str>, limit: i64) -> StorageResult<Vec<String>>;
+    /// Replaces a wallet's sealed seed if it still has nonce `old_nonce`; false if not.
+    async fn wallet_reseal(
+        &self,
+        tenant_id: &str,
+        old_nonce: &[u8],
+        sealed_seed: &[u8],
+        nonce: &[u8],
+    ) -> StorageResult<bool>;
     /// Whether a wallet has `address`.
     async fn wallet_exists(&self, address: &str) -> StorageResult<bool>;
     /// A balance (0 for an unknown account).

@@ -1025,6 +1025,35 @@ impl Storage for PostgresStorage {
         )
     }
 
+    async fn wallet_owners(&self, after: Option<&str>, limit: i64) -> StorageResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT tenant_id FROM wallets WHERE $1::TEXT IS NULL OR tenant_id > $1 ORDER BY tenant_id LIMIT $2",
+        )
+        .bind(after)
+            .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn wallet_reseal(
+        &self,
+        tenant_id: &str,
+        old_nonce: &[u8],
+        sealed_seed: &[u8],
+        nonce: &[u8],
+    ) -> StorageResult<bool> {
+        let done = sqlx::query(
+            "UPDATE wallets SET sealed_seed = $1, nonce = $2 WHERE tenant_id = $3 AND nonce = $4",
+        )
+        .bind(sealed_seed)
+        .bind(nonce)
+        .bind(tenant_id)
+        .bind(old_nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn wallet_exists(&self, address: &str) -> StorageResult<bool> {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM wallets WHERE address = $1)")

@@ -945,6 +945,36 @@ impl Storage for SqliteStorage {
         )
     }
 
+    async fn wallet_owners(&self, after: Option<&str>, limit: i64) -> StorageResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT tenant_id FROM wallets WHERE ? IS NULL OR tenant_id > ? ORDER BY tenant_id LIMIT ?",
+        )
+        .bind(after)
+            .bind(after)
+            .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn wallet_reseal(
+        &self,
+        tenant_id: &str,
+        old_nonce: &[u8],
+        sealed_seed: &[u8],
+        nonce: &[u8],
+    ) -> StorageResult<bool> {
+        let done = sqlx::query(
+            "UPDATE wallets SET sealed_seed = ?, nonce = ? WHERE tenant_id = ? AND nonce = ?",
+        )
+        .bind(sealed_seed)
+        .bind(nonce)
+        .bind(tenant_id)
+        .bind(old_nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn wallet_exists(&self, address: &str) -> StorageResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM wallets WHERE address = ?")
             .bind(address)
