@@ -559,3 +559,37 @@ async fn no_secret_sits_in_clear_in_the_data_dir_and_its_files_are_private() {
     assert_eq!(mode(data.join("lodge.db")), 0o600);
     assert_eq!(mode(data.join("master-key")), 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_rotates_and_revokes_organization_keys() {
+    let lodge = LodgeProcess::serve(&[]);
+    let api = lodge.http();
+    let (org_id, org_key, _, _) = org_and_tenant(&api, "cli-keys").await;
+    let (code, out, err) = lodge.cli(&org_key, &["org", "keys", "rotate", &org_id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let new_key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("sk_org_"))
+        .expect("a new key printed")
+        .to_owned();
+    assert_eq!(
+        api.json(Method::GET, "/tenant", Some(&org_key), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        api.json(Method::GET, "/tenant", Some(&new_key), None)
+            .await
+            .0,
+        200
+    );
+    let (code, _, err) = lodge.cli(&new_key, &["org", "keys", "revoke", &org_id]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        api.json(Method::GET, "/tenant", Some(&new_key), None)
+            .await
+            .0,
+        401
+    );
+}
