@@ -4,6 +4,7 @@
 //! real Lodge host in-process on a loopback port; [`LodgeProcess`] runs the
 //! real `lodge` binary.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -214,6 +215,25 @@ impl TestHost {
             .get(slug)
             .map(|t| t.logs.snapshot().into_iter().map(|l| l.message).collect())
             .unwrap_or_default()
+    }
+}
+
+/// Polls `check` every 50 ms until it answers `Some`, for at most `within`,
+/// and returns that; panics naming `what` if it never does. The one way the
+/// tests wait for something to happen: a deadline to fail by, never a timing
+/// to assert.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(done) = check().await {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

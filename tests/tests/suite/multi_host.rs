@@ -14,12 +14,18 @@ use serde_json::{Value, json};
 /// Every host on one database shares the master key (a host with another is refused).
 const MASTER_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
+/// Fails (not skips) a test run without PostgreSQL: these tests are ignored
+/// unless asked for with `--include-ignored`, and then they must run.
+fn needs_postgres() {
+    assert!(
+        on_postgres(),
+        "this test needs PostgreSQL: set LODGE_TEST_DATABASE_URL (CI does)"
+    );
+}
+
 /// Two hosts on one database (one schema), each with its own data dir.
-async fn pair() -> Option<(TestHost, TestHost, tempfile::TempDir)> {
-    if !on_postgres() {
-        eprintln!("skipped: set LODGE_TEST_DATABASE_URL to a PostgreSQL database");
-        return None;
-    }
+async fn pair() -> (TestHost, TestHost, tempfile::TempDir) {
+    needs_postgres();
     let shared = tempfile::tempdir().expect("dir");
     let url = lodge_tests::postgres_url_for(shared.path()).await;
     let a_url = url.clone();
@@ -33,7 +39,7 @@ async fn pair() -> Option<(TestHost, TestHost, tempfile::TempDir)> {
         c.master_key = Some(MASTER_KEY.to_owned());
     })
     .await;
-    Some((a, b, shared))
+    (a, b, shared)
 }
 
 async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> Duration {
@@ -48,10 +54,9 @@ async fn within_a_second(mut check: impl AsyncFnMut() -> bool) -> Duration {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set LODGE_TEST_DATABASE_URL and pass --include-ignored"]
 async fn changes_through_one_host_reach_the_other_within_a_second() {
-    let Some((a, b, _shared)) = pair().await else {
-        return;
-    };
+    let (a, b, _shared) = pair().await;
     let key = a.http().org("shared").await;
     let (status, spawned) = a
         .api_json(
@@ -145,10 +150,9 @@ async fn changes_through_one_host_reach_the_other_within_a_second() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set LODGE_TEST_DATABASE_URL and pass --include-ignored"]
 async fn concurrent_writes_through_both_hosts_stay_exact() {
-    let Some((a, b, _shared)) = pair().await else {
-        return;
-    };
+    let (a, b, _shared) = pair().await;
     let key = a.http().org("writers").await;
     for name in ["counter", "payer", "payee"] {
         let guest = if name == "counter" {
@@ -315,11 +319,9 @@ async fn task_status(api: &Api, key: &str, task: &str) -> Value {
 /// through both, delete through B seen by A, and a convergence task that A was
 /// running when it was killed (SIGKILL), finished once by B.
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set LODGE_TEST_DATABASE_URL and pass --include-ignored"]
 async fn two_lodge_processes_share_tenants_the_ledger_and_tasks() {
-    if !on_postgres() {
-        eprintln!("skipped: set LODGE_TEST_DATABASE_URL to a PostgreSQL database");
-        return;
-    }
+    needs_postgres();
     let shared = tempfile::tempdir().expect("dir");
     let url = lodge_tests::postgres_url_for(shared.path())
         .await

@@ -70,8 +70,7 @@ async fn tenant(host: &TestHost, name: &str) -> (String, String) {
 }
 
 async fn wait_done(host: &TestHost, key: &str, task_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    lodge_tests::eventually(Duration::from_secs(20), "the task finished", || async {
         let state: Value = host
             .api_json(
                 Method::GET,
@@ -81,12 +80,9 @@ async fn wait_done(host: &TestHost, key: &str, task_id: &str) -> Value {
             )
             .await
             .1;
-        if state["status"] == "done" || state["status"] == "failed" {
-            return state;
-        }
-        assert!(Instant::now() < deadline, "task did not finish: {state}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (state["status"] == "done" || state["status"] == "failed").then_some(state)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -490,12 +490,11 @@ async fn outbound_http_follows_the_allowlist_the_private_rule_and_the_caps() {
     );
 
     let (hang_port, _hang) = upstream("hang").await;
-    let started = Instant::now();
     let slow = fetch("open", 1, format!("http://127.0.0.1:{hang_port}/")).await;
     assert!(slow.starts_with("error"), "{slow}");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the plan's outbound timeout cut it"
+        slow.to_ascii_lowercase().contains("timeout"),
+        "the plan's outbound timeout cut it: {slow}"
     );
 
     let open = host.lodge.registry.get("open").expect("tenant");
