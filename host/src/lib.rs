@@ -23,6 +23,7 @@ pub mod dataplane;
 pub mod egress;
 pub mod error;
 pub mod instance;
+pub mod jobs;
 pub mod limits;
 pub mod logs;
 pub mod metrics;

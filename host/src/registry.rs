@@ -5,6 +5,7 @@
 //! active app, env) is swapped as a whole: a request takes one snapshot and
 //! keeps it, so a deploy or rollback never mixes versions within a request.
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -302,10 +303,12 @@ pub struct Tenant {
     pub metrics: TenantMetrics,
     /// When a flood of refusals was last written to its log (ms since the epoch).
     pub last_limit_log: AtomicU64,
-    governor: RwLock<Arc<Governor>>,
-    plan: RwLock<(String, LimitsPatch)>,
-    synced: RwLock<String>,
-    state: RwLock<TenantState>,
+    governor: ArcSwap<Governor>,
+    plan: ArcSwap<(String, LimitsPatch)>,
+    synced: ArcSwap<String>,
+    state: ArcSwap<TenantState>,
+    /// Serializes writers of `state` (readers never wait).
+    state_writer: Mutex<()>,
 }
 
 impl Tenant {
@@ -321,13 +324,13 @@ impl Tenant {
             id: id.into(),
             metrics: TenantMetrics::default(),
             last_limit_log: AtomicU64::new(0),
-            synced: RwLock::default(),
+            synced: ArcSwap::default(),
             slug,
-            governor: RwLock::new(Arc::new(Governor {
+            governor: ArcSwap::from_pointee(Governor {
                 rate: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
                 limits,
-            })),
-            plan: RwLock::new((
+            }),
+            plan: ArcSwap::from_pointee((
                 crate::plans::DEFAULT_PLAN.to_owned(),
                 LimitsPatch::default(),
             )),
@@ -335,11 +338,12 @@ impl Tenant {
             logs,
             counters: Arc::default(),
             changes: tokio::sync::Mutex::new(()),
-            state: RwLock::new(TenantState {
+            state: ArcSwap::from_pointee(TenantState {
                 status: TenantStatus::Provisioning,
                 active: None,
                 env: Arc::from(Vec::new()),
             }),
+            state_writer: Mutex::new(()),
         }
     }
 
@@ -351,15 +355,18 @@ impl Tenant {
 
     /// The state a request runs under.
     pub fn state(&self) -> TenantState {
-        self.state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        TenantState::clone(&self.state.load())
     }
 
     /// Changes the state; requests already admitted keep their snapshot.
     pub fn update(&self, change: impl FnOnce(&mut TenantState)) {
-        change(&mut self.state.write().unwrap_or_else(PoisonError::into_inner));
+        let _one_writer = self
+            .state_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut next = self.state();
+        change(&mut next);
+        self.state.store(Arc::new(next));
     }
 
     /// The app serving new requests, if any.
@@ -369,10 +376,7 @@ impl Tenant {
 
     /// The limits (and rate bucket) new requests run under.
     pub fn governor(&self) -> Arc<Governor> {
-        self.governor
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.governor.load_full()
     }
 
     /// The limits new requests run under.
@@ -383,10 +387,7 @@ impl Tenant {
     /// Applies new limits to new requests; running ones finish under the old.
     /// The rate bucket is kept (with its tokens) unless the rate changed.
     pub fn set_limits(&self, limits: Limits) {
-        let mut governor = self
-            .governor
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let governor = self.governor.load();
         if governor.limits == limits {
             return;
         }
@@ -397,34 +398,28 @@ impl Tenant {
         } else {
             RateLimiter::new(limits.rate_per_second, limits.rate_burst)
         };
-        *governor = Arc::new(Governor { limits, rate });
+        self.governor.store(Arc::new(Governor { limits, rate }));
     }
 
     /// Its plan's name and its own overrides.
     pub fn plan(&self) -> (String, LimitsPatch) {
-        self.plan
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        <(String, LimitsPatch)>::clone(&self.plan.load())
     }
 
     /// Records its plan and overrides (the caller then applies the limits).
     pub fn set_plan(&self, plan: String, overrides: LimitsPatch) {
-        *self.plan.write().unwrap_or_else(PoisonError::into_inner) = (plan, overrides);
+        self.plan.store(Arc::new((plan, overrides)));
     }
 
     /// The `updated_at` of the stored record this host last applied (several
     /// hosts: the reconcile refreshes a tenant whose record moved past it).
     pub fn synced(&self) -> String {
-        self.synced
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        String::clone(&self.synced.load())
     }
 
     /// Records that the stored record of `updated_at` is applied.
     pub fn set_synced(&self, updated_at: &str) {
-        updated_at.clone_into(&mut self.synced.write().unwrap_or_else(PoisonError::into_inner));
+        self.synced.store(Arc::new(updated_at.to_owned()));
     }
 
     /// Requests running now.

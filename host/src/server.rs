@@ -62,7 +62,7 @@ pub struct Lodge {
     pub metrics: Arc<Metrics>,
     /// Sends change notices to other hosts (PostgreSQL only).
     pub(crate) notifier: Option<crate::sync::Notifier>,
-    plans: std::sync::RwLock<Arc<PlanBook>>,
+    plans: arc_swap::ArcSwap<PlanBook>,
     /// Wakes convergence workers when a task is queued.
     pub(crate) task_wakeup: Arc<tokio::sync::Notify>,
     me: std::sync::Weak<Lodge>,
@@ -76,6 +76,8 @@ pub struct Lodge {
     pub(crate) uploads: crate::control::Uploads,
     /// Webhook delivery, apart from the task workers.
     pub(crate) webhooks: crate::convergence::tasks::Webhooks,
+    /// Every background loop of the host, stopped together at shutdown.
+    pub(crate) jobs: crate::jobs::Jobs,
 }
 
 impl Lodge {
@@ -164,7 +166,6 @@ impl Lodge {
             None => Arc::new(Offline),
         };
         let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
-        tokio::spawn(archive_logs(storage.clone(), archive_rx));
         let uploads = crate::control::Uploads::new(config.max_uploads);
         let webhooks = crate::convergence::tasks::Webhooks::new(
             config.webhook_workers,
@@ -181,7 +182,7 @@ impl Lodge {
             provider,
             metrics,
             notifier,
-            plans: std::sync::RwLock::new(Arc::new(plans)),
+            plans: arc_swap::ArcSwap::from_pointee(plans),
             task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
@@ -190,44 +191,29 @@ impl Lodge {
             )),
             uploads,
             webhooks,
+            jobs: crate::jobs::Jobs::default(),
         });
+        lodge.jobs.spawn(
+            "log archive",
+            crate::jobs::archive_logs(lodge.storage.clone(), archive_rx, lodge.jobs.stopping()),
+        );
         // One host owns every task on SQLite; with several hosts only lapsed leases.
         let lease = lodge.notifier.as_ref().map(|_| lodge.config.task_lease);
         let requeued = lodge.storage.task_requeue_running(lease).await?;
         let restored = lodge.restore().await.context("restoring tenants")?;
         tracing::info!(requeued, "convergence tasks resumed");
-        crate::convergence::tasks::spawn_workers(&lodge, lodge.config.convergence_workers);
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
-        tokio::spawn(warm_missing_artifacts(Arc::downgrade(&lodge)));
-        tokio::spawn(flush_usage_periodically(Arc::downgrade(&lodge)));
-        tokio::spawn(housekeeping_periodically(Arc::downgrade(&lodge)));
-        tokio::spawn(requeue_lapsed_tasks_periodically(Arc::downgrade(&lodge)));
-        tokio::spawn(unload_idle_periodically(
-            Arc::downgrade(&lodge),
-            lodge.config.idle_unload,
-        ));
-        if lodge.config.config_file.is_some() {
-            tokio::spawn(watch_config(Arc::downgrade(&lodge)));
-        }
-        if let (Some(url), Some(_)) = (&lodge.config.database_url, &lodge.notifier) {
-            crate::sync::spawn(&lodge, url.clone(), lodge.config.reconcile_interval);
-        }
+        crate::jobs::start(&lodge);
         Ok(lodge)
     }
 
     /// The plans in force.
     pub fn plans(&self) -> Arc<PlanBook> {
-        self.plans
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.plans.load_full()
     }
 
     pub(crate) fn set_plans(&self, book: PlanBook) {
-        *self
-            .plans
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(book);
+        self.plans.store(Arc::new(book));
     }
 
     /// A weak handle to this host, for capabilities that call back into it.
@@ -367,195 +353,6 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))
 }
 
-/// Writes archived log lines in batches; lines are dropped, never blocking guests, if it falls behind.
-async fn archive_logs(
-    storage: Arc<dyn Storage>,
-    mut lines: tokio::sync::mpsc::Receiver<crate::logs::Archived>,
-) {
-    let mut batch = Vec::with_capacity(512);
-    let mut rows = Vec::with_capacity(512);
-    while lines.recv_many(&mut batch, 512).await > 0 {
-        rows.extend(batch.iter().map(|a| (a.tenant_id.clone(), a.line.clone())));
-        if let Err(e) = storage.append_logs(&rows).await {
-            tracing::warn!(error = %e, lines = rows.len(), "log lines not archived");
-        }
-        rows.clear();
-        batch.drain(..).for_each(crate::logs::Archived::done);
-    }
-}
-
-/// Re-reads the config file every `config_poll` (and on SIGHUP) while the host lives.
-async fn watch_config(lodge: std::sync::Weak<Lodge>) {
-    let poll = match lodge.upgrade() {
-        Some(lodge) => lodge.config.config_poll,
-        None => return,
-    };
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last_error = None;
-    loop {
-        let signal = async {
-            match &mut hangup {
-                Some(hangup) => {
-                    hangup.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            () = signal => tracing::info!("SIGHUP: reloading the config file"),
-        }
-        let Some(lodge) = lodge.upgrade() else { return };
-        match lodge.reload_plans() {
-            Ok(_) => last_error = None,
-            Err(e) => {
-                if last_error.as_ref() != Some(&e) {
-                    tracing::error!(error = %e, "config file not reloaded; the plans in force stay");
-                }
-                last_error = Some(e);
-            }
-        }
-    }
-}
-
-/// Flushes usage counters every few seconds while the host lives.
-/// Drops the components of tenants idle for `HostConfig::idle_unload`.
-async fn unload_idle_periodically(lodge: std::sync::Weak<Lodge>, idle: Duration) {
-    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(lodge) = lodge.upgrade() else { return };
-        let unloaded = lodge
-            .registry
-            .all()
-            .iter()
-            .filter_map(|tenant| tenant.active())
-            .filter(|active| active.unload_if_idle(idle))
-            .count();
-        if unloaded > 0 {
-            tracing::debug!(
-                unloaded,
-                in_memory = lodge.runtime.components_loaded(),
-                "unloaded idle tenants"
-            );
-        }
-    }
-}
-
-/// After a start, compiles (one per core, in the background) the active
-/// components whose artifact is missing, e.g. after an upgrade changed the
-/// engine, so their tenants' first requests only load.
-async fn warm_missing_artifacts(lodge: std::sync::Weak<Lodge>) {
-    let digests: std::collections::BTreeSet<String> = match lodge.upgrade() {
-        Some(lodge) => lodge
-            .registry
-            .all()
-            .iter()
-            .filter_map(|t| t.active())
-            .map(|a| a.digest.to_string())
-            .filter(|d| !lodge.runtime.has_artifact(d))
-            .collect(),
-        None => return,
-    };
-    if !digests.is_empty() {
-        tracing::info!(
-            components = digests.len(),
-            "compiling components missing from the artifact cache"
-        );
-    }
-    for digest in digests {
-        let Some(lodge) = lodge.upgrade() else { return };
-        lodge.warm(&digest).await;
-    }
-}
-
-/// Puts tasks whose lease lapsed back in the queue: their host died (several
-/// hosts) or could not store their result.
-async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
-    let every = match lodge.upgrade() {
-        Some(lodge) => lodge.config.reconcile_interval,
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(lodge) = lodge.upgrade() else { return };
-        match lodge
-            .storage
-            .task_requeue_running(Some(lodge.config.task_lease))
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::warn!(tasks = n, "requeued convergence tasks whose lease lapsed");
-                lodge.task_wakeup.notify_waiters();
-            }
-            Err(e) => tracing::warn!(error = %e, "requeueing lapsed tasks failed"),
-        }
-    }
-}
-
-/// Prunes archived log lines by each tenant's plan (age and count) and
-/// deletes artifacts of components no longer stored: at start, then every
-/// `housekeeping_interval`.
-async fn housekeeping_periodically(lodge: std::sync::Weak<Lodge>) {
-    let every = match lodge.upgrade() {
-        Some(lodge) => lodge.config.housekeeping_interval,
-        None => return,
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(lodge) = lodge.upgrade() else { return };
-        lodge.housekeeping().await;
-    }
-}
-
-impl Lodge {
-    /// One round of housekeeping (see [`housekeeping_periodically`]).
-    pub async fn housekeeping(&self) {
-        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-        let now = crate::storage::now_ms();
-        let mut pruned = 0;
-        for tenant in self.registry.all() {
-            let limits = tenant.governor().limits.clone();
-            let before = now - i64::from(limits.log_retention_days) * DAY_MS;
-            match self
-                .storage
-                .prune_logs(&tenant.id, before, i64::from(limits.log_retention_lines))
-                .await
-            {
-                Ok(n) => pruned += n,
-                Err(e) => tracing::warn!(tenant = %tenant.slug, error = %e, "pruning logs failed"),
-            }
-        }
-        let before = now - i64::from(self.config.default_limits.log_retention_days) * DAY_MS;
-        match self.storage.prune_deleted_tenants_logs(before).await {
-            Ok(n) => pruned += n,
-            Err(e) => tracing::warn!(error = %e, "pruning deleted tenants' logs failed"),
-        }
-        if pruned > 0 {
-            tracing::info!(lines = pruned, "archived log lines pruned");
-        }
-        self.sweep_artifacts().await;
-    }
-}
-
-async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(lodge) = lodge.upgrade() else { return };
-        lodge.flush_usage().await;
-    }
-}
-
 /// Serves HTTP on `listener` until `shutdown` resolves, then drains for up to 10 s.
 ///
 /// Connections are bounded (see `docs/operations.md`, "Running untrusted
@@ -646,13 +443,16 @@ pub async fn serve(
             }
         });
     }
-    lodge.flush_usage().await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(Duration::from_secs(10)) => {
             tracing::warn!("connections still open after 10 s; closing them");
         }
     }
+    // Then the background jobs: the log archive writes what is queued, the
+    // last usage is flushed.
+    lodge.jobs.shutdown(Duration::from_secs(5)).await;
+    lodge.flush_usage().await;
     Ok(())
 }
 

@@ -151,14 +151,8 @@ impl Lodge {
     }
 }
 
-/// Listens for change notices and reconciles every `interval`, while the host
-/// lives. (Lapsed task leases are requeued by `server`, on every backend.)
-pub fn spawn(lodge: &Arc<Lodge>, url: String, interval: Duration) {
-    tokio::spawn(listen(Arc::downgrade(lodge), url));
-    tokio::spawn(reconcile_periodically(Arc::downgrade(lodge), interval));
-}
-
-async fn listen(lodge: Weak<Lodge>, url: String) {
+/// Listens for change notices while the host lives (a `jobs` job).
+pub(crate) async fn listen(lodge: Weak<Lodge>, url: String) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
@@ -198,7 +192,7 @@ async fn listen(lodge: Weak<Lodge>, url: String) {
     }
 }
 
-async fn reconcile_periodically(lodge: Weak<Lodge>, interval: Duration) {
+pub(crate) async fn reconcile_periodically(lodge: Weak<Lodge>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.tick().await;
     loop {

@@ -292,14 +292,8 @@ pub fn sign_webhook(secret: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// Starts `workers` task workers; they stop when the host is dropped.
-pub fn spawn_workers(lodge: &Arc<Lodge>, workers: usize) {
-    for _ in 0..workers {
-        tokio::spawn(work(Arc::downgrade(lodge)));
-    }
-}
-
-async fn work(lodge: Weak<Lodge>) {
+/// One task worker (a `jobs` job): claims and runs tasks while the host lives.
+pub(crate) async fn work(lodge: Weak<Lodge>) {
     loop {
         let Some(host) = lodge.upgrade() else { return };
         let claimed = host.storage.task_claim().await;
@@ -388,7 +382,7 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
             }
         };
         lodge.webhooks.post(
-            lodge.weak(),
+            lodge,
             Webhook {
                 task_id: task.id.clone(),
                 tenant_id: task.tenant_id.clone(),
@@ -501,14 +495,15 @@ impl Webhooks {
             .clone()
     }
 
-    /// Queues `hook` for delivery; never waits.
-    pub(crate) fn post(&self, lodge: Weak<Lodge>, hook: Webhook) {
+    /// Queues `hook` for delivery (a `jobs` job of `host`); never waits.
+    pub(crate) fn post(&self, host: &Lodge, hook: Webhook) {
+        let lodge = host.weak();
         use std::sync::atomic::Ordering::AcqRel;
         let queue = self.tenant(&hook.tenant_id);
         if queue.queued.fetch_add(1, AcqRel) >= WEBHOOKS_QUEUED_PER_TENANT {
             queue.queued.fetch_sub(1, AcqRel);
             tracing::warn!(tenant_id = %hook.tenant_id, task = %hook.task_id, "webhook dropped: too many queued for this tenant");
-            tokio::spawn(async move {
+            host.jobs.spawn("webhook", async move {
                 if let Some(lodge) = lodge.upgrade() {
                     let status = format!(
                         "failed: more than {WEBHOOKS_QUEUED_PER_TENANT} of this tenant's webhooks were waiting"
@@ -518,11 +513,11 @@ impl Webhooks {
             });
             return;
         }
-        let host = self.host.clone();
+        let slots = self.host.clone();
         let allow_private = self.allow_private;
-        tokio::spawn(async move {
+        host.jobs.spawn("webhook", async move {
             let _tenant_slot = queue.running.acquire().await;
-            let _host_slot = host.acquire().await;
+            let _host_slot = slots.acquire().await;
             let status = match lodge.upgrade() {
                 // A deleted tenant's webhooks are not posted.
                 Some(l) => match l.storage.get_tenant(&hook.tenant_id).await {

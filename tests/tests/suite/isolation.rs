@@ -601,7 +601,7 @@ async fn archived_lines_are_pruned_by_count_and_age() {
         (archived(&host, "talker").await.len() >= 200).then_some(())
     })
     .await;
-    host.lodge.housekeeping().await;
+    lodge_host::jobs::housekeeping(&host.lodge).await;
     let kept = archived(&host, "talker").await;
     assert_eq!(kept.len(), 50);
     assert!(

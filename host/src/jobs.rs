@@ -1,0 +1,295 @@
+//! The host's background jobs, in one place: started by [`start`] when the
+//! host opens, each tracked by one `TaskTracker` and stopped together by one
+//! `CancellationToken` ([`Jobs::shutdown`]), so a shutdown is deterministic:
+//! the log archive writes what is queued, and nothing runs after `serve`
+//! returns.
+//!
+//! | job | every | does |
+//! |---|---|---|
+//! | log archive | as lines come | batches tenants' log lines into storage |
+//! | task workers (`convergence_workers`) | as tasks come | run queued convergence tasks |
+//! | usage flush | 5 s | adds usage counters to `usage_hourly` |
+//! | housekeeping | `housekeeping_interval` (10 min) | prunes archived log lines, sweeps artifacts |
+//! | lapsed leases | `reconcile_interval` | requeues tasks whose host died |
+//! | idle unload | `idle_unload / 4` | drops components of idle tenants |
+//! | precompile | once at start | compiles active components missing from the artifact cache |
+//! | config watch | `config_poll`, SIGHUP | reloads `lodge.toml` |
+//! | change notices, reconcile | as notices come, `reconcile_interval` | PostgreSQL: other hosts' changes (`sync`) |
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::server::Lodge;
+use crate::storage::Storage;
+
+/// The host's background jobs.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Jobs {
+    /// Runs `job` until it ends or the host stops.
+    pub fn spawn(&self, name: &'static str, job: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = job => {}
+                () = stop.cancelled() => tracing::debug!(job = name, "stopped"),
+            }
+        });
+    }
+
+    /// A token that is cancelled when the host stops (for a job that must
+    /// finish its work rather than be dropped).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.child_token()
+    }
+
+    /// Stops every job and waits for them, at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tracker.len(),
+                "background jobs still running after {grace:?}; leaving them"
+            );
+        }
+    }
+}
+
+/// Starts every periodic job of `lodge` (see the table above).
+pub(crate) fn start(lodge: &Arc<Lodge>) {
+    let jobs = &lodge.jobs;
+    let weak = || Arc::downgrade(lodge);
+    for _ in 0..lodge.config.convergence_workers {
+        jobs.spawn("task worker", crate::convergence::tasks::work(weak()));
+    }
+    jobs.spawn("precompile", warm_missing_artifacts(weak()));
+    jobs.spawn("usage flush", flush_usage_periodically(weak()));
+    jobs.spawn("housekeeping", housekeeping_periodically(weak()));
+    jobs.spawn("lapsed leases", requeue_lapsed_tasks_periodically(weak()));
+    jobs.spawn(
+        "idle unload",
+        unload_idle_periodically(weak(), lodge.config.idle_unload),
+    );
+    if lodge.config.config_file.is_some() {
+        jobs.spawn("config watch", watch_config(weak()));
+    }
+    if let (Some(url), Some(_)) = (&lodge.config.database_url, &lodge.notifier) {
+        jobs.spawn("change notices", crate::sync::listen(weak(), url.clone()));
+        jobs.spawn(
+            "reconcile",
+            crate::sync::reconcile_periodically(weak(), lodge.config.reconcile_interval),
+        );
+    }
+}
+
+/// Writes archived log lines in batches; lines are dropped, never blocking
+/// guests, if it falls behind. When the host stops it writes what is queued.
+pub(crate) async fn archive_logs(
+    storage: Arc<dyn Storage>,
+    mut lines: tokio::sync::mpsc::Receiver<crate::logs::Archived>,
+    stopping: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(512);
+    let mut rows = Vec::with_capacity(512);
+    loop {
+        let received = tokio::select! {
+            received = lines.recv_many(&mut batch, 512) => received,
+            () = stopping.cancelled() => {
+                while let Ok(line) = lines.try_recv() {
+                    batch.push(line);
+                }
+                batch.len()
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        rows.extend(batch.iter().map(|a| (a.tenant_id.clone(), a.line.clone())));
+        if let Err(e) = storage.append_logs(&rows).await {
+            tracing::warn!(error = %e, lines = rows.len(), "log lines not archived");
+        }
+        rows.clear();
+        batch.drain(..).for_each(crate::logs::Archived::done);
+        if stopping.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Re-reads the config file every `config_poll` (and on SIGHUP) while the host lives.
+async fn watch_config(lodge: std::sync::Weak<Lodge>) {
+    let poll = match lodge.upgrade() {
+        Some(lodge) => lodge.config.config_poll,
+        None => return,
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last_error = None;
+    loop {
+        let signal = async {
+            match &mut hangup {
+                Some(hangup) => {
+                    hangup.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = signal => tracing::info!("SIGHUP: reloading the config file"),
+        }
+        let Some(lodge) = lodge.upgrade() else { return };
+        match lodge.reload_plans() {
+            Ok(_) => last_error = None,
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "config file not reloaded; the plans in force stay");
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+}
+
+/// Drops the components of tenants idle for `HostConfig::idle_unload`.
+async fn unload_idle_periodically(lodge: std::sync::Weak<Lodge>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        let unloaded = lodge
+            .registry
+            .all()
+            .iter()
+            .filter_map(|tenant| tenant.active())
+            .filter(|active| active.unload_if_idle(idle))
+            .count();
+        if unloaded > 0 {
+            tracing::debug!(
+                unloaded,
+                in_memory = lodge.runtime.components_loaded(),
+                "unloaded idle tenants"
+            );
+        }
+    }
+}
+
+/// After a start, compiles (one per core, in the background) the active
+/// components whose artifact is missing, e.g. after an upgrade changed the
+/// engine, so their tenants' first requests only load.
+async fn warm_missing_artifacts(lodge: std::sync::Weak<Lodge>) {
+    let digests: std::collections::BTreeSet<String> = match lodge.upgrade() {
+        Some(lodge) => lodge
+            .registry
+            .all()
+            .iter()
+            .filter_map(|t| t.active())
+            .map(|a| a.digest.to_string())
+            .filter(|d| !lodge.runtime.has_artifact(d))
+            .collect(),
+        None => return,
+    };
+    if !digests.is_empty() {
+        tracing::info!(
+            components = digests.len(),
+            "compiling components missing from the artifact cache"
+        );
+    }
+    for digest in digests {
+        let Some(lodge) = lodge.upgrade() else { return };
+        lodge.warm(&digest).await;
+    }
+}
+
+/// Puts tasks whose lease lapsed back in the queue: their host died (several
+/// hosts) or could not store their result.
+async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
+    let every = match lodge.upgrade() {
+        Some(lodge) => lodge.config.reconcile_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        match lodge
+            .storage
+            .task_requeue_running(Some(lodge.config.task_lease))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(tasks = n, "requeued convergence tasks whose lease lapsed");
+                lodge.task_wakeup.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "requeueing lapsed tasks failed"),
+        }
+    }
+}
+
+/// Prunes archived log lines by each tenant's plan (age and count) and
+/// deletes artifacts of components no longer stored: at start, then every
+/// `housekeeping_interval`.
+async fn housekeeping_periodically(lodge: std::sync::Weak<Lodge>) {
+    let every = match lodge.upgrade() {
+        Some(lodge) => lodge.config.housekeeping_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        housekeeping(&lodge).await;
+    }
+}
+
+/// One round of housekeeping (see [`housekeeping_periodically`]).
+pub async fn housekeeping(lodge: &Lodge) {
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    let now = crate::storage::now_ms();
+    let mut pruned = 0;
+    for tenant in lodge.registry.all() {
+        let limits = tenant.governor().limits.clone();
+        let before = now - i64::from(limits.log_retention_days) * DAY_MS;
+        let kept = i64::from(limits.log_retention_lines);
+        match lodge.storage.prune_logs(&tenant.id, before, kept).await {
+            Ok(n) => pruned += n,
+            Err(e) => tracing::warn!(tenant = %tenant.slug, error = %e, "pruning logs failed"),
+        }
+    }
+    let before = now - i64::from(lodge.config.default_limits.log_retention_days) * DAY_MS;
+    match lodge.storage.prune_deleted_tenants_logs(before).await {
+        Ok(n) => pruned += n,
+        Err(e) => tracing::warn!(error = %e, "pruning deleted tenants' logs failed"),
+    }
+    if pruned > 0 {
+        tracing::info!(lines = pruned, "archived log lines pruned");
+    }
+    lodge.sweep_artifacts().await;
+}
+
+async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        lodge.flush_usage().await;
+    }
+}
