@@ -142,11 +142,39 @@ impl From<Rejected> for DataPlaneError {
     }
 }
 
+/// The error body every failure answers with, the data plane's and the API's alike.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a human message.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `not_found`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// `{"error":{"code","message"}}`.
+    pub fn new(code: &str, message: &str) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            },
+        }
+    }
+}
+
 /// A `{"error":{"code","message"}}` response.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> http::Response<ResponseBody> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let body = serde_json::to_vec(&ErrorBody::new(code, message)).unwrap_or_default();
     let mut response = http::Response::new(
-        Full::new(Bytes::from(body.to_string()))
+        Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );

@@ -1,0 +1,182 @@
+//! Deployments: upload, list, rollback.
+
+use super::*;
+
+/// `PUT /tenant/{id}/component` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentCreated {
+    /// The new active version.
+    pub deployment: DeploymentView,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentView {
+    /// Version number.
+    pub version: i64,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// Bytes.
+    pub size: i64,
+    /// Validation and compilation time at upload, ms.
+    pub compile_ms: i64,
+    /// RFC 3339 upload time.
+    pub created_at: String,
+    /// When it became active (now, for a deploy or rollback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<String>,
+    /// Whether it serves requests now.
+    pub active: bool,
+}
+
+impl DeploymentView {
+    fn new(d: Deployment, active: bool, activated_now: bool) -> Self {
+        Self {
+            activated_at: activated_now.then(crate::storage::now_rfc3339),
+            version: d.version,
+            sha256: d.sha256,
+            size: d.size,
+            compile_ms: d.compile_ms,
+            created_at: d.created_at,
+            active,
+        }
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/tenant/{id}/component", tag = "deployments",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component"),
+    responses((status = 201, body = DeploymentCreated), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(super) async fn deploy_component(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<DeploymentCreated>), ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+    if let Some(ct) =
+        content_type.filter(|ct| ct != "application/wasm" && ct != "application/octet-stream")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type: application/wasm, got {ct}"),
+        ));
+    }
+    let max = lodge.config.max_component_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("components are limited to {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    // Taken before the body is read: one upload per tenant, a few per host.
+    let slot = lodge
+        .uploads
+        .try_start(&record.id)
+        .map_err(|busy| ApiError::from(ControlError::UploadBusy(busy)))?;
+    let body = http_body_util::Limited::new(request.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the upload was interrupted",
+                )
+            }
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_component",
+            "the body is empty: send the .wasm file as the request body",
+        ));
+    }
+    let deployment = lodge.deploy(&record, body, Some(slot)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeploymentCreated {
+            deployment: DeploymentView::new(deployment, true, true),
+        }),
+    ))
+}
+
+/// `GET /tenant/{id}/deployments` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentList {
+    /// Version serving requests.
+    pub active_version: Option<i64>,
+    /// Newest first.
+    pub deployments: Vec<DeploymentView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant/{id}/deployments", tag = "deployments",
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = DeploymentList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_deployments(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let deployments = lodge.storage.list_deployments(&record.id).await?;
+    Ok(Json(DeploymentList {
+        active_version: record.active_version,
+        deployments: deployments
+            .into_iter()
+            .map(|d| {
+                let active = Some(d.version) == record.active_version;
+                DeploymentView::new(d, active, false)
+            })
+            .collect(),
+    }))
+}
+
+/// `POST /tenant/{id}/rollback` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The version to make active again.
+    pub version: i64,
+}
+
+#[utoipa::path(post, path = "/api/v1/tenant/{id}/rollback", tag = "deployments", request_body = Rollback,
+    params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
+    responses((status = 200, body = DeploymentCreated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody)))]
+pub(super) async fn rollback(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Rollback>,
+) -> Result<Json<DeploymentCreated>, ApiError> {
+    let record = tenant_for(&lodge, &caller, &id).await?;
+    let deployment = lodge.rollback(&record, body.version).await?;
+    Ok(Json(DeploymentCreated {
+        deployment: DeploymentView::new(deployment, true, true),
+    }))
+}

@@ -1,0 +1,446 @@
+//! The control plane's REST API under `/api/v1`, its OpenAPI document, and the
+//! host's own endpoints (`/healthz`, `/readyz`, `/api-docs`).
+//!
+//! Every failure answers `{"error":{"code","message"}}` (`crate::error::ErrorBody`,
+//! the shape the data plane answers with too) — bad JSON, unknown fields, wrong
+//! methods and unknown routes included. Tenants are found by id or slug; a
+//! tenant the caller may not see is reported exactly like one that does not exist.
+//!
+//! This file holds what every resource shares (the error, the extractors, the
+//! caller, the router and the OpenAPI document); each resource has its module:
+//! `orgs`, `tenants`, `deployments`, `logs`, `usage` (with limits and plans),
+//! `wallet`, `convergence` (with webhook secrets).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::Stream;
+use http_body_util::BodyExt as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::auth::{self, AuthError, Principal};
+use crate::control::ControlError;
+use crate::instance::LoadError;
+use crate::logs::LogLine;
+use crate::plans::LimitsPatch;
+use crate::registry::Tenant;
+use crate::server::Lodge;
+use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, Usage};
+
+mod convergence;
+mod deployments;
+mod logs;
+mod orgs;
+mod tenants;
+mod usage;
+mod wallet;
+
+use convergence::*;
+use deployments::*;
+use logs::*;
+use orgs::*;
+use tenants::*;
+use usage::*;
+use wallet::*;
+
+/// The API's state.
+type AppState = Arc<Lodge>;
+
+pub use crate::error::{ErrorBody, ErrorDetail};
+
+/// A failure of an API call.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Also tells the client when to retry.
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    fn forbidden(message: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(self.code, &self.message);
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound(what) => Self::not_found(what),
+            ControlError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ControlError::Forbidden(message) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            ControlError::Invalid(message) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+            }
+            ControlError::Gone(message) => Self::new(StatusCode::GONE, "version_pruned", message),
+            ControlError::TooLarge(message) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            e @ ControlError::CompileTimeout(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "compile_timeout",
+                e.to_string(),
+            ),
+            e @ ControlError::UploadBusy(crate::control::UploadBusy::Tenant) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "deploy_in_progress",
+                e.to_string(),
+            )
+            .retry_after(1),
+            e @ ControlError::UploadBusy(crate::control::UploadBusy::Host) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_busy", e.to_string())
+                    .retry_after(2)
+            }
+            ControlError::Component(LoadError::Internal(e)) => {
+                tracing::error!(error = %e, "compiling a component failed inside the host");
+                Self::internal()
+            }
+            ControlError::Component(e) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
+            }
+            ControlError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => Self::not_found("tenant"),
+            StorageError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", what),
+            StorageError::Backend(e) => {
+                tracing::error!(error = ?e, "storage failed");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Storage(e) => e.into(),
+            // One answer for missing, malformed, unknown and revoked keys.
+            _ => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is required (Authorization: Bearer …)",
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        match e {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ),
+            JsonRejection::BytesRejection(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large",
+            ),
+            other => Self::new(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+    }
+}
+
+/// JSON body whose rejections use the API's error shape. Text with a NUL
+/// character anywhere is refused (400) before any handler sees it: no backend
+/// stores it the same way (PostgreSQL's text cannot hold it at all).
+#[derive(Debug)]
+pub struct ApiJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        if let Some(field) = nul_in(&value) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{field} contains a NUL character, which no text field may hold"),
+            ));
+        }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+    }
+}
+
+/// The first place in `value` (a key or a string) holding a NUL, as a JSON path.
+fn nul_in(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => Some("a text field".into()),
+        serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            nul_in(item).map(|inner| {
+                format!(
+                    "[{i}]{}",
+                    inner.strip_prefix("a text field").unwrap_or(&inner)
+                )
+            })
+        }),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                return Some("a field name".into());
+            }
+            nul_in(item).map(|inner| {
+                format!(
+                    "{key:?}{}",
+                    inner.strip_prefix("a text field").unwrap_or(&inner)
+                )
+            })
+        }),
+        _ => None,
+    }
+}
+
+/// Query string whose rejections use the API's error shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(T);
+
+/// The caller, from `Authorization: Bearer …`.
+#[derive(Debug)]
+pub struct Caller(Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, lodge: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let principal = auth::authenticate(header, &lodge.admin, lodge.storage.as_ref()).await?;
+        Ok(Self(principal))
+    }
+}
+
+/// Finds tenant `id` (or slug) if the caller may see it; 404 otherwise.
+async fn tenant_for(lodge: &Lodge, caller: &Principal, id: &str) -> Result<TenantRecord, ApiError> {
+    if id.contains('\0') {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let record = lodge.storage.get_tenant(id).await?;
+    let allowed = match caller {
+        Principal::Admin => true,
+        Principal::Org { org_id } => *org_id == record.org_id,
+        Principal::Tenant { tenant_id, .. } => *tenant_id == record.id,
+    };
+    if allowed {
+        Ok(record)
+    } else {
+        Err(ApiError::not_found("tenant"))
+    }
+}
+
+/// `GET /metrics`: Prometheus text format, for the admin token only.
+async fn metrics(State(lodge): State<AppState>, Caller(caller): Caller) -> Response {
+    if caller != Principal::Admin {
+        return ApiError::forbidden("metrics are for the operator's admin token").into_response();
+    }
+    render_metrics(&lodge)
+}
+
+fn render_metrics(lodge: &Lodge) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        lodge.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The scrape port (`serve --metrics-listen`): `GET /metrics` without a token,
+/// `/healthz`, and nothing else.
+pub fn metrics_router(lodge: Arc<Lodge>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(lodge): State<AppState>| async move { render_metrics(&lodge) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(lodge)
+}
+
+/// The OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Lodge control plane", description = "Organizations, tenants, keys and deployments."),
+    paths(create_org, spawn_tenant, list_tenants, tenant_status, tenant_logs, deploy_component,
+        list_deployments, rollback, stop_tenant, start_tenant, update_env, rotate_key, delete_tenant, tenant_usage,
+        org_usage, get_limits, set_limits, list_plans,
+        get_wallet, fund_wallet, converge, converge_preset, converge_task, webhook_secret,
+        rotate_webhook_secret, update_org, rotate_org_keys, revoke_org_keys),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+const API_DOCS_PAGE: &str = include_str!("api_docs.html");
+
+/// The host's own routes: `/api/v1/…`, `/api-docs`, `/healthz`, `/readyz`.
+pub fn router(lodge: Arc<Lodge>) -> Router {
+    let api = Router::new()
+        .route("/orgs", post(create_org))
+        .route("/orgs/{id}", axum::routing::patch(update_org))
+        .route("/orgs/{id}/keys/rotate", post(rotate_org_keys))
+        .route("/orgs/{id}/keys/revoke", post(revoke_org_keys))
+        .route("/tenant", get(list_tenants))
+        .route("/tenant/spawn", post(spawn_tenant))
+        .route("/tenant/{id}", axum::routing::delete(delete_tenant))
+        .route("/tenant/{id}/status", get(tenant_status))
+        .route("/tenant/{id}/logs", get(tenant_logs))
+        .route("/tenant/{id}/component", put(deploy_component))
+        .route("/tenant/{id}/deployments", get(list_deployments))
+        .route("/tenant/{id}/rollback", post(rollback))
+        .route("/tenant/{id}/stop", post(stop_tenant))
+        .route("/tenant/{id}/start", post(start_tenant))
+        .route("/tenant/{id}/env", put(update_env))
+        .route("/tenant/{id}/keys/rotate", post(rotate_key))
+        .route("/tenant/{id}/usage", get(tenant_usage))
+        .route("/tenant/{id}/limits", get(get_limits).patch(set_limits))
+        .route("/org/{id}/usage", get(org_usage))
+        .route("/plans", get(list_plans))
+        .route("/tenant/{id}/wallet", get(get_wallet))
+        .route("/tenant/{id}/wallet/fund", post(fund_wallet))
+        .route("/tenant/{id}/webhook-secret", get(webhook_secret))
+        .route(
+            "/tenant/{id}/webhook-secret/rotate",
+            post(rotate_webhook_secret),
+        )
+        .route("/converge", post(converge))
+        .route("/converge/{task_id}", get(converge_task))
+        .route("/design", post(converge_preset))
+        .route("/review", post(converge_preset))
+        .route("/decide", post(converge_preset))
+        .route("/plan", post(converge_preset))
+        .route("/analyze", post(converge_preset))
+        .route("/generate", post(converge_preset))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        });
+    Router::new()
+        .nest("/api/v1", api)
+        .route(
+            "/api-docs/openapi.json",
+            get(|| async { Json(ApiDoc::openapi()) }),
+        )
+        .route("/api-docs", get(|| async { Html(API_DOCS_PAGE) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route(
+            "/readyz",
+            get(|State(lodge): State<AppState>| async move {
+                match lodge.storage.list_tenants(None, 1, 0).await {
+                    Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+                    Err(_) => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        "the database is unreachable",
+                    )
+                    .into_response(),
+                }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "tenant_not_found",
+                "no app is deployed at this address",
+            )
+        })
+        .with_state(lodge)
+}

@@ -1,0 +1,114 @@
+//! Organizations: create, change plan, rotate and revoke their keys.
+
+use super::*;
+
+/// `POST /orgs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    /// Display name.
+    pub name: String,
+    /// Plan (default `default`).
+    pub plan: Option<String>,
+}
+
+/// `POST /orgs` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgCreated {
+    /// The organization.
+    pub org: Org,
+    /// Its key, shown only here.
+    pub api_key: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = CreateOrg,
+    security(("bearer" = [])),
+    responses((status = 201, body = OrgCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn create_org(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<CreateOrg>,
+) -> Result<(StatusCode, Json<OrgCreated>), ApiError> {
+    if caller != Principal::Admin {
+        return Err(ApiError::forbidden(
+            "only the operator's admin token may create organizations",
+        ));
+    }
+    let (org, api_key) = lodge.create_org(&body.name, body.plan).await?;
+    Ok((StatusCode::CREATED, Json(OrgCreated { org, api_key })))
+}
+
+/// `PATCH /orgs/{id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrg {
+    /// The organization's new plan; its tenants on the old plan follow.
+    pub plan: String,
+}
+
+/// Wraps an organization.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgEnvelope {
+    /// The organization.
+    pub org: Org,
+}
+
+#[utoipa::path(patch, path = "/api/v1/orgs/{id}", tag = "orgs", request_body = UpdateOrg,
+    params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
+    responses((status = 200, body = OrgEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn update_org(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateOrg>,
+) -> Result<Json<OrgEnvelope>, ApiError> {
+    if caller != Principal::Admin {
+        return Err(ApiError::forbidden(
+            "only the operator's admin token may change an organization's plan",
+        ));
+    }
+    let org = lodge.set_org_plan(&id, &body.plan).await?;
+    Ok(Json(OrgEnvelope { org }))
+}
+
+/// The organization `id`, if the caller is the operator or that organization.
+pub(super) fn own_org(caller: &Principal, id: &str) -> Result<(), ApiError> {
+    match caller {
+        Principal::Admin => Ok(()),
+        Principal::Org { org_id } if org_id == id => Ok(()),
+        Principal::Org { .. } => Err(ApiError::not_found("organization")),
+        Principal::Tenant { .. } => Err(ApiError::forbidden(
+            "a tenant key cannot manage its organization's keys",
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{id}/keys/rotate", tag = "orgs",
+    params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
+    responses((status = 200, body = KeyRotated, description = "the new organization key; the old ones no longer work"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn rotate_org_keys(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyRotated>, ApiError> {
+    own_org(&caller, &id)?;
+    let api_key = lodge.rotate_org_keys(&id, true).await?.unwrap_or_default();
+    Ok(Json(KeyRotated { api_key }))
+}
+
+#[utoipa::path(post, path = "/api/v1/orgs/{id}/keys/revoke", tag = "orgs",
+    params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
+    responses((status = 204, description = "every key of the organization (not its tenants') revoked"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn revoke_org_keys(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    own_org(&caller, &id)?;
+    lodge.rotate_org_keys(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
