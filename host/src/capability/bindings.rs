@@ -11,5 +11,6 @@ wasmtime::component::bindgen!({
     },
     trappable_error_type: {
         "wasi:keyvalue/store.error" => super::keyvalue::Error,
+        "lodge:platform/types.error" => super::PlatformError,
     },
 });

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::PlatformError;
 use super::bindings::lodge::platform::convergence::{self as wit, Preset, TaskState};
 use super::bindings::lodge::platform::types::Error;
 use crate::convergence::tasks::{ConvergenceFailure, TaskState as State};
@@ -127,19 +128,19 @@ fn preset(p: Preset) -> engine::Preset {
     }
 }
 
-type Outcome<T> = wasmtime::Result<Result<T, Error>>;
+type Outcome<T> = Result<T, PlatformError>;
+
+impl super::bindings::lodge::platform::types::Host for Convergence<'_> {
+    fn convert_error(&mut self, err: PlatformError) -> wasmtime::Result<Error> {
+        err.into_guest()
+    }
+}
 
 impl wit::Host for Convergence<'_> {
     async fn converge(&mut self, req: wit::Request) -> Outcome<wit::Outcome> {
-        let lodge = match self.lodge() {
-            Ok(lodge) => lodge,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(lodge
-            .converge_for(&self.ctx.tenant_id, &request(req))
-            .await
-            .map(outcome)
-            .map_err(to_error))
+        let lodge = self.lodge()?;
+        let done = lodge.converge_for(&self.ctx.tenant_id, &request(req)).await;
+        Ok(outcome(done.map_err(to_error)?))
     }
 
     async fn converge_preset(
@@ -148,43 +149,28 @@ impl wit::Host for Convergence<'_> {
         prompt: String,
         context: Option<String>,
     ) -> Outcome<wit::Outcome> {
-        let lodge = match self.lodge() {
-            Ok(lodge) => lodge,
-            Err(e) => return Ok(Err(e)),
-        };
+        let lodge = self.lodge()?;
         let req = preset(p).request(&prompt, context);
-        Ok(lodge
-            .converge_for(&self.ctx.tenant_id, &req)
-            .await
-            .map(outcome)
-            .map_err(to_error))
+        let done = lodge.converge_for(&self.ctx.tenant_id, &req).await;
+        Ok(outcome(done.map_err(to_error)?))
     }
 
     async fn submit(&mut self, req: wit::Request) -> Outcome<String> {
-        let lodge = match self.lodge() {
-            Ok(lodge) => lodge,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(lodge
+        let lodge = self.lodge()?;
+        let queued = lodge
             .submit_task(&self.ctx.tenant_id, &request(req), None)
-            .await
-            .map_err(to_error))
+            .await;
+        Ok(queued.map_err(to_error)?)
     }
 
     async fn poll(&mut self, task_id: String) -> Outcome<TaskState> {
-        let lodge = match self.lodge() {
-            Ok(lodge) => lodge,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(lodge
-            .task_state(&self.ctx.tenant_id, &task_id)
-            .await
-            .map(|state| match state {
-                State::Pending => TaskState::Pending,
-                State::Running => TaskState::Running,
-                State::Done(o) => TaskState::Done(outcome(*o)),
-                State::Failed(m) => TaskState::Failed(m),
-            })
-            .map_err(to_error))
+        let lodge = self.lodge()?;
+        let state = lodge.task_state(&self.ctx.tenant_id, &task_id).await;
+        Ok(match state.map_err(to_error)? {
+            State::Pending => TaskState::Pending,
+            State::Running => TaskState::Running,
+            State::Done(o) => TaskState::Done(outcome(*o)),
+            State::Failed(m) => TaskState::Failed(m),
+        })
     }
 }

@@ -22,6 +22,34 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::limits::GuestLimiter;
 use crate::logs::{LogSink, LogStream, RequestLogBudget, TenantLogs};
 
+/// A failure of a `lodge:platform` call (wallet, convergence) before it becomes
+/// the guest's `types.error`: an error the guest reads, or a broken host
+/// invariant that traps. Like `keyvalue::Error` for `wasi:keyvalue`: host
+/// functions return `Result<T, PlatformError>` and use `?`.
+#[derive(Debug)]
+pub enum PlatformError {
+    /// The guest's error.
+    Guest(bindings::lodge::platform::types::Error),
+    /// Traps the guest.
+    Trap(wasmtime::Error),
+}
+
+impl From<bindings::lodge::platform::types::Error> for PlatformError {
+    fn from(e: bindings::lodge::platform::types::Error) -> Self {
+        Self::Guest(e)
+    }
+}
+
+impl PlatformError {
+    /// What `types::Host::convert_error` answers: the guest's error, or a trap.
+    fn into_guest(self) -> wasmtime::Result<bindings::lodge::platform::types::Error> {
+        match self {
+            Self::Guest(e) => Ok(e),
+            Self::Trap(e) => Err(e),
+        }
+    }
+}
+
 /// Everything one request's instance can reach.
 pub struct GuestState {
     wasi: WasiCtx,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+use super::PlatformError;
 use super::bindings::lodge::platform::types::Error;
 use super::bindings::lodge::platform::wallet::{self, Entry, HistoryPage};
 use crate::storage::{LedgerError, Storage, StorageError, TransferRequest, WalletRecord};
@@ -74,27 +75,23 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(())
 }
 
-impl super::bindings::lodge::platform::types::Host for Wallet<'_> {}
+impl super::bindings::lodge::platform::types::Host for Wallet<'_> {
+    fn convert_error(&mut self, err: PlatformError) -> wasmtime::Result<Error> {
+        err.into_guest()
+    }
+}
 
-type Outcome<T> = wasmtime::Result<Result<T, Error>>;
+type Outcome<T> = Result<T, PlatformError>;
 
 impl wallet::Host for Wallet<'_> {
     async fn address(&mut self) -> Outcome<String> {
-        Ok(self.mine().await.map(|w| w.address))
+        Ok(self.mine().await?.address)
     }
 
     async fn balance(&mut self) -> Outcome<u64> {
-        let wallet = match self.mine().await {
-            Ok(wallet) => wallet,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self
-            .ctx
-            .storage
-            .ledger_balance(&wallet.address)
-            .await
-            .map(|b| b.max(0) as u64)
-            .map_err(unavailable))
+        let wallet = self.mine().await?;
+        let balance = self.ctx.storage.ledger_balance(&wallet.address).await;
+        Ok(balance.map_err(unavailable)?.max(0) as u64)
     }
 
     async fn transfer(
@@ -104,11 +101,8 @@ impl wallet::Host for Wallet<'_> {
         memo: String,
         idempotency_key: String,
     ) -> Outcome<String> {
-        let wallet = match self.mine().await {
-            Ok(wallet) => wallet,
-            Err(e) => return Ok(Err(e)),
-        };
-        let invalid = |m: &str| Ok(Err(Error::InvalidInput(m.to_owned())));
+        let wallet = self.mine().await?;
+        let invalid = |m: &str| Err(Error::InvalidInput(m.to_owned()).into());
         if amount == 0 || amount > i64::MAX as u64 {
             return invalid("amount must be between 1 and 2^63-1");
         }
@@ -128,14 +122,14 @@ impl wallet::Host for Wallet<'_> {
         if to == wallet.address {
             return invalid("a wallet cannot pay itself");
         }
-        match self.ctx.storage.wallet_exists(&to).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Ok(Err(Error::NotFound(format!(
-                    "no wallet has the address {to}"
-                ))));
-            }
-            Err(e) => return Ok(Err(unavailable(e))),
+        if !self
+            .ctx
+            .storage
+            .wallet_exists(&to)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(Error::NotFound(format!("no wallet has the address {to}")).into());
         }
         let request = TransferRequest {
             from: &wallet.address,
@@ -153,32 +147,31 @@ impl wallet::Host for Wallet<'_> {
                 .wallet_txs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(done.map_err(|e| match e {
-            LedgerError::UnknownAddress(a) => {
-                Error::NotFound(format!("no wallet has the address {a}"))
+        Ok(done.map_err(|e| -> Error {
+            match e {
+                LedgerError::UnknownAddress(a) => {
+                    Error::NotFound(format!("no wallet has the address {a}"))
+                }
+                LedgerError::InsufficientFunds { balance } => {
+                    Error::QuotaExceeded(format!("insufficient funds: the balance is {balance}"))
+                }
+                LedgerError::Limit(m) => Error::Limit(m),
+                LedgerError::Invalid(m) => Error::InvalidInput(m),
+                LedgerError::Storage(e) => unavailable(e),
             }
-            LedgerError::InsufficientFunds { balance } => {
-                Error::QuotaExceeded(format!("insufficient funds: the balance is {balance}"))
-            }
-            LedgerError::Limit(m) => Error::Limit(m),
-            LedgerError::Invalid(m) => Error::InvalidInput(m),
-            LedgerError::Storage(e) => unavailable(e),
-        }))
+        })?)
     }
 
     async fn sign(&mut self, message: Vec<u8>) -> Outcome<Vec<u8>> {
-        let wallet = match self.mine().await {
-            Ok(wallet) => wallet,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(
-            crate::wallet::sign(&self.ctx.master, &self.ctx.tenant_id, &wallet, &message)
-                .map(|s| s.to_vec())
-                .map_err(|e| {
+        let wallet = self.mine().await?;
+        let signature =
+            crate::wallet::sign(&self.ctx.master, &self.ctx.tenant_id, &wallet, &message).map_err(
+                |e| {
                     tracing::error!(error = %e, "signing failed");
                     Error::Unavailable("signing failed".to_owned())
-                }),
-        )
+                },
+            )?;
+        Ok(signature.to_vec())
     }
 
     async fn verify(
@@ -190,34 +183,28 @@ impl wallet::Host for Wallet<'_> {
         Ok(
             crate::wallet::verify(&address, &message, &signature).ok_or_else(|| {
                 Error::InvalidInput("not a wallet address (lodge1 + 64 hex digits)".to_owned())
-            }),
+            })?,
         )
     }
 
     async fn history(&mut self, cursor: Option<String>, limit: u32) -> Outcome<HistoryPage> {
-        let wallet = match self.mine().await {
-            Ok(wallet) => wallet,
-            Err(e) => return Ok(Err(e)),
-        };
+        let wallet = self.mine().await?;
         let before = match cursor.as_deref().map(str::parse::<i64>) {
             None => None,
             Some(Ok(seq)) => Some(seq),
-            Some(Err(_)) => return Ok(Err(Error::InvalidInput("unknown cursor".to_owned()))),
+            Some(Err(_)) => return Err(Error::InvalidInput("unknown cursor".to_owned()).into()),
         };
         let limit = i64::from(limit.clamp(1, 100));
-        let entries = match self
+        let entries = self
             .ctx
             .storage
             .ledger_history(&wallet.address, before, limit)
             .await
-        {
-            Ok(entries) => entries,
-            Err(e) => return Ok(Err(unavailable(e))),
-        };
+            .map_err(unavailable)?;
         let cursor = (entries.len() as i64 == limit)
             .then(|| entries.last().map(|e| e.seq.to_string()))
             .flatten();
-        Ok(Ok(HistoryPage {
+        Ok(HistoryPage {
             entries: entries
                 .into_iter()
                 .map(|e| Entry {
@@ -230,6 +217,6 @@ impl wallet::Host for Wallet<'_> {
                 })
                 .collect(),
             cursor,
-        }))
+        })
     }
 }
