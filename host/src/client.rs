@@ -290,13 +290,13 @@ fn tenant_path(tenant: &str, rest: &str) -> String {
     format!("/tenant/{}{rest}", urlencode(tenant))
 }
 
+/// `s` as one path segment or query value: everything but `A-Z a-z 0-9 - _ .` escaped.
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.');
+    percent_encoding::utf8_percent_encode(s, KEEP).to_string()
 }
 
 /// A usage report as a table: one line per period, the total, the cost.
@@ -796,34 +796,20 @@ async fn logs(
         }
         .into());
     }
-    // Server-sent events: `event:` and `data:` lines, events separated by a
-    // blank line. Bytes are buffered, so a character split across chunks is whole.
-    let mut stream = response.bytes_stream();
-    let mut buffer: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buffer.extend_from_slice(&chunk?);
-        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-            let raw: Vec<u8> = buffer.drain(..end + 2).collect();
-            let event = String::from_utf8_lossy(&raw);
-            let kind = event
-                .lines()
-                .find_map(|l| l.strip_prefix("event:"))
-                .map(str::trim);
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            let Ok(value) = serde_json::from_str::<Value>(&data.join("\n")) else {
-                continue;
-            };
-            if kind == Some("end") {
-                let reason = value["reason"].as_str().unwrap_or("the host ended it");
-                eprintln!("log stream ended: {}", escape_controls(reason));
-                return Ok(());
-            }
-            show(&value);
+    // Server-sent events, parsed by eventsource-stream (which keeps a UTF-8
+    // character split across chunks whole).
+    let mut events = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| anyhow::anyhow!("the log stream broke: {e}"))?;
+        let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+            continue;
+        };
+        if event.event == "end" {
+            let reason = value["reason"].as_str().unwrap_or("the host ended it");
+            eprintln!("log stream ended: {}", escape_controls(reason));
+            return Ok(());
         }
+        show(&value);
     }
     Ok(())
 }

@@ -592,3 +592,38 @@ async fn the_cli_rotates_and_revokes_organization_keys() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lodge_logs_follow_ends_when_its_key_is_rotated() {
+    let lodge = LodgeProcess::serve(&[]);
+    let api = lodge.http();
+    let (_, org_key, slug, key) = org_and_tenant(&api, "tailed").await;
+    let mut tail = Command::new(lodge_bin())
+        .args(["logs", &slug, "--follow"])
+        .env("LODGE_URL", format!("http://{}", lodge.addr))
+        .env("LODGE_TOKEN", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lodge logs runs");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/tenant/{slug}/keys/rotate"),
+            Some(&org_key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let exited = lodge_tests::eventually(Duration::from_secs(10), "lodge logs exited", || {
+        let done = tail.try_wait().expect("waits");
+        async move { done }
+    })
+    .await;
+    assert!(exited.success(), "{exited}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut tail.stderr.take().expect("piped"), &mut stderr)
+        .expect("read");
+    assert!(stderr.contains("log stream ended"), "{stderr}");
+}
