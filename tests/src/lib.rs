@@ -350,6 +350,37 @@ impl Api {
             .to_owned()
     }
 
+    /// An organization `NAME-org` and a tenant `name` in it (with the org's
+    /// key); returns (org id, org key, tenant slug, tenant key).
+    pub async fn org_and_tenant(&self, name: &str) -> (String, String, String, String) {
+        let (status, org) = self
+            .json(
+                reqwest::Method::POST,
+                "/orgs",
+                Some(ADMIN_TOKEN),
+                Some(&serde_json::json!({ "name": format!("{name}-org") })),
+            )
+            .await;
+        assert_eq!(status, 201, "{org}");
+        let org_key = org["apiKey"].as_str().expect("key").to_owned();
+        let (status, spawned) = self
+            .json(
+                reqwest::Method::POST,
+                "/tenant/spawn",
+                Some(&org_key),
+                Some(&serde_json::json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{spawned}");
+        let tenant = &spawned["tenant"];
+        (
+            org["org"]["id"].as_str().expect("id").to_owned(),
+            org_key,
+            tenant["slug"].as_str().expect("slug").to_owned(),
+            tenant["apiKey"].as_str().expect("key").to_owned(),
+        )
+    }
+
     /// A GET to tenant `slug`'s `path`; returns the status and the JSON answer
     /// (`Null` if none).
     pub async fn tenant_json(&self, slug: &str, path: &str) -> (u16, serde_json::Value) {

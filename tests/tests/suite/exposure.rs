@@ -16,34 +16,7 @@ use serde_json::{Value, json};
 
 /// An org and a tenant in it; returns (org id, org key, tenant slug, tenant key).
 async fn org_and_tenant(api: &Api, name: &str) -> (String, String, String, String) {
-    let (status, org) = api
-        .json(
-            Method::POST,
-            "/orgs",
-            Some(ADMIN_TOKEN),
-            Some(&json!({ "name": format!("{name}-org") })),
-        )
-        .await;
-    assert_eq!(status, 201, "{org}");
-    let org_key = org["apiKey"].as_str().expect("key").to_owned();
-    let (status, spawned) = api
-        .json(
-            Method::POST,
-            "/tenant/spawn",
-            Some(&org_key),
-            Some(&json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(status, 201, "{spawned}");
-    (
-        org["org"]["id"].as_str().expect("id").to_owned(),
-        org_key,
-        spawned["tenant"]["slug"].as_str().expect("slug").to_owned(),
-        spawned["tenant"]["apiKey"]
-            .as_str()
-            .expect("key")
-            .to_owned(),
-    )
+    api.org_and_tenant(name).await
 }
 
 /// A loopback listener counting every request it receives; `redirect_to`
@@ -284,31 +257,18 @@ async fn a_followed_log_ends_when_its_key_is_rotated_or_the_tenant_stopped() {
     let host = TestHost::start().await;
     let api = host.http();
     let (_, org_key, slug, key) = org_and_tenant(&api, "watched").await;
-    let stream = Box::pin(follow(&api, &slug, &key).await);
-    let (status, _) = api
-        .json(
-            Method::POST,
-            &format!("/tenant/{slug}/keys/rotate"),
-            Some(&org_key),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let text = until_end(stream).await;
-    assert!(text.contains("rotated or revoked"), "{text}");
-
-    let stream = Box::pin(follow(&api, &slug, &org_key).await);
-    let (status, _) = api
-        .json(
-            Method::POST,
-            &format!("/tenant/{slug}/stop"),
-            Some(&org_key),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let text = until_end(stream).await;
-    assert!(text.contains("stopped"), "{text}");
+    // Opened with `key`, ended by `action` (with the org key), for `reason`.
+    for (key, action, reason) in [
+        (&key, "keys/rotate", "rotated or revoked"),
+        (&org_key, "stop", "stopped"),
+    ] {
+        let stream = Box::pin(follow(&api, &slug, key).await);
+        let path = format!("/tenant/{slug}/{action}");
+        let (status, _) = api.json(Method::POST, &path, Some(&org_key), None).await;
+        assert_eq!(status, 200);
+        let text = until_end(stream).await;
+        assert!(text.contains(reason), "{text}");
+    }
     host.shutdown().await;
 }
 

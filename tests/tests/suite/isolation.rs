@@ -19,23 +19,8 @@ use serde_json::{Value, json};
 
 /// An org and a tenant in it; returns (tenant slug, tenant key).
 async fn tenant(api: &Api, name: &str) -> (String, String) {
-    let org_key = api.org(&format!("{name}-org")).await;
-    let (status, spawned) = api
-        .json(
-            Method::POST,
-            "/tenant/spawn",
-            Some(&org_key),
-            Some(&json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(status, 201, "{spawned}");
-    (
-        spawned["tenant"]["slug"].as_str().expect("slug").to_owned(),
-        spawned["tenant"]["apiKey"]
-            .as_str()
-            .expect("key")
-            .to_owned(),
-    )
+    let (_, _, slug, key) = api.org_and_tenant(name).await;
+    (slug, key)
 }
 
 /// Sets a tenant's own limits (the operator's call).
