@@ -45,6 +45,13 @@ impl Jobs {
         });
     }
 
+    /// Runs `job`, which watches [`Jobs::stopping`] itself and finishes its
+    /// work when the host stops (rather than being dropped mid-way); shutdown
+    /// waits for it.
+    pub fn spawn_finishing(&self, job: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(job);
+    }
+
     /// A token that is cancelled when the host stops (for a job that must
     /// finish its work rather than be dropped).
     pub fn stopping(&self) -> CancellationToken {

@@ -193,10 +193,12 @@ impl Lodge {
             webhooks,
             jobs: crate::jobs::Jobs::default(),
         });
-        lodge.jobs.spawn(
-            "log archive",
-            crate::jobs::archive_logs(lodge.storage.clone(), archive_rx, lodge.jobs.stopping()),
-        );
+        // Not cancelled from outside: it writes what is queued when the host stops.
+        lodge.jobs.spawn_finishing(crate::jobs::archive_logs(
+            lodge.storage.clone(),
+            archive_rx,
+            lodge.jobs.stopping(),
+        ));
         // One host owns every task on SQLite; with several hosts only lapsed leases.
         let lease = lodge.notifier.as_ref().map(|_| lodge.config.task_lease);
         let requeued = lodge.storage.task_requeue_running(lease).await?;

@@ -716,3 +716,16 @@ async fn all_closed(mut streams: Vec<TcpStream>, within: Duration) -> bool {
         .await
         .expect("joined")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_archives_every_queued_line() {
+    let host = TestHost::start().await;
+    host.app("talker", guests::HOSTILE, Limits::default()).await;
+    assert_eq!(host.get("talker", "/print?lines=300").await.status(), 200);
+    let lodge = host.lodge.clone();
+    let id = lodge.registry.get("talker").expect("tenant").id.clone();
+    host.shutdown().await;
+    let archived = lodge.storage.recent_logs(&id, 1000).await.expect("db");
+    let lines = archived.iter().filter(|l| l.message.starts_with("line "));
+    assert_eq!(lines.count(), 300, "the archive wrote what was queued");
+}
