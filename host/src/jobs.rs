@@ -111,13 +111,19 @@ pub(crate) async fn archive_logs(
     let mut batch = Vec::with_capacity(512);
     let mut rows = Vec::with_capacity(512);
     loop {
-        let received = tokio::select! {
-            received = lines.recv_many(&mut batch, 512) => received,
-            () = stopping.cancelled() => {
-                while let Ok(line) = lines.try_recv() {
-                    batch.push(line);
+        let received = if stopping.is_cancelled() {
+            // Stopping: write what is queued, a batch at a time, then end.
+            while batch.len() < 512 {
+                match lines.try_recv() {
+                    Ok(line) => batch.push(line),
+                    Err(_) => break,
                 }
-                batch.len()
+            }
+            batch.len()
+        } else {
+            tokio::select! {
+                received = lines.recv_many(&mut batch, 512) => received,
+                () = stopping.cancelled() => continue,
             }
         };
         if received == 0 {
@@ -129,9 +135,6 @@ pub(crate) async fn archive_logs(
         }
         rows.clear();
         batch.drain(..).for_each(crate::logs::Archived::done);
-        if stopping.is_cancelled() {
-            return;
-        }
     }
 }
 
