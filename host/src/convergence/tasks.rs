@@ -258,15 +258,7 @@ impl Lodge {
 /// host that resolves to public addresses only. The message says why not.
 async fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), ConvergenceFailure> {
     let invalid = |why: String| ConvergenceFailure::Invalid(format!("webhookUrl refused: {why}"));
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("not a URL ({e})")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid("it must be an http(s) URL".into()));
-    }
-    let host = parsed
-        .host_str()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .ok_or_else(|| invalid("it has no host".into()))?;
-    let port = parsed.port_or_known_default().unwrap_or(80);
+    let (_, host, port) = webhook_target(url).map_err(invalid)?;
     resolve_checked(&host, port, allow_private, Duration::from_secs(5))
         .await
         .map_err(|e| match e {
@@ -277,6 +269,21 @@ async fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), Converg
             other => invalid(other.to_string()),
         })?;
     Ok(())
+}
+
+/// A webhook URL, the host to resolve (brackets of an IPv6 literal removed)
+/// and the port; or why it cannot be one.
+fn webhook_target(url: &str) -> Result<(reqwest::Url, String, u16), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("it must be an http(s) URL".into());
+    }
+    let host = parsed
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .ok_or_else(|| "it has no host".to_owned())?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    Ok((parsed, host, port))
 }
 
 /// `t=<timestamp>,v1=<hex>`: HMAC-SHA256 of `<timestamp>.<body>` under `secret`.
@@ -601,13 +608,8 @@ use TryError::{Failed, Refused};
 /// One `POST`: resolve and check, connect to the checked address (5 s), send,
 /// read the status (10 s for the whole try).
 async fn post_once(hook: &Webhook, allow_private: bool) -> Result<http::StatusCode, TryError> {
-    let url = reqwest::Url::parse(&hook.url).map_err(|e| Refused(e.to_string()))?;
+    let (url, host, port) = webhook_target(&hook.url).map_err(Refused)?;
     let secure = url.scheme() == "https";
-    let host = url
-        .host_str()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .ok_or_else(|| Refused("no host".into()))?;
-    let port = url.port_or_known_default().unwrap_or(80);
     let addrs = resolve_checked(&host, port, allow_private, Duration::from_secs(5))
         .await
         .map_err(|e| match e {
