@@ -90,7 +90,7 @@ pub fn new_key(org_id: &str, tenant_id: Option<&str>) -> NewKey {
             kind,
             org_id: org_id.to_owned(),
             tenant_id: tenant_id.map(str::to_owned),
-            revoked: false,
+            revoked_at: None,
         },
     }
 }
@@ -228,7 +228,7 @@ pub async fn authenticate(
             .as_bytes()
             .ct_eq(record.secret_hash.as_bytes()),
     );
-    if !secret_ok || record.revoked || record.kind != kind {
+    if !secret_ok || record.revoked_at.is_some() || record.kind != kind {
         return Err(AuthError::Invalid);
     }
     Ok(match (record.kind, record.tenant_id) {

@@ -12,10 +12,7 @@ use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::capability::convergence::ConvergenceCtx;
-use crate::capability::keyvalue::{BatchCaps, KeyValueCtx};
-use crate::capability::outbound_http::OutboundPolicy;
-use crate::capability::wallet::WalletCtx;
+use crate::capability::Grant;
 use crate::error::DataPlaneError;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
@@ -23,7 +20,7 @@ use crate::logs::LogStream;
 use crate::registry::{Tenant, TenantCounters};
 use crate::routing::{self, Route};
 use crate::server::{Lodge, ResponseBody};
-use crate::storage::{KvQuota, TenantStatus};
+use crate::storage::TenantStatus;
 
 /// Serves `req`, addressed to `route`, with request id `request_id`.
 pub async fn handle(
@@ -215,42 +212,15 @@ async fn run(
 
     let call = Invocation {
         limits,
-        logs: &tenant.logs,
-        request_id,
-        env: &state.env,
+        grant: Grant::for_request(
+            &lodge.capabilities,
+            tenant,
+            limits,
+            state.env.clone(),
+            request_id,
+        ),
         admission,
         counters: &tenant.counters,
-        keyvalue: KeyValueCtx {
-            tenant_id: tenant.id.clone(),
-            storage: lodge.storage.clone(),
-            quota: KvQuota {
-                max_keys: limits.kv_max_keys,
-                max_bytes: limits.kv_max_bytes,
-            },
-            batch: BatchCaps {
-                max_keys: limits.kv_batch_max_keys,
-                max_bytes: limits.kv_batch_max_bytes,
-            },
-            counters: tenant.counters.clone(),
-        },
-        wallet: WalletCtx {
-            tenant_id: tenant.id.clone(),
-            storage: lodge.storage.clone(),
-            master: lodge.master.clone(),
-            max_per_transfer: limits.wallet_max_per_transfer,
-            max_per_day: limits.wallet_max_per_day,
-            counters: tenant.counters.clone(),
-        },
-        convergence: ConvergenceCtx {
-            tenant_id: tenant.id.clone(),
-            lodge: lodge.weak(),
-        },
-        outbound: OutboundPolicy::new(
-            limits,
-            tenant.logs.clone(),
-            request_id.clone(),
-            tenant.counters.clone(),
-        ),
         load: tenant.load.clone(),
         lanes: lodge.runtime.lanes().saturating_mul(limits.weight.max(1)),
     };

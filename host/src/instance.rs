@@ -26,10 +26,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::capability::{self, GuestGrant, GuestState};
+use crate::capability::{self, Grant, GuestState};
 use crate::config::{HostConfig, Limits};
 use crate::limits::{Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, TenantLoad};
-use crate::logs::{LogStream, TenantLogs};
+use crate::logs::LogStream;
 use crate::registry::TenantCounters;
 
 /// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
@@ -195,24 +195,12 @@ impl std::fmt::Debug for Runtime {
 pub struct Invocation<'a> {
     /// The tenant's plan.
     pub limits: &'a Limits,
-    /// The tenant's log.
-    pub logs: &'a Arc<TenantLogs>,
-    /// This request's id.
-    pub request_id: &'a Arc<str>,
-    /// Environment variables the tenant set.
-    pub env: &'a [(String, String)],
+    /// What the guest is given (its log, environment, capabilities).
+    pub grant: Grant,
     /// Permits held until the instance is gone.
     pub admission: Admission,
     /// Where the fuel burnt is counted.
     pub counters: &'a Arc<TenantCounters>,
-    /// The tenant's key-value storage.
-    pub keyvalue: capability::keyvalue::KeyValueCtx,
-    /// The tenant's wallet.
-    pub wallet: capability::wallet::WalletCtx,
-    /// Convergence for the tenant.
-    pub convergence: capability::convergence::ConvergenceCtx,
-    /// Where outbound HTTP may go.
-    pub outbound: capability::outbound_http::OutboundPolicy,
     /// The tenant's load, whose CPU lanes the guest runs on.
     pub load: Arc<TenantLoad>,
     /// How many CPU lanes the tenant has.
@@ -552,20 +540,10 @@ impl Runtime {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let limits = call.limits;
-        let grant = GuestGrant {
-            logs: call.logs,
-            request_id: call.request_id,
-            log_bytes: limits.log_bytes_per_request,
-            max_resources: limits.max_resources,
-            env: call.env,
-            keyvalue: call.keyvalue,
-            wallet: call.wallet,
-            convergence: call.convergence,
-            outbound: call.outbound,
-        };
+        let (logs, request_id) = (call.grant.logs.clone(), call.grant.request_id.clone());
         let limiter =
             GuestLimiter::new(limits.memory_bytes, self.budget.clone(), call.load.clone());
-        let mut store = Store::new(&self.engine, GuestState::new(grant, limiter));
+        let mut store = Store::new(&self.engine, GuestState::new(call.grant, limiter));
         store.limiter(|state| &mut state.limiter);
         let ticks = limits
             .timeout
@@ -601,9 +579,8 @@ impl Runtime {
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let pre = Arc::clone(&app.pre);
         let stats = self.stats.clone();
-        let logs = call.logs.clone();
-        let request_id = call.request_id.clone();
         let admission = call.admission;
+        let (task_logs, task_request_id) = (logs.clone(), request_id.clone());
         let counters = call.counters.clone();
         let fuel = limits.fuel;
         let (load, lanes) = (call.load, call.lanes);
@@ -636,7 +613,7 @@ impl Runtime {
                 drop(admission);
                 let failure = classify(result, denied);
                 if let Some((_, detail)) = &failure {
-                    logs.push(&request_id, LogStream::Host, detail.clone());
+                    task_logs.push(&task_request_id, LogStream::Host, detail.clone());
                 }
                 failure.map(|(kind, _)| kind)
             }
@@ -646,8 +623,8 @@ impl Runtime {
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => {
-                call.logs.push(
-                    call.request_id,
+                logs.push(
+                    &request_id,
                     LogStream::Host,
                     format!("the app answered with an error instead of a response: {code:?}"),
                 );
@@ -656,8 +633,8 @@ impl Runtime {
             Err(_) => match task.await {
                 Ok(Some(kind)) => Err(kind),
                 Ok(None) => {
-                    call.logs.push(
-                        call.request_id,
+                    logs.push(
+                        &request_id,
                         LogStream::Host,
                         "the app returned without setting a response".to_owned(),
                     );

@@ -27,7 +27,7 @@ use crate::server::Lodge;
 use crate::storage::Storage;
 
 /// The host's background jobs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Jobs {
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -79,7 +79,10 @@ pub(crate) fn start(lodge: &Arc<Lodge>) {
     let jobs = &lodge.jobs;
     let weak = || Arc::downgrade(lodge);
     for _ in 0..lodge.config.convergence_workers {
-        jobs.spawn("task worker", crate::convergence::tasks::work(weak()));
+        jobs.spawn(
+            "task worker",
+            crate::convergence::tasks::work(Arc::downgrade(&lodge.convergence)),
+        );
     }
     jobs.spawn("precompile", warm_missing_artifacts(weak()));
     jobs.spawn("usage flush", flush_usage_periodically(weak()));
@@ -245,7 +248,7 @@ async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(tasks = n, "requeued convergence tasks whose lease lapsed");
-                lodge.task_wakeup.notify_waiters();
+                lodge.convergence.wake_workers();
             }
             Err(e) => tracing::warn!(error = %e, "requeueing lapsed tasks failed"),
         }

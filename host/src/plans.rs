@@ -106,6 +106,15 @@ pub struct LimitsPatch {
     pub log_retention_lines: Option<u32>,
 }
 
+/// Reads the JSON a tenant's overrides are stored as.
+impl TryFrom<String> for LimitsPatch {
+    type Error = serde_json::Error;
+
+    fn try_from(json: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&json)
+    }
+}
+
 impl LimitsPatch {
     /// `base` with this patch's fields applied.
     pub fn apply(&self, base: &Limits) -> Limits {

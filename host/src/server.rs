@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 use crate::auth::AdminToken;
 use crate::config::{HostConfig, Limits};
 use crate::convergence::provider::{Offline, OpenAiCompatible, Provider};
+use crate::convergence::tasks::{ConvergenceParts, ConvergenceService};
 use crate::dataplane;
 use crate::instance::{App, LoadError, Runtime};
 use crate::logs::ArchiveSender;
@@ -31,9 +32,7 @@ use crate::metrics::Metrics;
 use crate::plans::PlanBook;
 use crate::registry::{Registry, Tenant};
 use crate::routing::{self, REQUEST_ID, is_valid_slug};
-use crate::storage::Storage;
-use crate::storage::postgres::PostgresStorage;
-use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Dialect, SqlStorage, Storage};
 use crate::wallet::MasterKey;
 
 /// Errors a response body may end with.
@@ -49,22 +48,22 @@ pub struct Lodge {
     /// The engine, linker and artifact cache.
     pub runtime: Arc<Runtime>,
     /// The tenants served.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// Everything that survives a restart.
     pub storage: Arc<dyn Storage>,
     /// The operator's token.
     pub admin: AdminToken,
     /// The key sealing wallet seeds.
     pub master: Arc<MasterKey>,
-    /// The model provider convergence runs on.
-    pub provider: Arc<dyn Provider>,
+    /// Convergence: the API's and the guest capability's, and the task workers'.
+    pub convergence: Arc<ConvergenceService>,
+    /// What guests' capabilities are built from.
+    pub capabilities: crate::capability::CapabilityHost,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Sends change notices to other hosts (PostgreSQL only).
     pub(crate) notifier: Option<crate::sync::Notifier>,
     plans: arc_swap::ArcSwap<PlanBook>,
-    /// Wakes convergence workers when a task is queued.
-    pub(crate) task_wakeup: Arc<tokio::sync::Notify>,
     me: std::sync::Weak<Lodge>,
     /// Where tenants' log lines go to be archived.
     pub(crate) log_archive: ArchiveSender,
@@ -74,8 +73,6 @@ pub struct Lodge {
     compiles: Arc<tokio::sync::Semaphore>,
     /// Deploy uploads received or compiled at once (`--max-uploads`).
     pub(crate) uploads: crate::control::Uploads,
-    /// Webhook delivery, apart from the task workers.
-    pub(crate) webhooks: crate::convergence::tasks::Webhooks,
     /// Every background loop of the host, stopped together at shutdown.
     pub(crate) jobs: crate::jobs::Jobs,
 }
@@ -85,40 +82,21 @@ impl Lodge {
     /// every stored tenant restored with its active version.
     pub async fn open(config: HostConfig) -> anyhow::Result<Arc<Self>> {
         create_private_dir(&config.data_dir)?;
-        let (storage, notifier): (Arc<dyn Storage>, _) = match config.database_url.as_deref() {
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (
-                Arc::new(
-                    PostgresStorage::open(url)
-                        .await
-                        .context("opening the PostgreSQL database")?,
-                ),
-                Some(
-                    crate::sync::Notifier::connect(url)
-                        .await
-                        .context("connecting the change notifier")?,
-                ),
+        let storage = match config.database_url.as_deref() {
+            Some(url) => SqlStorage::open(url).await,
+            None => SqlStorage::open_in(&config.data_dir).await,
+        }
+        .context("opening the database")?;
+        // Hosts sharing a PostgreSQL database tell each other of changes.
+        let notifier = match (storage.dialect(), config.database_url.as_deref()) {
+            (Dialect::Postgres, Some(url)) => Some(
+                crate::sync::Notifier::connect(url)
+                    .await
+                    .context("connecting the change notifier")?,
             ),
-            Some(url) if url.starts_with("sqlite:") => (
-                Arc::new(
-                    SqliteStorage::open(url)
-                        .await
-                        .context("opening the database")?,
-                ),
-                None,
-            ),
-            Some(url) => anyhow::bail!(
-                "unsupported database URL {:?}: use postgres://… or sqlite:…",
-                url.split(':').next().unwrap_or_default()
-            ),
-            None => (
-                Arc::new(
-                    SqliteStorage::open_in(&config.data_dir)
-                        .await
-                        .context("opening the database")?,
-                ),
-                None,
-            ),
+            _ => None,
         };
+        let storage: Arc<dyn Storage> = Arc::new(storage);
         let (admin, generated) = AdminToken::load(&config.data_dir, config.admin_token.clone())?;
         let master = Arc::new(MasterKey::load(
             &config.data_dir,
@@ -167,31 +145,45 @@ impl Lodge {
         };
         let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
         let uploads = crate::control::Uploads::new(config.max_uploads);
-        let webhooks = crate::convergence::tasks::Webhooks::new(
-            config.webhook_workers,
-            config.webhook_allow_private,
-        );
+        let registry = Arc::new(Registry::default());
+        let jobs = crate::jobs::Jobs::default();
+        let convergence = Arc::new(ConvergenceService::new(ConvergenceParts {
+            provider,
+            storage: storage.clone(),
+            registry: registry.clone(),
+            master: master.clone(),
+            defaults: config.default_limits.clone(),
+            task_lease: config.task_lease,
+            webhook_workers: config.webhook_workers,
+            allow_private: config.webhook_allow_private,
+            jobs: jobs.clone(),
+        }));
+        let capabilities = crate::capability::CapabilityHost {
+            keyvalue: storage.clone(),
+            wallets: storage.clone(),
+            master: master.clone(),
+            convergence: convergence.clone(),
+        };
         let lodge = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             config,
             runtime,
-            registry: Registry::default(),
+            registry,
             storage,
             admin,
             master,
-            provider,
+            capabilities,
+            convergence,
             metrics,
             notifier,
             plans: arc_swap::ArcSwap::from_pointee(plans),
-            task_wakeup: Arc::default(),
             log_archive,
             generated_admin_token: std::sync::Mutex::new(generated),
             compiles: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             uploads,
-            webhooks,
-            jobs: crate::jobs::Jobs::default(),
+            jobs,
         });
         // Not cancelled from outside: it writes what is queued when the host stops.
         lodge.jobs.spawn_finishing(crate::jobs::archive_logs(

@@ -15,7 +15,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::storage::{Storage, StorageError, WalletRecord};
+use crate::storage::{StorageError, WalletRecord, WalletStore};
 
 /// Prefix of every wallet address.
 pub const ADDRESS_PREFIX: &str = "lodge1";
@@ -206,7 +206,7 @@ pub(crate) fn unseal(
 /// master key itself (before subkeys existed); returns how many. Run at start;
 /// a host that finds none records that, and later starts skip the walk.
 pub async fn reseal_legacy_seeds(
-    storage: &dyn Storage,
+    storage: &dyn crate::storage::Storage,
     master: &MasterKey,
 ) -> Result<usize, StorageError> {
     const DONE: &str = "wallet_seeds_subkey_v1";
@@ -270,7 +270,7 @@ pub async fn reseal_legacy_seeds(
 
 /// The wallet of `tenant_id`, created on first use.
 pub async fn ensure(
-    storage: &dyn Storage,
+    storage: &dyn WalletStore,
     master: &MasterKey,
     tenant_id: &str,
 ) -> Result<WalletRecord, StorageError> {
@@ -375,7 +375,7 @@ mod tests {
     #[tokio::test]
     async fn seeds_sealed_with_the_master_key_itself_are_sealed_again_under_the_subkey() {
         let dir = tempfile::tempdir().expect("tmp");
-        let storage = crate::storage::sqlite::SqliteStorage::open_in(dir.path())
+        let storage = crate::storage::SqlStorage::open_in(dir.path())
             .await
             .expect("db");
         let master = MasterKey([3; 32]);

@@ -107,6 +107,7 @@ pub(super) async fn run_converge(
     };
     if body.run_async.unwrap_or(false) {
         let task_id = lodge
+            .convergence
             .submit_task(&tenant_id, &request, body.webhook_url)
             .await?;
         let view = TaskView {
@@ -124,7 +125,7 @@ pub(super) async fn run_converge(
             "webhookUrl needs \"async\": true",
         ));
     }
-    Ok(Json(lodge.converge_for(&tenant_id, &request).await?).into_response())
+    Ok(Json(lodge.convergence.converge_for(&tenant_id, &request).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/api/v1/converge", tag = "convergence", request_body = ConvergeBody,
@@ -168,7 +169,7 @@ pub(super) async fn converge_task(
 ) -> Result<Json<TaskView>, ApiError> {
     use crate::convergence::tasks::TaskState;
     let tenant_id = converging_tenant(&caller)?;
-    let state = lodge.task_state(&tenant_id, &task_id).await?;
+    let state = lodge.convergence.task_state(&tenant_id, &task_id).await?;
     let (status, outcome, error) = match state {
         TaskState::Pending => ("pending", None, None),
         TaskState::Running => ("running", None, None),
@@ -201,7 +202,7 @@ pub(super) async fn webhook_secret(
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     Ok(Json(WebhookSecret {
-        secret: lodge.webhook_secret(&record.id).await?,
+        secret: lodge.convergence.webhook_secret(&record.id).await?,
     }))
 }
 
@@ -216,6 +217,6 @@ pub(super) async fn rotate_webhook_secret(
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     Ok(Json(WebhookSecret {
-        secret: lodge.rotate_webhook_secret(&record.id).await?,
+        secret: lodge.convergence.rotate_webhook_secret(&record.id).await?,
     }))
 }

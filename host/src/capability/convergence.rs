@@ -8,17 +8,26 @@ use wasmtime::component::{HasData, Linker};
 use super::PlatformError;
 use super::bindings::lodge::platform::convergence::{self as wit, Preset, TaskState};
 use super::bindings::lodge::platform::types::Error;
-use crate::convergence::tasks::{ConvergenceFailure, TaskState as State};
+use crate::convergence::tasks::{ConvergenceFailure, ConvergenceService, TaskState as State};
 use crate::convergence::{self as engine, ConvergeRequest};
-use crate::server::Lodge;
 
 /// What one request's guest may do with convergence.
 #[derive(Debug, Clone)]
 pub struct ConvergenceCtx {
     /// The tenant tokens are metered to.
     pub tenant_id: Arc<str>,
-    /// The host (provider, storage, task queue).
-    pub lodge: std::sync::Weak<Lodge>,
+    /// Convergence (provider, budgets, task queue).
+    pub service: Arc<ConvergenceService>,
+}
+
+impl ConvergenceCtx {
+    /// What a request of `tenant` may do.
+    pub fn new(host: &super::CapabilityHost, tenant: &crate::registry::Tenant) -> Self {
+        Self {
+            tenant_id: tenant.id.clone(),
+            service: host.convergence.clone(),
+        }
+    }
 }
 
 /// The view host functions run on.
@@ -33,11 +42,8 @@ impl<'a> Convergence<'a> {
         Self { ctx }
     }
 
-    fn lodge(&self) -> Result<Arc<Lodge>, Error> {
-        self.ctx
-            .lodge
-            .upgrade()
-            .ok_or_else(|| Error::Unavailable("the host is shutting down".into()))
+    fn service(&self) -> &ConvergenceService {
+        &self.ctx.service
     }
 }
 
@@ -138,8 +144,10 @@ impl super::bindings::lodge::platform::types::Host for Convergence<'_> {
 
 impl wit::Host for Convergence<'_> {
     async fn converge(&mut self, req: wit::Request) -> Outcome<wit::Outcome> {
-        let lodge = self.lodge()?;
-        let done = lodge.converge_for(&self.ctx.tenant_id, &request(req)).await;
+        let done = self
+            .service()
+            .converge_for(&self.ctx.tenant_id, &request(req))
+            .await;
         Ok(outcome(done.map_err(to_error)?))
     }
 
@@ -149,23 +157,24 @@ impl wit::Host for Convergence<'_> {
         prompt: String,
         context: Option<String>,
     ) -> Outcome<wit::Outcome> {
-        let lodge = self.lodge()?;
         let req = preset(p).request(&prompt, context);
-        let done = lodge.converge_for(&self.ctx.tenant_id, &req).await;
+        let done = self.service().converge_for(&self.ctx.tenant_id, &req).await;
         Ok(outcome(done.map_err(to_error)?))
     }
 
     async fn submit(&mut self, req: wit::Request) -> Outcome<String> {
-        let lodge = self.lodge()?;
-        let queued = lodge
+        let queued = self
+            .service()
             .submit_task(&self.ctx.tenant_id, &request(req), None)
             .await;
         Ok(queued.map_err(to_error)?)
     }
 
     async fn poll(&mut self, task_id: String) -> Outcome<TaskState> {
-        let lodge = self.lodge()?;
-        let state = lodge.task_state(&self.ctx.tenant_id, &task_id).await;
+        let state = self
+            .service()
+            .task_state(&self.ctx.tenant_id, &task_id)
+            .await;
         Ok(match state.map_err(to_error)? {
             State::Pending => TaskState::Pending,
             State::Running => TaskState::Running,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
-use crate::storage::{KvError, KvQuota, Storage, StorageError};
+use crate::config::Limits;
+use crate::registry::Tenant;
+use crate::storage::{KvError, KvQuota, KvStore, StorageError};
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 
@@ -28,13 +30,32 @@ pub struct KeyValueCtx {
     /// The tenant every call is scoped to.
     pub tenant_id: Arc<str>,
     /// Where the data lives.
-    pub storage: Arc<dyn Storage>,
+    pub storage: Arc<dyn KvStore>,
     /// The tenant's quota.
     pub quota: KvQuota,
     /// How much one batch call may carry.
     pub batch: BatchCaps,
     /// Where operations are metered.
     pub counters: Arc<crate::registry::TenantCounters>,
+}
+
+impl KeyValueCtx {
+    /// What a request of `tenant` on `limits` may do.
+    pub fn new(host: &super::CapabilityHost, tenant: &Tenant, limits: &Limits) -> Self {
+        Self {
+            tenant_id: tenant.id.clone(),
+            storage: host.keyvalue.clone(),
+            quota: KvQuota {
+                max_keys: limits.kv_max_keys,
+                max_bytes: limits.kv_max_bytes,
+            },
+            batch: BatchCaps {
+                max_keys: limits.kv_batch_max_keys,
+                max_bytes: limits.kv_batch_max_bytes,
+            },
+            counters: tenant.counters.clone(),
+        }
+    }
 }
 
 /// The plan's caps on one batch call (`get-many`, `set-many`, `delete-many`):

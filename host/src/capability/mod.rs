@@ -1,11 +1,20 @@
 //! Stage 4 of a request: capabilities, what a guest may ask of the host.
 //!
-//! [`GuestState`] is the data of one request's `Store`: the WASI context (no
-//! filesystem, no environment, no sockets), the `wasi:http` context whose
-//! outbound requests follow the plan's policy ([`outbound_http`]), a capped resource table
-//! and the memory limiter. [`add_to_linker`] links every interface a tenant's
-//! component may import; the capabilities issue adds Lodge's own here, one
-//! module each.
+//! A request's [`Grant`] is built in one place ([`Grant::for_request`]) from
+//! the host-wide [`CapabilityHost`], the tenant and its plan, and moves whole
+//! into the `Store` as [`GuestState`]: the WASI context (no filesystem, no
+//! environment but the tenant's own, no sockets), the `wasi:http` context whose
+//! outbound requests follow the plan's policy ([`outbound_http`]), a capped
+//! resource table, the memory limiter, and one context per capability.
+//!
+//! Every capability module has one shape, that of wasmtime's `wasi-keyvalue`:
+//! a `…Ctx` (what one request may do, built by `…Ctx::new` from the host, the
+//! tenant and its limits), a view (`KeyValue<'a>`, `Wallet<'a>`, …) whose
+//! `Host` impls are the host functions, with trappable errors, and an
+//! `add_to_linker`. Each depends on the narrow storage trait it uses
+//! ([`crate::storage::KvStore`], [`crate::storage::WalletStore`]) or a narrow
+//! service ([`crate::convergence::tasks::ConvergenceService`]).
+//! `docs/architecture.md` lists the steps to add one.
 
 mod bindings;
 pub mod convergence;
@@ -19,8 +28,13 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::config::Limits;
+use crate::convergence::tasks::ConvergenceService;
 use crate::limits::GuestLimiter;
 use crate::logs::{LogSink, LogStream, RequestLogBudget, TenantLogs};
+use crate::registry::Tenant;
+use crate::storage::{KvStore, WalletStore};
+use crate::wallet::MasterKey;
 
 /// A failure of a `lodge:platform` call (wallet, convergence) before it becomes
 /// the guest's `types.error`: an error the guest reads, or a broken host
@@ -50,15 +64,78 @@ impl PlatformError {
     }
 }
 
+/// The host-wide handles capabilities are built from, made once by the
+/// composition root.
+#[derive(Debug, Clone)]
+pub struct CapabilityHost {
+    /// Tenants' key-value buckets.
+    pub keyvalue: Arc<dyn KvStore>,
+    /// Wallets and the ledger.
+    pub wallets: Arc<dyn WalletStore>,
+    /// Opens wallet seeds to sign.
+    pub master: Arc<MasterKey>,
+    /// Convergence.
+    pub convergence: Arc<ConvergenceService>,
+}
+
+/// Everything one request's guest is given, besides the request itself:
+/// built in one place, moved whole into the store.
+#[derive(Debug)]
+pub struct Grant {
+    /// The tenant's log, receiving stdout and stderr.
+    pub logs: Arc<TenantLogs>,
+    /// The request id tagging every log line.
+    pub request_id: Arc<str>,
+    /// Bytes of output the request may log.
+    pub log_bytes: usize,
+    /// Entries the resource table may hold.
+    pub max_resources: usize,
+    /// Environment variables the tenant set (none by default; never the host's).
+    pub env: Arc<[(String, String)]>,
+    /// Where outbound HTTP may go.
+    pub outbound: outbound_http::OutboundPolicy,
+    /// The tenant's key-value storage.
+    pub keyvalue: keyvalue::KeyValueCtx,
+    /// The tenant's wallet.
+    pub wallet: wallet::WalletCtx,
+    /// Convergence for the tenant.
+    pub convergence: convergence::ConvergenceCtx,
+}
+
+impl Grant {
+    /// What a request `request_id` of `tenant` on `limits` is given.
+    pub fn for_request(
+        host: &CapabilityHost,
+        tenant: &Tenant,
+        limits: &Limits,
+        env: Arc<[(String, String)]>,
+        request_id: &Arc<str>,
+    ) -> Self {
+        Self {
+            logs: tenant.logs.clone(),
+            request_id: request_id.clone(),
+            log_bytes: limits.log_bytes_per_request,
+            max_resources: limits.max_resources,
+            env,
+            outbound: outbound_http::OutboundPolicy::new(
+                limits,
+                tenant.logs.clone(),
+                request_id.clone(),
+                tenant.counters.clone(),
+            ),
+            keyvalue: keyvalue::KeyValueCtx::new(host, tenant, limits),
+            wallet: wallet::WalletCtx::new(host, tenant, limits),
+            convergence: convergence::ConvergenceCtx::new(host, tenant),
+        }
+    }
+}
+
 /// Everything one request's instance can reach.
 pub struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: outbound_http::OutboundPolicy,
     table: ResourceTable,
-    keyvalue: keyvalue::KeyValueCtx,
-    wallet: wallet::WalletCtx,
-    convergence: convergence::ConvergenceCtx,
+    grant: Grant,
     /// Memory and table limits of this instance; read back after a trap.
     pub limiter: GuestLimiter,
 }
@@ -71,32 +148,9 @@ impl std::fmt::Debug for GuestState {
     }
 }
 
-/// What a request's guest is given, besides the request itself.
-#[derive(Debug)]
-pub struct GuestGrant<'a> {
-    /// The tenant's log, receiving stdout and stderr.
-    pub logs: &'a Arc<TenantLogs>,
-    /// The request id tagging every log line.
-    pub request_id: &'a Arc<str>,
-    /// Bytes of output the request may log.
-    pub log_bytes: usize,
-    /// Entries the resource table may hold.
-    pub max_resources: usize,
-    /// Environment variables the tenant set (none by default; never the host's).
-    pub env: &'a [(String, String)],
-    /// The tenant's key-value storage.
-    pub keyvalue: keyvalue::KeyValueCtx,
-    /// The tenant's wallet.
-    pub wallet: wallet::WalletCtx,
-    /// Convergence for the tenant.
-    pub convergence: convergence::ConvergenceCtx,
-    /// Where outbound HTTP may go.
-    pub outbound: outbound_http::OutboundPolicy,
-}
-
 impl GuestState {
     /// A state granting nothing but what `grant` names: secure by default.
-    pub fn new(grant: GuestGrant<'_>, limiter: GuestLimiter) -> Self {
+    pub fn new(grant: Grant, limiter: GuestLimiter) -> Self {
         let budget = RequestLogBudget::new(grant.log_bytes);
         let sink = |stream| {
             LogSink::new(
@@ -109,7 +163,7 @@ impl GuestState {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(sink(LogStream::Stdout))
             .stderr(sink(LogStream::Stderr))
-            .envs(grant.env)
+            .envs(&grant.env)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -119,11 +173,8 @@ impl GuestState {
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: grant.outbound,
             table,
-            keyvalue: grant.keyvalue,
-            wallet: grant.wallet,
-            convergence: grant.convergence,
+            grant,
             limiter,
         }
     }
@@ -143,7 +194,7 @@ impl WasiHttpView for GuestState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.hooks,
+            hooks: &mut self.grant.outbound,
         }
     }
 }
@@ -157,13 +208,13 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     keyvalue::add_to_linker(linker, |state: &mut GuestState| {
-        keyvalue::KeyValue::new(&state.keyvalue, &mut state.table)
+        keyvalue::KeyValue::new(&state.grant.keyvalue, &mut state.table)
     })?;
     wallet::add_to_linker(linker, |state: &mut GuestState| {
-        wallet::Wallet::new(&state.wallet)
+        wallet::Wallet::new(&state.grant.wallet)
     })?;
     convergence::add_to_linker(linker, |state: &mut GuestState| {
-        convergence::Convergence::new(&state.convergence)
+        convergence::Convergence::new(&state.grant.convergence)
     })?;
     Ok(())
 }

@@ -11,7 +11,9 @@ use wasmtime::component::{HasData, Linker};
 use super::PlatformError;
 use super::bindings::lodge::platform::types::Error;
 use super::bindings::lodge::platform::wallet::{self, Entry, HistoryPage};
-use crate::storage::{LedgerError, Storage, StorageError, TransferRequest, WalletRecord};
+use crate::config::Limits;
+use crate::registry::Tenant;
+use crate::storage::{LedgerError, StorageError, TransferRequest, WalletRecord, WalletStore};
 use crate::wallet::MasterKey;
 
 /// What one request's guest may do with its wallet.
@@ -20,7 +22,7 @@ pub struct WalletCtx {
     /// The tenant whose wallet this is.
     pub tenant_id: Arc<str>,
     /// The ledger.
-    pub storage: Arc<dyn Storage>,
+    pub storage: Arc<dyn WalletStore>,
     /// Opens the tenant's seed to sign.
     pub master: Arc<MasterKey>,
     /// The plan's cap per transfer.
@@ -29,6 +31,20 @@ pub struct WalletCtx {
     pub max_per_day: i64,
     /// Where transfers are metered.
     pub counters: Arc<crate::registry::TenantCounters>,
+}
+
+impl WalletCtx {
+    /// What a request of `tenant` on `limits` may do.
+    pub fn new(host: &super::CapabilityHost, tenant: &Tenant, limits: &Limits) -> Self {
+        Self {
+            tenant_id: tenant.id.clone(),
+            storage: host.wallets.clone(),
+            master: host.master.clone(),
+            max_per_transfer: limits.wallet_max_per_transfer,
+            max_per_day: limits.wallet_max_per_day,
+            counters: tenant.counters.clone(),
+        }
+    }
 }
 
 /// The view host functions run on.

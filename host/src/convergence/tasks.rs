@@ -27,11 +27,15 @@ use sha2::Sha256;
 use http_body_util::BodyExt as _;
 
 use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge_metered, validate};
+use crate::config::Limits;
+use crate::convergence::provider::Provider;
 use crate::egress::{Refused as EgressRefused, resolve_checked, send_pinned};
-use crate::registry::TenantCounters;
-use crate::server::Lodge;
-use crate::storage::{Storage, StorageError, TaskRecord, Usage, today};
-use crate::wallet::Purpose;
+use crate::jobs::Jobs;
+use crate::registry::{Registry, TenantCounters};
+use crate::storage::{
+    MetaStore, Storage, StorageError, TaskRecord, TaskStore, TenantStore, Usage, UsageStore, today,
+};
+use crate::wallet::{MasterKey, Purpose};
 
 /// Header carrying a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-lodge-signature";
@@ -94,12 +98,88 @@ pub enum TaskState {
     Failed(String),
 }
 
-impl Lodge {
+/// Convergence as a service of the host: what the API and the guest
+/// capability call, and what the task workers run. It holds only the handles
+/// it uses, not the host.
+#[derive(Debug)]
+pub struct ConvergenceService {
+    provider: Arc<dyn Provider>,
+    tasks: Arc<dyn TaskStore>,
+    usage: Arc<dyn UsageStore>,
+    meta: Arc<dyn MetaStore>,
+    tenants: Arc<dyn TenantStore>,
+    /// Tenants this host holds: their limits and usage counters.
+    registry: Arc<Registry>,
+    master: Arc<MasterKey>,
+    /// Limits of tenants this host does not hold.
+    defaults: Limits,
+    task_lease: Duration,
+    allow_private: bool,
+    /// Wakes the workers when a task is queued.
+    wakeup: Arc<tokio::sync::Notify>,
+    webhooks: Webhooks,
+    jobs: Jobs,
+}
+
+/// What [`ConvergenceService::new`] needs from the composition root.
+#[derive(Debug)]
+pub struct ConvergenceParts {
+    /// The model provider.
+    pub provider: Arc<dyn Provider>,
+    /// The host's storage (the service keeps the parts it uses).
+    pub storage: Arc<dyn Storage>,
+    /// The host's tenants.
+    pub registry: Arc<Registry>,
+    /// Seals webhook secrets.
+    pub master: Arc<MasterKey>,
+    /// Limits of tenants this host does not hold.
+    pub defaults: Limits,
+    /// How long a claim holds a task without renewal.
+    pub task_lease: Duration,
+    /// Webhook deliveries in flight at once across the host.
+    pub webhook_workers: usize,
+    /// Whether webhooks may reach private addresses.
+    pub allow_private: bool,
+    /// Where webhook deliveries run.
+    pub jobs: Jobs,
+}
+
+impl ConvergenceService {
+    /// The service over `parts`.
+    pub fn new(parts: ConvergenceParts) -> Self {
+        let storage = parts.storage;
+        Self {
+            provider: parts.provider,
+            tasks: storage.clone(),
+            usage: storage.clone(),
+            meta: storage.clone(),
+            tenants: storage,
+            registry: parts.registry,
+            master: parts.master,
+            defaults: parts.defaults,
+            task_lease: parts.task_lease,
+            allow_private: parts.allow_private,
+            wakeup: Arc::default(),
+            webhooks: Webhooks::new(parts.webhook_workers),
+            jobs: parts.jobs,
+        }
+    }
+
+    /// The model provider.
+    pub fn provider(&self) -> &dyn Provider {
+        self.provider.as_ref()
+    }
+
+    /// Wakes every idle worker (tasks were requeued).
+    pub fn wake_workers(&self) {
+        self.wakeup.notify_waiters();
+    }
+
     /// Tokens `tenant_id` used today (stored plus not yet flushed).
     async fn tokens_today(&self, tenant_id: &str) -> Result<u64, StorageError> {
         let day = today();
         let stored: i64 = self
-            .storage
+            .usage
             .usage(tenant_id, &format!("{day}T00"), &format!("{day}T23"))
             .await?
             .iter()
@@ -116,7 +196,7 @@ impl Lodge {
         let budget = self
             .registry
             .by_id(tenant_id)
-            .map_or(self.config.default_limits.convergence_tokens_per_day, |t| {
+            .map_or(self.defaults.convergence_tokens_per_day, |t| {
                 t.governor().limits.convergence_tokens_per_day
             });
         let used = self.tokens_today(tenant_id).await?;
@@ -131,7 +211,7 @@ impl Lodge {
         TokenMeter {
             counters: self.registry.by_id(tenant_id).map(|t| t.counters.clone()),
             unflushed: std::sync::atomic::AtomicU64::new(0),
-            storage: self.storage.clone(),
+            usage: self.usage.clone(),
             tenant_id: tenant_id.to_owned(),
         }
     }
@@ -157,16 +237,16 @@ impl Lodge {
     ) -> Result<String, ConvergenceFailure> {
         validate(request)?;
         if let Some(url) = &webhook_url {
-            check_webhook_url(url, self.config.webhook_allow_private).await?;
+            check_webhook_url(url, self.allow_private).await?;
         }
         self.check_budget(tenant_id).await?;
         let max = self
             .registry
             .by_id(tenant_id)
-            .map_or(self.config.default_limits.convergence_max_pending, |t| {
+            .map_or(self.defaults.convergence_max_pending, |t| {
                 t.governor().limits.convergence_max_pending
             });
-        let pending = self.storage.task_count_active(tenant_id).await?;
+        let pending = self.tasks.task_count_active(tenant_id).await?;
         if pending >= u64::from(max) {
             return Err(ConvergenceFailure::TooManyTasks { pending, max });
         }
@@ -182,8 +262,8 @@ impl Lodge {
             webhook_url,
             attempts: 0,
         };
-        self.storage.task_insert(&task).await?;
-        self.task_wakeup.notify_one();
+        self.tasks.task_insert(&task).await?;
+        self.wakeup.notify_one();
         Ok(id)
     }
 
@@ -194,7 +274,7 @@ impl Lodge {
         id: &str,
     ) -> Result<TaskState, ConvergenceFailure> {
         let task = self
-            .storage
+            .tasks
             .task_get(tenant_id, id)
             .await?
             .ok_or_else(|| ConvergenceFailure::UnknownTask(id.to_owned()))?;
@@ -214,7 +294,7 @@ impl Lodge {
     pub async fn webhook_secret(&self, tenant_id: &str) -> Result<String, StorageError> {
         let name = format!("webhook_secret:{tenant_id}");
         let stored = self
-            .storage
+            .meta
             .meta_claim(&name, &self.seal_webhook_secret(tenant_id))
             .await?;
         self.open_webhook_secret(tenant_id, &stored)
@@ -224,7 +304,7 @@ impl Lodge {
     /// old one signs nothing from now on.
     pub async fn rotate_webhook_secret(&self, tenant_id: &str) -> Result<String, StorageError> {
         let sealed = self.seal_webhook_secret(tenant_id);
-        self.storage
+        self.meta
             .meta_set(&format!("webhook_secret:{tenant_id}"), &sealed)
             .await?;
         self.open_webhook_secret(tenant_id, &sealed)
@@ -299,105 +379,177 @@ pub fn sign_webhook(secret: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// One task worker (a `jobs` job): claims and runs tasks while the host lives.
-pub(crate) async fn work(lodge: Weak<Lodge>) {
+/// One task worker (a `jobs` job): claims and runs tasks while the service lives.
+pub(crate) async fn work(service: Weak<ConvergenceService>) {
     loop {
-        let Some(host) = lodge.upgrade() else { return };
-        let claimed = host.storage.task_claim().await;
-        let task = match claimed {
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        let task = match service.tasks.task_claim().await {
             Ok(Some(task)) => task,
             Ok(None) => {
-                let wakeup = host.task_wakeup.clone();
-                drop(host);
+                let wakeup = service.wakeup.clone();
+                drop(service);
                 let _ = tokio::time::timeout(Duration::from_secs(1), wakeup.notified()).await;
                 continue;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claiming a convergence task failed");
-                drop(host);
+                drop(service);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        run(&host, task).await;
+        service.run(task).await;
     }
 }
 
-async fn run(lodge: &Lodge, task: TaskRecord) {
-    let request = serde_json::from_str::<ConvergeRequest>(&task.request);
-    let meter = lodge.token_meter(&task.tenant_id);
-    let converged = async {
-        // The budget is checked again now: tasks queued before it was spent fail.
-        if let Err(e) = lodge.check_budget(&task.tenant_id).await {
-            return Err(match e {
-                e @ ConvergenceFailure::QuotaExceeded { .. } => format!("quota-exceeded: {e}"),
-                other => other.to_string(),
-            });
-        }
-        match request {
-            Ok(request) => converge_metered(lodge.provider.as_ref(), &request, &|n| meter.add(n))
-                .await
-                .map_err(|e| match e {
-                    ConvergeError::Provider(e) => {
-                        tracing::warn!(task = %task.id, tenant_id = %task.tenant_id, error = %e, "the model provider failed");
-                        crate::capability::convergence::PROVIDER_UNAVAILABLE.to_owned()
-                    }
+impl ConvergenceService {
+    /// Runs one claimed task to its end: the outcome stored, the webhook queued.
+    async fn run(self: &Arc<Self>, task: TaskRecord) {
+        let request = serde_json::from_str::<ConvergeRequest>(&task.request);
+        let meter = self.token_meter(&task.tenant_id);
+        let converged = async {
+            // The budget is checked again now: tasks queued before it was spent fail.
+            if let Err(e) = self.check_budget(&task.tenant_id).await {
+                return Err(match e {
+                    e @ ConvergenceFailure::QuotaExceeded { .. } => format!("quota-exceeded: {e}"),
                     other => other.to_string(),
-                }),
-            Err(e) => Err(format!("unreadable request: {e}")),
-        }
-    };
-    let Some(result) = holding_lease(lodge, &task, converged).await else {
-        tracing::warn!(task = %task.id, "task lease lost to another host; this run stops");
-        return;
-    };
-    let json = result
-        .as_ref()
-        .map(|outcome| serde_json::to_string(outcome).unwrap_or_default());
-    let stored = lodge
-        .storage
-        .task_finish(
-            &task.id,
-            task.attempts,
-            json.as_deref().map_err(|e| e.as_str()),
-        )
-        .await;
-    match stored {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(task = %task.id, "task finished elsewhere meanwhile; result dropped");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(task = %task.id, error = %e, "task result not stored; it will run again");
-            return;
-        }
-    }
-    if let Some(url) = &task.webhook_url {
-        let body = serde_json::json!({
-            "taskId": task.id,
-            "status": if result.is_ok() { "done" } else { "failed" },
-            "outcome": result.as_ref().ok(),
-            "error": result.as_ref().err(),
-        })
-        .to_string();
-        let secret = match lodge.webhook_secret(&task.tenant_id).await {
-            Ok(secret) => secret,
-            Err(e) => {
-                tracing::error!(task = %task.id, error = %e, "webhook not posted: no secret to sign it");
-                return;
+                });
+            }
+            match request {
+                Ok(request) => {
+                    converge_metered(self.provider.as_ref(), &request, &|n| meter.add(n))
+                        .await
+                        .map_err(|e| match e {
+                            ConvergeError::Provider(e) => {
+                                tracing::warn!(task = %task.id, tenant_id = %task.tenant_id, error = %e, "the model provider failed");
+                                crate::capability::convergence::PROVIDER_UNAVAILABLE.to_owned()
+                            }
+                            other => other.to_string(),
+                        })
+                }
+                Err(e) => Err(format!("unreadable request: {e}")),
             }
         };
-        lodge.webhooks.post(
-            lodge,
-            Webhook {
+        let Some(result) = self.holding_lease(&task, converged).await else {
+            tracing::warn!(task = %task.id, "task lease lost to another host; this run stops");
+            return;
+        };
+        let json = result
+            .as_ref()
+            .map(|outcome| serde_json::to_string(outcome).unwrap_or_default());
+        let stored = self
+            .tasks
+            .task_finish(
+                &task.id,
+                task.attempts,
+                json.as_deref().map_err(|e| e.as_str()),
+            )
+            .await;
+        match stored {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(task = %task.id, "task finished elsewhere meanwhile; result dropped");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(task = %task.id, error = %e, "task result not stored; it will run again");
+                return;
+            }
+        }
+        if let Some(url) = &task.webhook_url {
+            let body = serde_json::json!({
+                "taskId": task.id,
+                "status": if result.is_ok() { "done" } else { "failed" },
+                "outcome": result.as_ref().ok(),
+                "error": result.as_ref().err(),
+            })
+            .to_string();
+            let secret = match self.webhook_secret(&task.tenant_id).await {
+                Ok(secret) => secret,
+                Err(e) => {
+                    tracing::error!(task = %task.id, error = %e, "webhook not posted: no secret to sign it");
+                    return;
+                }
+            };
+            self.post_webhook(Webhook {
                 task_id: task.id.clone(),
                 tenant_id: task.tenant_id.clone(),
                 url: url.clone(),
                 body,
                 secret,
-            },
-        );
+            });
+        }
+    }
+
+    /// Runs `work` while renewing the task's lease every third of it; `None`
+    /// when the lease was lost (another host requeued and claimed the task),
+    /// which stops `work`.
+    async fn holding_lease<T>(
+        &self,
+        task: &TaskRecord,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let every = (self.task_lease / 3).max(Duration::from_millis(10));
+        let mut beat = tokio::time::interval(every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return Some(done),
+                _ = beat.tick() => match self.tasks.task_heartbeat(&task.id, task.attempts).await {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    // The database is away: keep working; finishing will tell.
+                    Err(e) => tracing::warn!(task = %task.id, error = %e, "task lease not renewed"),
+                },
+            }
+        }
+    }
+
+    /// Queues `hook` for delivery (a `jobs` job); never waits.
+    fn post_webhook(self: &Arc<Self>, hook: Webhook) {
+        use std::sync::atomic::Ordering::AcqRel;
+        let service = Arc::downgrade(self);
+        let queue = self.webhooks.tenant(&hook.tenant_id);
+        if queue.queued.fetch_add(1, AcqRel) >= WEBHOOKS_QUEUED_PER_TENANT {
+            queue.queued.fetch_sub(1, AcqRel);
+            tracing::warn!(tenant_id = %hook.tenant_id, task = %hook.task_id, "webhook dropped: too many queued for this tenant");
+            self.jobs.spawn("webhook", async move {
+                if let Some(service) = service.upgrade() {
+                    let status = format!(
+                        "failed: more than {WEBHOOKS_QUEUED_PER_TENANT} of this tenant's webhooks were waiting"
+                    );
+                    let _ = service.tasks.task_webhook(&hook.task_id, &status).await;
+                }
+            });
+            return;
+        }
+        let slots = self.webhooks.host.clone();
+        let allow_private = self.allow_private;
+        self.jobs.spawn("webhook", async move {
+            let _tenant_slot = queue.running.acquire().await;
+            let _host_slot = slots.acquire().await;
+            let status = match service.upgrade() {
+                // A deleted tenant's webhooks are not posted.
+                Some(s) => match s.tenants.get_tenant(&hook.tenant_id).await {
+                    Err(StorageError::NotFound) => Some("cancelled: the tenant was deleted".into()),
+                    _ => None,
+                },
+                None => return,
+            };
+            let status = match status {
+                Some(status) => status,
+                None => deliver(&hook, allow_private).await,
+            };
+            queue.queued.fetch_sub(1, AcqRel);
+            if let Some(service) = service.upgrade() {
+                let _ = service.tasks.task_webhook(&hook.task_id, &status).await;
+                service.webhooks.forget_if_idle(&hook.tenant_id, &queue);
+            }
+        });
     }
 }
 
@@ -407,7 +559,7 @@ async fn run(lodge: &Lodge, task: TaskRecord) {
 struct TokenMeter {
     counters: Option<Arc<TenantCounters>>,
     unflushed: std::sync::atomic::AtomicU64,
-    storage: Arc<dyn Storage>,
+    usage: Arc<dyn UsageStore>,
     tenant_id: String,
 }
 
@@ -431,14 +583,14 @@ impl Drop for TokenMeter {
             tracing::warn!(tenant_id = %self.tenant_id, tokens, "convergence tokens not recorded");
             return;
         };
-        let (storage, tenant_id) = (self.storage.clone(), std::mem::take(&mut self.tenant_id));
+        let (usage, tenant_id) = (self.usage.clone(), std::mem::take(&mut self.tenant_id));
         runtime.spawn(async move {
             let delta = Usage {
                 tokens: tokens as i64,
                 ..Usage::default()
             };
             let hour = crate::storage::this_hour();
-            if let Err(e) = storage.add_usage(&tenant_id, &hour, &delta).await {
+            if let Err(e) = usage.add_usage(&tenant_id, &hour, &delta).await {
                 tracing::warn!(tenant_id, error = %e, "convergence tokens not recorded");
             }
         });
@@ -465,10 +617,9 @@ const WEBHOOKS_RUNNING_PER_TENANT: usize = 2;
 /// host-wide, at most two per tenant, at most a hundred queued per tenant, so a
 /// tenant whose webhooks never answer delays only its own deliveries.
 #[derive(Debug)]
-pub(crate) struct Webhooks {
+struct Webhooks {
     host: Arc<tokio::sync::Semaphore>,
     tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<TenantWebhooks>>>,
-    allow_private: bool,
 }
 
 #[derive(Debug)]
@@ -478,13 +629,11 @@ struct TenantWebhooks {
 }
 
 impl Webhooks {
-    /// `workers` deliveries in flight at once across the host; `allow_private`
-    /// lets them reach internal addresses.
-    pub(crate) fn new(workers: usize, allow_private: bool) -> Self {
+    /// `workers` deliveries in flight at once across the host.
+    fn new(workers: usize) -> Self {
         Self {
             host: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
             tenants: std::sync::Mutex::default(),
-            allow_private,
         }
     }
 
@@ -502,79 +651,14 @@ impl Webhooks {
             .clone()
     }
 
-    /// Queues `hook` for delivery (a `jobs` job of `host`); never waits.
-    pub(crate) fn post(&self, host: &Lodge, hook: Webhook) {
-        let lodge = host.weak();
-        use std::sync::atomic::Ordering::AcqRel;
-        let queue = self.tenant(&hook.tenant_id);
-        if queue.queued.fetch_add(1, AcqRel) >= WEBHOOKS_QUEUED_PER_TENANT {
-            queue.queued.fetch_sub(1, AcqRel);
-            tracing::warn!(tenant_id = %hook.tenant_id, task = %hook.task_id, "webhook dropped: too many queued for this tenant");
-            host.jobs.spawn("webhook", async move {
-                if let Some(lodge) = lodge.upgrade() {
-                    let status = format!(
-                        "failed: more than {WEBHOOKS_QUEUED_PER_TENANT} of this tenant's webhooks were waiting"
-                    );
-                    let _ = lodge.storage.task_webhook(&hook.task_id, &status).await;
-                }
-            });
-            return;
-        }
-        let slots = self.host.clone();
-        let allow_private = self.allow_private;
-        host.jobs.spawn("webhook", async move {
-            let _tenant_slot = queue.running.acquire().await;
-            let _host_slot = slots.acquire().await;
-            let status = match lodge.upgrade() {
-                // A deleted tenant's webhooks are not posted.
-                Some(l) => match l.storage.get_tenant(&hook.tenant_id).await {
-                    Err(StorageError::NotFound) => Some("cancelled: the tenant was deleted".into()),
-                    _ => None,
-                },
-                None => return,
-            };
-            let status = match status {
-                Some(status) => status,
-                None => deliver(&hook, allow_private).await,
-            };
-            queue.queued.fetch_sub(1, AcqRel);
-            if let Some(lodge) = lodge.upgrade() {
-                let _ = lodge.storage.task_webhook(&hook.task_id, &status).await;
-                let mut tenants = lodge
-                    .webhooks
-                    .tenants
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if queue.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                    tenants.remove(&hook.tenant_id);
-                }
-            }
-        });
-    }
-}
-
-/// Runs `work` while renewing the task's lease every third of it; `None` when
-/// the lease was lost (another host requeued and claimed the task), which
-/// stops `work`.
-async fn holding_lease<T>(
-    lodge: &Lodge,
-    task: &TaskRecord,
-    work: impl Future<Output = T>,
-) -> Option<T> {
-    let every = (lodge.config.task_lease / 3).max(Duration::from_millis(10));
-    let mut beat = tokio::time::interval(every);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    beat.tick().await;
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            done = &mut work => return Some(done),
-            _ = beat.tick() => match lodge.storage.task_heartbeat(&task.id, task.attempts).await {
-                Ok(true) => {}
-                Ok(false) => return None,
-                // The database is away: keep working; finishing will tell.
-                Err(e) => tracing::warn!(task = %task.id, error = %e, "task lease not renewed"),
-            },
+    /// Forgets `tenant_id`'s queue once nothing of it waits.
+    fn forget_if_idle(&self, tenant_id: &str, queue: &TenantWebhooks) {
+        let mut tenants = self
+            .tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            tenants.remove(tenant_id);
         }
     }
 }

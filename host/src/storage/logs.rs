@@ -1,0 +1,126 @@
+//! The archive of tenants' log lines (the live tail is in memory, `crate::logs`).
+
+use std::collections::HashSet;
+
+use super::dialect::{Dialect, placeholders};
+use super::{SqlStorage, StorageResult};
+use crate::logs::{LogLine, LogStream};
+
+/// Archived log lines.
+#[async_trait::async_trait]
+pub trait LogStore: Send + Sync + std::fmt::Debug {
+    /// Archives log lines; a (tenant, seq) archived again is replaced.
+    async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()>;
+    /// The newest `limit` archived lines of a tenant, oldest first.
+    async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>>;
+    /// Deletes a tenant's archived lines older than `before_ms` or older than
+    /// its newest `keep` lines; returns how many.
+    async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64>;
+    /// Deletes the archived lines of deleted tenants older than `before_ms`.
+    async fn prune_deleted_tenants_logs(&self, before_ms: i64) -> StorageResult<u64>;
+}
+
+/// A line as stored.
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    seq: i64,
+    timestamp_ms: i64,
+    request_id: String,
+    stream: String,
+    message: String,
+}
+
+impl From<LineRow> for LogLine {
+    fn from(row: LineRow) -> Self {
+        Self {
+            seq: row.seq as u64,
+            timestamp_ms: row.timestamp_ms as u64,
+            request_id: row.request_id,
+            stream: LogStream::parse(&row.stream),
+            message: row.message,
+        }
+    }
+}
+
+/// Rows per `INSERT`: six parameters each, well under both databases' limits.
+const ROWS_PER_INSERT: usize = 500;
+
+#[async_trait::async_trait]
+impl LogStore for SqlStorage {
+    async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()> {
+        // The last line of the batch wins for a (tenant, seq) given twice (one
+        // INSERT … ON CONFLICT may not touch a row twice).
+        let mut seen = HashSet::new();
+        let mut kept: Vec<&(String, LogLine)> = lines
+            .iter()
+            .rev()
+            .filter(|(tenant_id, line)| seen.insert((tenant_id.as_str(), line.seq)))
+            .collect();
+        kept.reverse();
+        let mut tx = self.begin_write().await?;
+        for chunk in kept.chunks(ROWS_PER_INSERT) {
+            let rows = (0..chunk.len())
+                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO tenant_logs (tenant_id, seq, timestamp_ms, request_id, stream, message)
+                 VALUES {rows}
+                 ON CONFLICT (tenant_id, seq) DO UPDATE SET
+                   timestamp_ms = excluded.timestamp_ms,
+                   request_id = excluded.request_id,
+                   stream = excluded.stream,
+                   message = excluded.message"
+            );
+            let mut insert = sqlx::query(&sql);
+            for (tenant_id, line) in chunk {
+                insert = insert
+                    .bind(tenant_id.as_str())
+                    .bind(line.seq as i64)
+                    .bind(line.timestamp_ms as i64)
+                    .bind(Dialect::storable(&line.request_id).into_owned())
+                    .bind(line.stream.as_str())
+                    .bind(Dialect::storable(&line.message).into_owned());
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>> {
+        let rows: Vec<LineRow> = sqlx::query_as(
+            "SELECT seq, timestamp_ms, request_id, stream, message FROM tenant_logs
+             WHERE tenant_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().rev().map(LogLine::from).collect())
+    }
+
+    async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tenant_logs WHERE tenant_id = $1 AND (timestamp_ms < $2 OR seq <= (
+                 SELECT seq FROM tenant_logs WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $3))",
+        )
+        .bind(tenant_id)
+        .bind(before_ms)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_deleted_tenants_logs(&self, before_ms: i64) -> StorageResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM tenant_logs WHERE timestamp_ms < $1
+               AND tenant_id IN (SELECT id FROM tenants WHERE deleted_at IS NOT NULL)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
