@@ -12,7 +12,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use futures::StreamExt as _;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use crate::api::deployments::{DeploymentCreated, DeploymentList};
+use crate::api::logs::LogPage;
+use crate::api::orgs::{OrgCreated, OrgEnvelope};
+use crate::api::tenants::{EnvNames, KeyRotated, TenantEnvelope, TenantList, TenantStatusView};
+use crate::api::usage::{LimitsEnvelope, UsageView};
+use crate::logs::LogLine;
+use crate::storage::Usage;
 
 /// Where the host is and who we are.
 #[derive(Debug, Clone, Args)]
@@ -270,19 +279,41 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the host at {}", self.conn.url))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(body);
+            return Ok(response.json().await.unwrap_or(Value::Null));
         }
-        let message = body["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("the host answered {status}"));
-        Err(CallError {
-            code: exit_code_for(status),
-            message,
-        }
-        .into())
+        Err(call_error(status, response).await.into())
+    }
+
+    /// Calls the API; the answer as the API's own type (the host and this
+    /// client share it), and as the JSON it came as (for `--json`).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Answer<T>> {
+        let json = self.send(builder).await?;
+        let typed = serde_json::from_value(json.clone())
+            .context("the host's answer does not match this client's version of the API")?;
+        Ok(Answer { json, typed })
+    }
+}
+
+/// A successful answer: typed, and as JSON.
+struct Answer<T> {
+    json: Value,
+    typed: T,
+}
+
+/// A failed call: the message of the API's error body (`ErrorBody`), and the
+/// exit code for its status.
+async fn call_error(status: reqwest::StatusCode, response: reqwest::Response) -> CallError {
+    let message = match response.json::<crate::error::ErrorBody>().await {
+        Ok(body) => body.error.message,
+        Err(_) => format!("the host answered {status}"),
+    };
+    CallError {
+        code: exit_code_for(status),
+        message,
     }
 }
 
@@ -300,21 +331,22 @@ fn urlencode(s: &str) -> String {
 }
 
 /// A usage report as a table: one line per period, the total, the cost.
-fn usage_table(v: &Value) -> String {
-    const COLUMNS: [(&str, &str); 8] = [
-        ("REQUESTS", "requests"),
-        ("FAILED", "failures"),
-        ("FUEL", "fuel"),
-        ("WALL_MS", "wallMs"),
-        ("BYTES_IN", "bytesIn"),
-        ("BYTES_OUT", "bytesOut"),
-        ("TOKENS", "tokens"),
-        ("KV_OPS", "kvOps"),
+fn usage_table(v: &UsageView) -> String {
+    type Column = (&'static str, fn(&Usage) -> i64);
+    const COLUMNS: [Column; 8] = [
+        ("REQUESTS", |u| u.requests),
+        ("FAILED", |u| u.failures),
+        ("FUEL", |u| u.fuel),
+        ("WALL_MS", |u| u.wall_ms),
+        ("BYTES_IN", |u| u.bytes_in),
+        ("BYTES_OUT", |u| u.bytes_out),
+        ("TOKENS", |u| u.tokens),
+        ("KV_OPS", |u| u.kv_ops),
     ];
-    let line = |label: &str, usage: &Value| {
+    let line = |label: &str, usage: &Usage| {
         let mut line = format!("{label:<22}");
         for (_, field) in COLUMNS {
-            line.push_str(&format!(" {:>12}", usage[field].as_i64().unwrap_or(0)));
+            line.push_str(&format!(" {:>12}", field(usage)));
         }
         line
     };
@@ -322,18 +354,15 @@ fn usage_table(v: &Value) -> String {
     for (title, _) in COLUMNS {
         out.push_str(&format!(" {title:>12}"));
     }
-    for bucket in v["buckets"].as_array().into_iter().flatten() {
+    for bucket in &v.buckets {
         out.push('\n');
-        out.push_str(&line(bucket["start"].as_str().unwrap_or(""), bucket));
+        out.push_str(&line(&bucket.start, &bucket.usage));
     }
     out.push('\n');
-    out.push_str(&line("total", &v["total"]));
+    out.push_str(&line("total", &v.total));
     out.push_str(&format!(
         "\nestimated cost: {:.4} {} ({} to {})",
-        v["cost"]["total"].as_f64().unwrap_or(0.0),
-        v["cost"]["currency"].as_str().unwrap_or(""),
-        v["from"].as_str().unwrap_or(""),
-        v["to"].as_str().unwrap_or(""),
+        v.cost.total, v.cost.currency, v.from, v.to,
     ));
     out
 }
@@ -352,126 +381,129 @@ pub async fn run(conn: Connection, command: ClientCommand) -> ExitCode {
 async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()> {
     let json_out = conn.json;
     let client = Client::new(conn)?;
-    let print = |value: &Value, human: &dyn Fn(&Value) -> String| {
-        if json_out {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).unwrap_or_default()
-            );
-        } else {
-            println!("{}", human(value));
-        }
+    let print_json = |value: &Value| {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     };
+    // The answer as JSON with `--json`, else as `human` writes it.
+    macro_rules! show {
+        ($answer:expr, $human:expr) => {{
+            let answer = $answer;
+            if json_out {
+                print_json(&answer.json);
+            } else {
+                let human = $human;
+                println!("{}", human(&answer.typed));
+            }
+        }};
+    }
     use reqwest::Method;
     match command {
         ClientCommand::Org(OrgCommand::Create { name, plan }) => {
             let body = json!({ "name": name, "plan": plan });
-            let v = client
-                .send(client.request(Method::POST, "/orgs").json(&body))
+            let answer: Answer<OrgCreated> = client
+                .call(client.request(Method::POST, "/orgs").json(&body))
                 .await?;
-            print(&v, &|v| {
-                format!(
-                    "organization {} ({})\napi key (shown once): {}",
-                    v["org"]["name"].as_str().unwrap_or(""),
-                    v["org"]["id"].as_str().unwrap_or(""),
-                    v["apiKey"].as_str().unwrap_or("")
-                )
-            });
+            show!(answer, |v: &OrgCreated| format!(
+                "organization {} ({})\napi key (shown once): {}",
+                v.org.name, v.org.id, v.api_key
+            ));
         }
         ClientCommand::Org(OrgCommand::SetPlan { org, plan }) => {
             let body = json!({ "plan": plan });
-            let v = client
-                .send(
+            let answer: Answer<OrgEnvelope> = client
+                .call(
                     client
-                        .request(Method::PATCH, &format!("/orgs/{org}"))
+                        .request(Method::PATCH, &format!("/orgs/{}", urlencode(&org)))
                         .json(&body),
                 )
                 .await?;
-            print(&v, &|v| {
-                format!(
-                    "organization {} now on plan {}",
-                    v["org"]["id"].as_str().unwrap_or(""),
-                    v["org"]["plan"].as_str().unwrap_or("")
-                )
-            });
+            show!(answer, |v: &OrgEnvelope| format!(
+                "organization {} now on plan {}",
+                v.org.id, v.org.plan
+            ));
         }
         ClientCommand::Org(OrgCommand::Keys(OrgKeysCommand::Rotate { org })) => {
-            let path = format!("/orgs/{org}/keys/rotate");
-            let v = client.send(client.request(Method::POST, &path)).await?;
-            print(&v, &|v| {
-                format!(
-                    "new organization key (shown once; the old ones no longer work): {}",
-                    v["apiKey"].as_str().unwrap_or("")
-                )
-            });
+            let path = format!("/orgs/{}/keys/rotate", urlencode(&org));
+            let answer: Answer<KeyRotated> =
+                client.call(client.request(Method::POST, &path)).await?;
+            show!(answer, |v: &KeyRotated| format!(
+                "new organization key (shown once; the old ones no longer work): {}",
+                v.api_key
+            ));
         }
         ClientCommand::Org(OrgCommand::Keys(OrgKeysCommand::Revoke { org })) => {
-            let path = format!("/orgs/{org}/keys/revoke");
+            let path = format!("/orgs/{}/keys/revoke", urlencode(&org));
             client.send(client.request(Method::POST, &path)).await?;
-            print(&json!({ "revoked": org }), &|_| {
-                format!("every key of organization {org} revoked")
-            });
+            if json_out {
+                print_json(&json!({ "revoked": org }));
+            } else {
+                println!("every key of organization {org} revoked");
+            }
         }
         ClientCommand::Tenant(TenantCommand::Create { name, plan, org }) => {
             let body = json!({ "name": name, "plan": plan, "orgId": org });
-            let v = client
-                .send(client.request(Method::POST, "/tenant/spawn").json(&body))
+            let answer: Answer<TenantEnvelope> = client
+                .call(client.request(Method::POST, "/tenant/spawn").json(&body))
                 .await?;
-            print(&v, &|v| {
-                let t = &v["tenant"];
+            show!(answer, |v: &TenantEnvelope| {
+                let t = &v.tenant;
                 format!(
                     "tenant {} ({}), status {}\nurl: {}\napi key (shown once): {}",
-                    t["slug"].as_str().unwrap_or(""),
-                    t["id"].as_str().unwrap_or(""),
-                    t["status"].as_str().unwrap_or(""),
-                    t["url"].as_str().unwrap_or(""),
-                    t["apiKey"].as_str().unwrap_or("")
+                    t.slug,
+                    t.id,
+                    t.status,
+                    t.url,
+                    t.api_key.as_deref().unwrap_or("")
                 )
             });
         }
         ClientCommand::Tenant(TenantCommand::List { limit, offset }) => {
             let path = format!("/tenant?limit={limit}&offset={offset}");
-            let v = client.send(client.request(Method::GET, &path)).await?;
-            print(&v, &|v| {
+            let answer: Answer<TenantList> =
+                client.call(client.request(Method::GET, &path)).await?;
+            show!(answer, |v: &TenantList| {
                 let mut out = format!("{:<24} {:<14} {:>7}  {}", "SLUG", "STATUS", "VERSION", "ID");
-                for t in v["tenants"].as_array().into_iter().flatten() {
+                for t in &v.tenants {
                     out.push_str(&format!(
                         "\n{:<24} {:<14} {:>7}  {}",
-                        t["slug"].as_str().unwrap_or(""),
-                        t["status"].as_str().unwrap_or(""),
-                        t["activeVersion"]
-                            .as_i64()
-                            .map_or("-".to_owned(), |n| n.to_string()),
-                        t["id"].as_str().unwrap_or("")
+                        t.slug,
+                        t.status.as_str(),
+                        version(t.active_version),
+                        t.id
                     ));
                 }
-                if let Some(next) = v["nextOffset"].as_i64() {
+                if let Some(next) = v.next_offset {
                     out.push_str(&format!("\n(more: --offset {next})"));
                 }
                 out
             });
         }
         ClientCommand::Tenant(TenantCommand::Status { tenant }) => {
-            let v = client
-                .send(client.request(Method::GET, &tenant_path(&tenant, "/status")))
+            let answer: Answer<TenantStatusView> = client
+                .call(client.request(Method::GET, &tenant_path(&tenant, "/status")))
                 .await?;
-            print(&v, &|v| {
-                let t = &v["tenant"];
+            show!(answer, |v: &TenantStatusView| {
+                let (t, l) = (&v.tenant, &v.limits);
                 format!(
-                    "{} ({})\nstatus:   {}\nversion:  {}\nurl:      {}\nrequests: {} ({} failed, {} running)\nlimits:   {}\nenv:      {}\nlast error: {}",
-                    t["slug"].as_str().unwrap_or(""),
-                    t["id"].as_str().unwrap_or(""),
-                    t["status"].as_str().unwrap_or(""),
-                    v["activeVersion"]
-                        .as_i64()
-                        .map_or("-".to_owned(), |n| n.to_string()),
-                    t["url"].as_str().unwrap_or(""),
-                    v["counts"]["requests"],
-                    v["counts"]["failures"],
-                    v["counts"]["inFlight"],
-                    v["limits"],
-                    v["env"],
-                    v["lastError"].as_str().unwrap_or("none"),
+                    "{} ({})\nstatus:   {}\nversion:  {}\nurl:      {}\nrequests: {} ({} failed, {} running)\nlimits:   fuel {}, memory {} bytes, timeout {} ms, concurrency {}, body {} bytes\nenv:      {}\nlast error: {}",
+                    t.slug,
+                    t.id,
+                    t.status,
+                    version(v.active_version),
+                    t.url,
+                    v.counts.requests,
+                    v.counts.failures,
+                    v.counts.in_flight,
+                    l.fuel,
+                    l.memory_bytes,
+                    l.timeout_ms,
+                    l.max_concurrency,
+                    l.max_request_body,
+                    join(&v.env),
+                    v.last_error.as_deref().unwrap_or("none"),
                 )
             });
         }
@@ -483,50 +515,41 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                 TenantCommand::Start { tenant } => (tenant, "/start"),
                 _ => unreachable!("matched above"),
             };
-            let v = client
-                .send(client.request(Method::POST, &tenant_path(tenant, action)))
+            let answer: Answer<TenantEnvelope> = client
+                .call(client.request(Method::POST, &tenant_path(tenant, action)))
                 .await?;
-            print(&v, &|v| {
-                format!(
-                    "{} is {}",
-                    v["tenant"]["slug"].as_str().unwrap_or(""),
-                    v["tenant"]["status"].as_str().unwrap_or("")
-                )
-            });
+            show!(answer, |v: &TenantEnvelope| format!(
+                "{} is {}",
+                v.tenant.slug, v.tenant.status
+            ));
         }
         ClientCommand::Tenant(TenantCommand::Delete { tenant }) => {
-            let v = client
-                .send(client.request(Method::DELETE, &tenant_path(&tenant, "")))
+            let answer: Answer<TenantEnvelope> = client
+                .call(client.request(Method::DELETE, &tenant_path(&tenant, "")))
                 .await?;
-            print(&v, &|v| {
-                format!(
-                    "{} deleted (logs and usage archived)",
-                    v["tenant"]["slug"].as_str().unwrap_or("")
-                )
-            });
+            show!(answer, |v: &TenantEnvelope| format!(
+                "{} deleted (logs and usage archived)",
+                v.tenant.slug
+            ));
         }
         ClientCommand::Tenant(TenantCommand::Deployments { tenant }) => {
-            let v = client
-                .send(client.request(Method::GET, &tenant_path(&tenant, "/deployments")))
+            let answer: Answer<DeploymentList> = client
+                .call(client.request(Method::GET, &tenant_path(&tenant, "/deployments")))
                 .await?;
-            print(&v, &|v| {
+            show!(answer, |v: &DeploymentList| {
                 let mut out = format!(
                     "{:>7}  {:<12} {:>10} {:>8}  {}",
                     "VERSION", "SHA256", "SIZE", "COMPILE", "CREATED"
                 );
-                for d in v["deployments"].as_array().into_iter().flatten() {
+                for d in &v.deployments {
                     out.push_str(&format!(
                         "\n{:>7}{} {:<12} {:>10} {:>6}ms  {}",
-                        d["version"],
-                        if d["active"].as_bool() == Some(true) {
-                            "*"
-                        } else {
-                            " "
-                        },
-                        d["sha256"].as_str().unwrap_or("").get(..12).unwrap_or(""),
-                        d["size"],
-                        d["compileMs"],
-                        d["createdAt"].as_str().unwrap_or("")
+                        d.version,
+                        if d.active { "*" } else { " " },
+                        d.sha256.get(..12).unwrap_or(""),
+                        d.size,
+                        d.compile_ms,
+                        d.created_at
                     ));
                 }
                 out
@@ -542,8 +565,8 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
             query.extend(from.map(|f| format!("from={}", urlencode(&f))));
             query.extend(to.map(|t| format!("to={}", urlencode(&t))));
             let path = tenant_path(&tenant, &format!("/usage?{}", query.join("&")));
-            let v = client.send(client.request(Method::GET, &path)).await?;
-            print(&v, &usage_table);
+            let answer: Answer<UsageView> = client.call(client.request(Method::GET, &path)).await?;
+            show!(answer, usage_table);
         }
         ClientCommand::Tenant(TenantCommand::Limits {
             tenant,
@@ -553,14 +576,15 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
             clear,
         }) => {
             let path = tenant_path(&tenant, "/limits");
-            let mut v = client.send(client.request(Method::GET, &path)).await?;
+            let mut answer: Answer<LimitsEnvelope> =
+                client.call(client.request(Method::GET, &path)).await?;
             if plan.is_some() || !set.is_empty() || !unset.is_empty() || clear {
-                let mut overrides = match v["overrides"].take() {
+                let mut overrides = match answer.json["overrides"].take() {
                     Value::Object(map) if !clear => map,
                     _ => serde_json::Map::new(),
                 };
                 for name in unset {
-                    if v["effective"].get(&name).is_none() {
+                    if answer.json["effective"].get(&name).is_none() {
                         return Err(CallError {
                             code: 2,
                             message: format!("{name:?} is not a limit (see `lodge tenant limits`)"),
@@ -580,17 +604,19 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                     overrides.insert(name.to_owned(), value);
                 }
                 let body = json!({ "plan": plan, "overrides": overrides });
-                v = client
-                    .send(client.request(Method::PATCH, &path).json(&body))
+                answer = client
+                    .call(client.request(Method::PATCH, &path).json(&body))
                     .await?;
             }
-            print(&v, &|v| {
+            show!(answer, |v: &LimitsEnvelope| {
                 let mut out = format!(
                     "plan:      {}\noverrides: {}\nin force:",
-                    v["plan"].as_str().unwrap_or(""),
-                    v["overrides"]
+                    v.plan,
+                    serde_json::to_string(&v.overrides).unwrap_or_default()
                 );
-                for (name, value) in v["effective"].as_object().into_iter().flatten() {
+                // Each limit as `lodge.toml` names it, in the API's order.
+                let effective = serde_json::to_value(&v.effective).unwrap_or_default();
+                for (name, value) in effective.as_object().into_iter().flatten() {
                     out.push_str(&format!("\n  {name:<28} {value}"));
                 }
                 out
@@ -612,68 +638,72 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
                 map.insert(name.to_owned(), Value::String(value.to_owned()));
             }
             let body = json!({ "vars": map });
-            let v = client
-                .send(
+            let answer: Answer<EnvNames> = client
+                .call(
                     client
                         .request(Method::PUT, &tenant_path(&tenant, "/env"))
                         .json(&body),
                 )
                 .await?;
-            print(&v, &|v| format!("variables now set: {}", join(&v["names"])));
+            show!(answer, |v: &EnvNames| format!(
+                "variables now set: {}",
+                join(&v.names)
+            ));
         }
         ClientCommand::Env(EnvCommand::Unset { tenant, names }) => {
             let map: serde_json::Map<String, Value> =
                 names.into_iter().map(|n| (n, Value::Null)).collect();
             let body = json!({ "vars": map });
-            let v = client
-                .send(
+            let answer: Answer<EnvNames> = client
+                .call(
                     client
                         .request(Method::PUT, &tenant_path(&tenant, "/env"))
                         .json(&body),
                 )
                 .await?;
-            print(&v, &|v| format!("variables now set: {}", join(&v["names"])));
+            show!(answer, |v: &EnvNames| format!(
+                "variables now set: {}",
+                join(&v.names)
+            ));
         }
         ClientCommand::Rollback { tenant, version } => {
             let body = json!({ "version": version });
-            let v = client
-                .send(
+            let answer: Answer<DeploymentCreated> = client
+                .call(
                     client
                         .request(Method::POST, &tenant_path(&tenant, "/rollback"))
                         .json(&body),
                 )
                 .await?;
-            print(&v, &|v| {
-                format!("version {} is active again", v["deployment"]["version"])
-            });
+            show!(answer, |v: &DeploymentCreated| format!(
+                "version {} is active again",
+                v.deployment.version
+            ));
         }
         ClientCommand::Keys(KeysCommand::Rotate { tenant }) => {
-            let v = client
-                .send(client.request(Method::POST, &tenant_path(&tenant, "/keys/rotate")))
+            let answer: Answer<KeyRotated> = client
+                .call(client.request(Method::POST, &tenant_path(&tenant, "/keys/rotate")))
                 .await?;
-            print(&v, &|v| {
-                format!(
-                    "new api key (shown once; the old ones no longer work): {}",
-                    v["apiKey"].as_str().unwrap_or("")
-                )
-            });
+            show!(answer, |v: &KeyRotated| format!(
+                "new api key (shown once; the old ones no longer work): {}",
+                v.api_key
+            ));
         }
     }
     Ok(())
 }
 
-fn join(names: &Value) -> String {
-    let names: Vec<&str> = names
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+fn join(names: &[String]) -> String {
     if names.is_empty() {
         "(none)".into()
     } else {
         names.join(", ")
     }
+}
+
+/// A version number, or `-` for none.
+fn version(v: Option<i64>) -> String {
+    v.map_or("-".to_owned(), |n| n.to_string())
 }
 
 async fn deploy(
@@ -714,28 +744,33 @@ async fn deploy(
         .header("content-type", "application/wasm")
         .header("content-length", total)
         .body(reqwest::Body::wrap_stream(stream));
-    let result = client.send(request).await;
+    let result = client.call::<DeploymentCreated>(request).await;
     bar.finish_and_clear();
-    let v = result?;
+    let answer = result?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer.json).unwrap_or_default()
+        );
         return Ok(());
     }
-    let d = &v["deployment"];
+    let d = &answer.typed.deployment;
     let status = client
-        .send(client.request(reqwest::Method::GET, &tenant_path(tenant, "/status")))
+        .call::<TenantStatusView>(
+            client.request(reqwest::Method::GET, &tenant_path(tenant, "/status")),
+        )
         .await
         .ok();
     println!(
         "deployed {} as version {} ({} bytes, sha256 {}…, compiled in {} ms)",
         file.display(),
-        d["version"],
-        d["size"],
-        d["sha256"].as_str().unwrap_or("").get(..12).unwrap_or(""),
-        d["compileMs"]
+        d.version,
+        d.size,
+        d.sha256.get(..12).unwrap_or(""),
+        d.compile_ms
     );
-    if let Some(url) = status.as_ref().and_then(|s| s["tenant"]["url"].as_str()) {
-        println!("url: {url}");
+    if let Some(status) = status {
+        println!("url: {}", status.typed.tenant.url);
     }
     Ok(())
 }
@@ -747,34 +782,31 @@ async fn logs(
     follow: bool,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let show = |line: &Value| {
+    let show = |json: &Value, line: &LogLine| {
         if json_out {
-            println!("{line}");
+            println!("{json}");
         } else {
             // Guest text is escaped: a terminal sequence in a tenant's log
             // must not reach the operator's terminal.
             println!(
                 "{} {:<6} [{}] {}",
-                line["timestampMs"]
-                    .as_u64()
-                    .map(|ms| humantime::format_rfc3339_millis(
-                        std::time::UNIX_EPOCH + Duration::from_millis(ms)
-                    )
-                    .to_string())
-                    .unwrap_or_default(),
-                escape_controls(line["stream"].as_str().unwrap_or("")),
-                escape_controls(line["requestId"].as_str().unwrap_or("")),
-                escape_controls(line["message"].as_str().unwrap_or(""))
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(line.timestamp_ms)
+                ),
+                line.stream.as_str(),
+                escape_controls(&line.request_id),
+                escape_controls(&line.message)
             );
         }
     };
     let path = tenant_path(tenant, &format!("/logs?limit={limit}&follow={follow}"));
     if !follow {
-        let v = client
-            .send(client.request(reqwest::Method::GET, &path))
+        let answer: Answer<LogPage> = client
+            .call(client.request(reqwest::Method::GET, &path))
             .await?;
-        for line in v["lines"].as_array().into_iter().flatten() {
-            show(line);
+        let json_lines = answer.json["lines"].as_array().cloned().unwrap_or_default();
+        for (json, line) in json_lines.iter().zip(&answer.typed.lines) {
+            show(json, line);
         }
         return Ok(());
     }
@@ -785,16 +817,7 @@ async fn logs(
         .await
         .with_context(|| format!("cannot reach the host at {}", client.conn.url))?;
     if !response.status().is_success() {
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        return Err(CallError {
-            code: exit_code_for(status),
-            message: body["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed")
-                .to_owned(),
-        }
-        .into());
+        return Err(call_error(response.status(), response).await.into());
     }
     // Server-sent events, parsed by eventsource-stream (which keeps a UTF-8
     // character split across chunks whole).
@@ -809,7 +832,9 @@ async fn logs(
             eprintln!("log stream ended: {}", escape_controls(reason));
             return Ok(());
         }
-        show(&value);
+        let line: LogLine = serde_json::from_value(value.clone())
+            .context("a log event does not match this client's version of the API")?;
+        show(&value, &line);
     }
     Ok(())
 }

@@ -151,7 +151,7 @@ pub struct HostConfig {
     /// The key sealing wallet seeds (64 hex digits); generated into the data dir when `None`.
     pub master_key: Option<String>,
     /// An OpenAI-compatible endpoint for convergence; the offline provider when `None`.
-    pub llm: Option<crate::convergence::provider::OpenAiConfig>,
+    pub llm: Option<OpenAiConfig>,
     /// Workers running asynchronous convergence tasks.
     pub convergence_workers: usize,
     /// `lodge.toml`: plans and prices, reloaded when it changes.
@@ -302,5 +302,34 @@ impl Default for HostConfig {
             prune_artifacts: true,
             webhook_allow_private: false,
         }
+    }
+}
+
+/// Settings of an OpenAI-compatible endpoint.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    /// Base URL, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// Bearer key, if the endpoint needs one.
+    pub api_key: Option<String>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Retries after the first attempt (timeouts, 429, 5xx).
+    pub retries: u32,
+    /// First backoff; doubles each retry.
+    pub backoff: Duration,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish()
     }
 }

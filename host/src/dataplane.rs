@@ -13,11 +13,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::capability::Grant;
+use crate::counters::TenantCounters;
 use crate::error::DataPlaneError;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
 use crate::logs::LogStream;
-use crate::registry::{Tenant, TenantCounters};
+use crate::registry::Tenant;
 use crate::routing::{self, Route};
 use crate::server::{Lodge, ResponseBody};
 use crate::storage::TenantStatus;
@@ -214,7 +215,7 @@ async fn run(
         limits,
         grant: Grant::for_request(
             &lodge.capabilities,
-            tenant,
+            tenant.parts(),
             limits,
             state.env.clone(),
             request_id,

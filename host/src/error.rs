@@ -10,7 +10,11 @@ use http_body_util::{BodyExt, Full};
 
 use crate::instance::GuestFailure;
 use crate::limits::Rejected;
-use crate::server::ResponseBody;
+
+/// Errors a response body may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response Lodge sends.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Everything the data plane can answer instead of a guest's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -143,14 +147,14 @@ impl From<Rejected> for DataPlaneError {
 }
 
 /// The error body every failure answers with, the data plane's and the API's alike.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
 /// A machine-readable code and a human message.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable code, e.g. `not_found`.
     pub code: String,

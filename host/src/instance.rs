@@ -28,9 +28,9 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::capability::{self, Grant, GuestState};
 use crate::config::{HostConfig, Limits};
+use crate::counters::TenantCounters;
 use crate::limits::{Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, TenantLoad};
 use crate::logs::LogStream;
-use crate::registry::TenantCounters;
 
 /// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
 const PROVIDED_PACKAGES: &[(&str, &str)] = &[
@@ -742,5 +742,103 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The runtime's figures, read at scrape time for `/metrics`.
+#[derive(Debug)]
+pub struct RuntimeCollector {
+    /// The runtime read.
+    pub runtime: Arc<Runtime>,
+}
+
+impl prometheus_client::collector::Collector for RuntimeCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pool = self.runtime.pool();
+        let stats = self.runtime.stats();
+        let e = &mut encoder;
+        crate::metrics::gauge(
+            e,
+            "instances_in_use",
+            "Instance slots taken now",
+            i64::from(pool.in_use()),
+        )?;
+        crate::metrics::gauge(
+            e,
+            "instance_slots",
+            "Instance slots of the host",
+            i64::from(pool.capacity()),
+        )?;
+        crate::metrics::gauge(
+            e,
+            "active_tenants",
+            "Tenants with requests in flight",
+            i64::from(pool.active_tenants()),
+        )?;
+        crate::metrics::gauge(
+            e,
+            "components_loaded",
+            "Distinct components in memory (tenants running the same one share it)",
+            self.runtime.components_loaded() as i64,
+        )?;
+        crate::metrics::gauge(
+            e,
+            "memory_budget_used_bytes",
+            "Linear memory held by live instances",
+            self.runtime.memory_budget().used() as i64,
+        )?;
+        crate::metrics::gauge(
+            e,
+            "memory_budget_bytes",
+            "The host memory budget (--memory-budget-mib)",
+            self.runtime.memory_budget().limit() as i64,
+        )?;
+        crate::metrics::gauge(
+            e,
+            "memory_fair_share_bytes",
+            "What one tenant may hold past the shared three quarters of the budget now",
+            self.runtime.memory_budget().fair_share() as i64,
+        )?;
+        crate::metrics::counter(
+            e,
+            "cpu_waits",
+            "Times a guest waited for one of its tenant's CPU lanes",
+            crate::limits::CPU_WAITS.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            e,
+            "instantiations",
+            "Instances created",
+            stats.instantiations.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            e,
+            "compiles",
+            "Components compiled (not from the cache)",
+            stats.compiles.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            e,
+            "compile_seconds",
+            "Time spent compiling components",
+            stats.compile_nanos.load(Relaxed) as f64 / 1e9,
+        )?;
+        crate::metrics::counter(
+            e,
+            "artifact_cache_hits",
+            "Components loaded from the artifact cache",
+            stats.cache_hits.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            e,
+            "artifact_cache_misses",
+            "Components not in the artifact cache (compiled)",
+            stats.cache_misses.load(Relaxed),
+        )?;
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod bench;
 pub mod capability;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod convergence;
+pub mod counters;
 pub mod dataplane;
 pub mod egress;
 pub mod error;

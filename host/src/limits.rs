@@ -549,7 +549,7 @@ pub struct CappedBody<B> {
     limit: u64,
     seen: u64,
     tripped: Arc<AtomicBool>,
-    counters: Option<Arc<crate::registry::TenantCounters>>,
+    counters: Option<Arc<crate::counters::TenantCounters>>,
 }
 
 impl<B> CappedBody<B> {
@@ -565,7 +565,7 @@ impl<B> CappedBody<B> {
     }
 
     /// Also counts the bytes read as the tenant's `bytes_in`.
-    pub fn metered(mut self, counters: Arc<crate::registry::TenantCounters>) -> Self {
+    pub fn metered(mut self, counters: Arc<crate::counters::TenantCounters>) -> Self {
         self.counters = Some(counters);
         self
     }

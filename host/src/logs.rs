@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWrite;
 use tokio::sync::broadcast;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -25,7 +25,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 const MAX_LINE_BYTES: usize = 4096;
 
 /// Which stream a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     /// The guest's standard output.
@@ -57,7 +57,7 @@ impl LogStream {
 }
 
 /// One line of a tenant's log.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// Position in this tenant's log, increasing from 1.

@@ -18,8 +18,6 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::instance::Runtime;
-
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
@@ -113,8 +111,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The metrics of a host running `runtime`, labelling at most `max_labels` tenants.
-    pub fn new(runtime: Arc<Runtime>, max_labels: usize) -> Arc<Self> {
+    /// The metrics of a host, labelling at most `max_labels` tenants; `figures`
+    /// adds what is read at scrape time (the runtime's pool, memory, compiles).
+    pub fn new(
+        figures: Box<dyn prometheus_client::collector::Collector>,
+        max_labels: usize,
+    ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("lodge");
         let requests = Family::<Labels, Counter>::default();
         let duration = HistogramFamily::new_with_constructor(latency_histogram);
@@ -158,7 +160,7 @@ impl Metrics {
             "Client connections closed at once because the host was at --max-connections",
             connections_refused.clone(),
         );
-        registry.register_collector(Box::new(RuntimeCollector { runtime }));
+        registry.register_collector(figures);
         Arc::new(Self {
             registry,
             requests,
@@ -210,109 +212,27 @@ impl Metrics {
     }
 }
 
-/// Figures read from the runtime at scrape time.
-#[derive(Debug)]
-struct RuntimeCollector {
-    runtime: Arc<Runtime>,
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+/// Encodes one gauge read at scrape time.
+pub fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> std::fmt::Result {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-fn counter<N>(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> std::fmt::Result
+/// Encodes one counter read at scrape time.
+pub fn counter<N>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> std::fmt::Result
 where
     ConstCounter<N>: EncodeMetric + TypedMetric,
 {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-impl prometheus_client::collector::Collector for RuntimeCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        use std::sync::atomic::Ordering::Relaxed;
-        let pool = self.runtime.pool();
-        let stats = self.runtime.stats();
-        let e = &mut encoder;
-        gauge(
-            e,
-            "instances_in_use",
-            "Instance slots taken now",
-            i64::from(pool.in_use()),
-        )?;
-        gauge(
-            e,
-            "instance_slots",
-            "Instance slots of the host",
-            i64::from(pool.capacity()),
-        )?;
-        gauge(
-            e,
-            "active_tenants",
-            "Tenants with requests in flight",
-            i64::from(pool.active_tenants()),
-        )?;
-        gauge(
-            e,
-            "components_loaded",
-            "Distinct components in memory (tenants running the same one share it)",
-            self.runtime.components_loaded() as i64,
-        )?;
-        gauge(
-            e,
-            "memory_budget_used_bytes",
-            "Linear memory held by live instances",
-            self.runtime.memory_budget().used() as i64,
-        )?;
-        gauge(
-            e,
-            "memory_budget_bytes",
-            "The host memory budget (--memory-budget-mib)",
-            self.runtime.memory_budget().limit() as i64,
-        )?;
-        gauge(
-            e,
-            "memory_fair_share_bytes",
-            "What one tenant may hold past the shared three quarters of the budget now",
-            self.runtime.memory_budget().fair_share() as i64,
-        )?;
-        counter(
-            e,
-            "cpu_waits",
-            "Times a guest waited for one of its tenant's CPU lanes",
-            crate::limits::CPU_WAITS.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "instantiations",
-            "Instances created",
-            stats.instantiations.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "compiles",
-            "Components compiled (not from the cache)",
-            stats.compiles.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "compile_seconds",
-            "Time spent compiling components",
-            stats.compile_nanos.load(Relaxed) as f64 / 1e9,
-        )?;
-        counter(
-            e,
-            "artifact_cache_hits",
-            "Components loaded from the artifact cache",
-            stats.cache_hits.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "artifact_cache_misses",
-            "Components not in the artifact cache (compiled)",
-            stats.cache_misses.load(Relaxed),
-        )?;
-        Ok(())
-    }
 }

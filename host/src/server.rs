@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,10 +34,7 @@ use crate::routing::{self, REQUEST_ID, is_valid_slug};
 use crate::storage::{Dialect, SqlStorage, Storage};
 use crate::wallet::MasterKey;
 
-/// Errors a response body may end with.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response Lodge sends.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::error::{BoxError, ResponseBody};
 
 /// One Lodge host: its settings, its runtime, its storage and its tenants.
 #[derive(Debug)]
@@ -138,7 +134,12 @@ impl Lodge {
             None => PlanBook::only_default(config.default_limits.clone()),
         };
         let runtime = Arc::new(Runtime::new(&config)?);
-        let metrics = Metrics::new(runtime.clone(), config.metrics_tenant_labels);
+        let metrics = Metrics::new(
+            Box::new(crate::instance::RuntimeCollector {
+                runtime: runtime.clone(),
+            }),
+            config.metrics_tenant_labels,
+        );
         let provider: Arc<dyn Provider> = match &config.llm {
             Some(llm) => Arc::new(OpenAiCompatible::new(llm.clone())),
             None => Arc::new(Offline),
@@ -150,7 +151,7 @@ impl Lodge {
         let convergence = Arc::new(ConvergenceService::new(ConvergenceParts {
             provider,
             storage: storage.clone(),
-            registry: registry.clone(),
+            held: registry.clone(),
             master: master.clone(),
             defaults: config.default_limits.clone(),
             task_lease: config.task_lease,

@@ -26,7 +26,7 @@ pub struct ConvergeBody {
 }
 
 /// An async convergence's handle, or its state.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskView {
     /// `task_…`
@@ -185,7 +185,7 @@ pub(super) async fn converge_task(
 }
 
 /// The key a tenant's webhooks are signed with.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WebhookSecret {
     /// HMAC-SHA256 key (hex). A webhook carries `X-Lodge-Signature: t=<unix
     /// seconds>,v1=<hex of HMAC(key, "<t>.<body>")>`; refuse old timestamps.

@@ -3,7 +3,7 @@
 use super::*;
 
 /// `PUT /tenant/{id}/component` answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentCreated {
     /// The new active version.
@@ -11,7 +11,7 @@ pub struct DeploymentCreated {
 }
 
 /// A deployment as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentView {
     /// Version number.
@@ -125,7 +125,7 @@ pub(super) async fn deploy_component(
 }
 
 /// `GET /tenant/{id}/deployments` answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentList {
     /// Version serving requests.

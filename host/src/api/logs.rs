@@ -15,7 +15,7 @@ pub struct LogQuery {
 }
 
 /// Log lines.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LogPage {
     /// Oldest first.
     pub lines: Vec<LogLine>,

@@ -38,13 +38,13 @@ use crate::registry::Tenant;
 use crate::server::Lodge;
 use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, Usage};
 
-mod convergence;
-mod deployments;
-mod logs;
-mod orgs;
-mod tenants;
-mod usage;
-mod wallet;
+pub mod convergence;
+pub mod deployments;
+pub mod logs;
+pub mod orgs;
+pub mod tenants;
+pub mod usage;
+pub mod wallet;
 
 use convergence::*;
 use deployments::*;

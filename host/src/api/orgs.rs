@@ -13,7 +13,7 @@ pub struct CreateOrg {
 }
 
 /// `POST /orgs` answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrgCreated {
     /// The organization.
@@ -48,7 +48,7 @@ pub struct UpdateOrg {
 }
 
 /// Wraps an organization.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrgEnvelope {
     /// The organization.
     pub org: Org,

@@ -3,7 +3,7 @@
 use super::*;
 
 /// A tenant as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantView {
     /// `ten_…`
@@ -62,7 +62,7 @@ pub struct SpawnTenant {
 }
 
 /// Wraps a tenant.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TenantEnvelope {
     /// The tenant.
     pub tenant: TenantView,
@@ -117,7 +117,7 @@ pub struct Page {
 }
 
 /// A page of tenants.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantList {
     /// The tenants, oldest first.
@@ -157,7 +157,7 @@ pub(super) async fn list_tenants(
 }
 
 /// A tenant's limits.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsView {
     /// Fuel per request.
@@ -173,7 +173,7 @@ pub struct LimitsView {
 }
 
 /// Request counts since the host started.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     /// Requests routed to the tenant.
@@ -185,7 +185,7 @@ pub struct Counts {
 }
 
 /// `GET /tenant/{id}/status` answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatusView {
     /// The tenant.
@@ -287,7 +287,7 @@ pub struct EnvUpdate {
 }
 
 /// The names of a tenant's variables (values are never returned).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EnvNames {
     /// Sorted names.
     pub names: Vec<String>,
@@ -311,7 +311,7 @@ pub(super) async fn update_env(
 }
 
 /// A new key.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRotated {
     /// The new key, shown only here; the old ones no longer work.

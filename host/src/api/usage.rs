@@ -70,7 +70,7 @@ pub(super) fn usage_range(query: &UsageQuery) -> Result<(String, String), ApiErr
 }
 
 /// One period of usage.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageBucket {
     /// Start of the period, RFC 3339 UTC.
@@ -81,15 +81,15 @@ pub struct UsageBucket {
 }
 
 /// One line of a cost estimate.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CostItem {
     /// What is charged.
-    pub item: &'static str,
+    pub item: String,
     /// How much was used, in `unit`.
     pub quantity: f64,
     /// The unit priced.
-    pub unit: &'static str,
+    pub unit: String,
     /// Price per unit.
     pub unit_price: f64,
     /// `quantity × unit_price`.
@@ -97,7 +97,7 @@ pub struct CostItem {
 }
 
 /// An estimate of what usage costs under the host's price table.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CostEstimate {
     /// Currency of every amount.
@@ -110,10 +110,10 @@ pub struct CostEstimate {
 
 /// Prices `usage` with `prices`.
 pub fn estimate(usage: &Usage, prices: &crate::plans::PriceTable) -> CostEstimate {
-    let line = |item, quantity: f64, unit, unit_price: f64| CostItem {
-        item,
+    let line = |item: &str, quantity: f64, unit: &str, unit_price: f64| CostItem {
+        item: item.to_owned(),
         quantity,
-        unit,
+        unit: unit.to_owned(),
         unit_price,
         amount: quantity * unit_price,
     };
@@ -175,7 +175,7 @@ pub fn estimate(usage: &Usage, prices: &crate::plans::PriceTable) -> CostEstimat
 }
 
 /// A tenant's usage over a period.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageView {
     /// First hour included, `YYYY-MM-DDTHH` UTC.
@@ -233,7 +233,7 @@ pub(super) async fn tenant_usage(
 }
 
 /// One tenant's line in an organization's usage.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrgTenantUsage {
     /// Tenant id.
@@ -247,7 +247,7 @@ pub struct OrgTenantUsage {
 }
 
 /// An organization's usage over a period.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrgUsageView {
     /// Organization id.
@@ -318,7 +318,7 @@ pub(super) async fn org_usage(
 }
 
 /// A tenant's plan, its own overrides, and the limits in force.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsEnvelope {
     /// Plan name.
@@ -385,7 +385,7 @@ pub(super) async fn set_limits(
 }
 
 /// The plans this host offers.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlansView {
     /// Plan name → its limits.

@@ -3,7 +3,7 @@
 use super::*;
 
 /// A tenant's wallet as its owner sees it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WalletView {
     /// `lodge1…`

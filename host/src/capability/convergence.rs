@@ -22,7 +22,7 @@ pub struct ConvergenceCtx {
 
 impl ConvergenceCtx {
     /// What a request of `tenant` may do.
-    pub fn new(host: &super::CapabilityHost, tenant: &crate::registry::Tenant) -> Self {
+    pub fn new(host: &super::CapabilityHost, tenant: super::TenantRef<'_>) -> Self {
         Self {
             tenant_id: tenant.id.clone(),
             service: host.convergence.clone(),
@@ -62,8 +62,7 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(())
 }
 
-/// What a tenant is told when the model provider fails (the detail goes to the host's log).
-pub const PROVIDER_UNAVAILABLE: &str = "the model provider is unavailable; retry later";
+pub use crate::convergence::tasks::PROVIDER_UNAVAILABLE;
 
 /// The guest's error for a failure.
 pub fn to_error(failure: ConvergenceFailure) -> Error {

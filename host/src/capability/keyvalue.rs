@@ -12,7 +12,6 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable, ResourceTableError};
 
 use crate::config::Limits;
-use crate::registry::Tenant;
 use crate::storage::{KvError, KvQuota, KvStore, StorageError};
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
@@ -36,12 +35,16 @@ pub struct KeyValueCtx {
     /// How much one batch call may carry.
     pub batch: BatchCaps,
     /// Where operations are metered.
-    pub counters: Arc<crate::registry::TenantCounters>,
+    pub counters: Arc<crate::counters::TenantCounters>,
 }
 
 impl KeyValueCtx {
     /// What a request of `tenant` on `limits` may do.
-    pub fn new(host: &super::CapabilityHost, tenant: &Tenant, limits: &Limits) -> Self {
+    pub fn new(
+        host: &super::CapabilityHost,
+        tenant: super::TenantRef<'_>,
+        limits: &Limits,
+    ) -> Self {
         Self {
             tenant_id: tenant.id.clone(),
             storage: host.keyvalue.clone(),

@@ -30,9 +30,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::Limits;
 use crate::convergence::tasks::ConvergenceService;
+use crate::counters::TenantCounters;
 use crate::limits::GuestLimiter;
 use crate::logs::{LogSink, LogStream, RequestLogBudget, TenantLogs};
-use crate::registry::Tenant;
 use crate::storage::{KvStore, WalletStore};
 use crate::wallet::MasterKey;
 
@@ -78,6 +78,18 @@ pub struct CapabilityHost {
     pub convergence: Arc<ConvergenceService>,
 }
 
+/// The parts of a tenant its requests' capabilities use (the registry's
+/// `Tenant::parts` makes one).
+#[derive(Debug, Clone, Copy)]
+pub struct TenantRef<'a> {
+    /// `ten_…`: every capability call is scoped to it.
+    pub id: &'a Arc<str>,
+    /// Its log.
+    pub logs: &'a Arc<TenantLogs>,
+    /// Where its usage is counted.
+    pub counters: &'a Arc<TenantCounters>,
+}
+
 /// Everything one request's guest is given, besides the request itself:
 /// built in one place, moved whole into the store.
 #[derive(Debug)]
@@ -106,7 +118,7 @@ impl Grant {
     /// What a request `request_id` of `tenant` on `limits` is given.
     pub fn for_request(
         host: &CapabilityHost,
-        tenant: &Tenant,
+        tenant: TenantRef<'_>,
         limits: &Limits,
         env: Arc<[(String, String)]>,
         request_id: &Arc<str>,

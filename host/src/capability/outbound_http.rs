@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::counters::TenantCounters;
 use crate::egress::{Refused, resolve_checked, send_pinned};
 use crate::logs::{LogStream, TenantLogs};
-use crate::registry::TenantCounters;
 
 /// One request's outbound HTTP policy and what it has used.
 #[derive(Debug)]

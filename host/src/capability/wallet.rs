@@ -12,7 +12,6 @@ use super::PlatformError;
 use super::bindings::lodge::platform::types::Error;
 use super::bindings::lodge::platform::wallet::{self, Entry, HistoryPage};
 use crate::config::Limits;
-use crate::registry::Tenant;
 use crate::storage::{LedgerError, StorageError, TransferRequest, WalletRecord, WalletStore};
 use crate::wallet::MasterKey;
 
@@ -30,12 +29,16 @@ pub struct WalletCtx {
     /// The plan's cap per UTC day.
     pub max_per_day: i64,
     /// Where transfers are metered.
-    pub counters: Arc<crate::registry::TenantCounters>,
+    pub counters: Arc<crate::counters::TenantCounters>,
 }
 
 impl WalletCtx {
     /// What a request of `tenant` on `limits` may do.
-    pub fn new(host: &super::CapabilityHost, tenant: &Tenant, limits: &Limits) -> Self {
+    pub fn new(
+        host: &super::CapabilityHost,
+        tenant: super::TenantRef<'_>,
+        limits: &Limits,
+    ) -> Self {
         Self {
             tenant_id: tenant.id.clone(),
             storage: host.wallets.clone(),

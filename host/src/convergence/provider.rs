@@ -174,34 +174,7 @@ impl Provider for Offline {
     }
 }
 
-/// Settings of an OpenAI-compatible endpoint.
-#[derive(Clone)]
-pub struct OpenAiConfig {
-    /// Base URL, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
-    pub base_url: String,
-    /// Model name.
-    pub model: String,
-    /// Bearer key, if the endpoint needs one.
-    pub api_key: Option<String>,
-    /// Per-attempt timeout.
-    pub timeout: Duration,
-    /// Retries after the first attempt (timeouts, 429, 5xx).
-    pub retries: u32,
-    /// First backoff; doubles each retry.
-    pub backoff: Duration,
-}
-
-impl std::fmt::Debug for OpenAiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiConfig")
-            .field("base_url", &self.base_url)
-            .field("model", &self.model)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("timeout", &self.timeout)
-            .field("retries", &self.retries)
-            .finish()
-    }
-}
+pub use crate::config::OpenAiConfig;
 
 /// A chat-completions endpoint.
 #[derive(Debug, Clone)]

@@ -27,15 +27,18 @@ use sha2::Sha256;
 use http_body_util::BodyExt as _;
 
 use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge_metered, validate};
+use crate::background::Jobs;
 use crate::config::Limits;
 use crate::convergence::provider::Provider;
+use crate::counters::TenantCounters;
 use crate::egress::{Refused as EgressRefused, resolve_checked, send_pinned};
-use crate::jobs::Jobs;
-use crate::registry::{Registry, TenantCounters};
 use crate::storage::{
     MetaStore, Storage, StorageError, TaskRecord, TaskStore, TenantStore, Usage, UsageStore, today,
 };
 use crate::wallet::{MasterKey, Purpose};
+
+/// What a tenant is told when the model provider fails (the detail goes to the host's log).
+pub const PROVIDER_UNAVAILABLE: &str = "the model provider is unavailable; retry later";
 
 /// Header carrying a webhook's signature.
 pub const SIGNATURE_HEADER: &str = "x-lodge-signature";
@@ -98,6 +101,25 @@ pub enum TaskState {
     Failed(String),
 }
 
+/// What convergence needs of a tenant this host holds: its plan's
+/// convergence limits and where its usage is counted.
+#[derive(Debug, Clone)]
+pub struct HeldTenant {
+    /// `convergence_tokens_per_day` in force.
+    pub tokens_per_day: u64,
+    /// `convergence_max_pending` in force.
+    pub max_pending: u32,
+    /// Its usage counters.
+    pub counters: Arc<TenantCounters>,
+}
+
+/// The tenants this host holds, as convergence sees them (the registry
+/// implements it; convergence does not depend on the registry).
+pub trait HeldTenants: Send + Sync + std::fmt::Debug {
+    /// `tenant_id`, if this host holds it.
+    fn held(&self, tenant_id: &str) -> Option<HeldTenant>;
+}
+
 /// Convergence as a service of the host: what the API and the guest
 /// capability call, and what the task workers run. It holds only the handles
 /// it uses, not the host.
@@ -109,7 +131,7 @@ pub struct ConvergenceService {
     meta: Arc<dyn MetaStore>,
     tenants: Arc<dyn TenantStore>,
     /// Tenants this host holds: their limits and usage counters.
-    registry: Arc<Registry>,
+    tenants_held: Arc<dyn HeldTenants>,
     master: Arc<MasterKey>,
     /// Limits of tenants this host does not hold.
     defaults: Limits,
@@ -128,8 +150,8 @@ pub struct ConvergenceParts {
     pub provider: Arc<dyn Provider>,
     /// The host's storage (the service keeps the parts it uses).
     pub storage: Arc<dyn Storage>,
-    /// The host's tenants.
-    pub registry: Arc<Registry>,
+    /// The tenants this host holds (the registry).
+    pub held: Arc<dyn HeldTenants>,
     /// Seals webhook secrets.
     pub master: Arc<MasterKey>,
     /// Limits of tenants this host does not hold.
@@ -154,7 +176,7 @@ impl ConvergenceService {
             usage: storage.clone(),
             meta: storage.clone(),
             tenants: storage,
-            registry: parts.registry,
+            tenants_held: parts.held,
             master: parts.master,
             defaults: parts.defaults,
             task_lease: parts.task_lease,
@@ -186,7 +208,7 @@ impl ConvergenceService {
             .map(|(_, u)| u.tokens)
             .sum();
         let stored = stored.max(0) as u64;
-        let pending = self.registry.by_id(tenant_id).map_or(0, |t| {
+        let pending = self.tenants_held.held(tenant_id).map_or(0, |t| {
             t.counters.tokens.load(std::sync::atomic::Ordering::Relaxed)
         });
         Ok(stored + pending)
@@ -194,10 +216,10 @@ impl ConvergenceService {
 
     async fn check_budget(&self, tenant_id: &str) -> Result<(), ConvergenceFailure> {
         let budget = self
-            .registry
-            .by_id(tenant_id)
+            .tenants_held
+            .held(tenant_id)
             .map_or(self.defaults.convergence_tokens_per_day, |t| {
-                t.governor().limits.convergence_tokens_per_day
+                t.tokens_per_day
             });
         let used = self.tokens_today(tenant_id).await?;
         if used >= budget {
@@ -209,7 +231,7 @@ impl ConvergenceService {
     /// Meters tokens to `tenant_id` as each provider call returns.
     fn token_meter(&self, tenant_id: &str) -> TokenMeter {
         TokenMeter {
-            counters: self.registry.by_id(tenant_id).map(|t| t.counters.clone()),
+            counters: self.tenants_held.held(tenant_id).map(|t| t.counters),
             unflushed: std::sync::atomic::AtomicU64::new(0),
             usage: self.usage.clone(),
             tenant_id: tenant_id.to_owned(),
@@ -241,11 +263,9 @@ impl ConvergenceService {
         }
         self.check_budget(tenant_id).await?;
         let max = self
-            .registry
-            .by_id(tenant_id)
-            .map_or(self.defaults.convergence_max_pending, |t| {
-                t.governor().limits.convergence_max_pending
-            });
+            .tenants_held
+            .held(tenant_id)
+            .map_or(self.defaults.convergence_max_pending, |t| t.max_pending);
         let pending = self.tasks.task_count_active(tenant_id).await?;
         if pending >= u64::from(max) {
             return Err(ConvergenceFailure::TooManyTasks { pending, max });
@@ -424,7 +444,7 @@ impl ConvergenceService {
                         .map_err(|e| match e {
                             ConvergeError::Provider(e) => {
                                 tracing::warn!(task = %task.id, tenant_id = %task.tenant_id, error = %e, "the model provider failed");
-                                crate::capability::convergence::PROVIDER_UNAVAILABLE.to_owned()
+                                PROVIDER_UNAVAILABLE.to_owned()
                             }
                             other => other.to_string(),
                         })
