@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use crate::api::deployments::{DeploymentCreated, DeploymentList};
 use crate::api::logs::LogPage;
 use crate::api::orgs::{OrgCreated, OrgEnvelope};
-use crate::api::tenants::{EnvNames, KeyRotated, TenantEnvelope, TenantList, TenantStatusView};
+use crate::api::tenants::{
+    EnvNames, EnvUpdate, KeyRotated, TenantEnvelope, TenantList, TenantStatusView,
+};
 use crate::api::usage::{LimitsEnvelope, UsageView};
 use crate::logs::LogLine;
 use crate::storage::Usage;
@@ -628,37 +630,28 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
             follow,
             limit,
         } => logs(&client, json_out, &tenant, follow, limit).await?,
-        ClientCommand::Env(EnvCommand::Set { tenant, vars }) => {
-            let mut map = serde_json::Map::new();
-            for pair in vars {
-                let (name, value) = pair.split_once('=').ok_or_else(|| CallError {
-                    code: 2,
-                    message: format!("expected NAME=VALUE, got {pair:?}"),
-                })?;
-                map.insert(name.to_owned(), Value::String(value.to_owned()));
-            }
-            let body = json!({ "vars": map });
+        ClientCommand::Env(command) => {
+            let (tenant, vars) = match command {
+                EnvCommand::Set { tenant, vars } => {
+                    let mut set = std::collections::BTreeMap::new();
+                    for pair in vars {
+                        let (name, value) = pair.split_once('=').ok_or_else(|| CallError {
+                            code: 2,
+                            message: format!("expected NAME=VALUE, got {pair:?}"),
+                        })?;
+                        set.insert(name.to_owned(), Some(value.to_owned()));
+                    }
+                    (tenant, set)
+                }
+                EnvCommand::Unset { tenant, names } => {
+                    (tenant, names.into_iter().map(|n| (n, None)).collect())
+                }
+            };
             let answer: Answer<EnvNames> = client
                 .call(
                     client
                         .request(Method::PUT, &tenant_path(&tenant, "/env"))
-                        .json(&body),
-                )
-                .await?;
-            show!(answer, |v: &EnvNames| format!(
-                "variables now set: {}",
-                join(&v.names)
-            ));
-        }
-        ClientCommand::Env(EnvCommand::Unset { tenant, names }) => {
-            let map: serde_json::Map<String, Value> =
-                names.into_iter().map(|n| (n, Value::Null)).collect();
-            let body = json!({ "vars": map });
-            let answer: Answer<EnvNames> = client
-                .call(
-                    client
-                        .request(Method::PUT, &tenant_path(&tenant, "/env"))
-                        .json(&body),
+                        .json(&EnvUpdate { vars }),
                 )
                 .await?;
             show!(answer, |v: &EnvNames| format!(
@@ -790,9 +783,9 @@ async fn logs(
             // must not reach the operator's terminal.
             println!(
                 "{} {:<6} [{}] {}",
-                humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + Duration::from_millis(line.timestamp_ms)
-                ),
+                jiff::Timestamp::from_millisecond(line.timestamp_ms as i64)
+                    .map(|at| format!("{at:.3}"))
+                    .unwrap_or_default(),
                 line.stream.as_str(),
                 escape_controls(&line.request_id),
                 escape_controls(&line.message)

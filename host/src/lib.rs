@@ -17,6 +17,7 @@ pub mod bench;
 pub mod capability;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod convergence;

@@ -205,45 +205,54 @@ impl Drop for GuestLimiter {
     }
 }
 
-/// A token bucket: `rate` requests per second on average, bursts up to `burst`.
+/// A tenant's request rate: `rate` requests per second on average, bursts up
+/// to `burst` — governor's GCRA (a token bucket without a refill task), on a
+/// clock that tests replace.
 #[derive(Debug, Clone)]
-pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    state: Arc<std::sync::Mutex<(f64, std::time::Instant)>>,
+pub struct RateLimiter<C: governor::clock::Clock = governor::clock::DefaultClock> {
+    /// `None`: unlimited.
+    bucket: Option<Arc<DirectLimiter<C>>>,
+    clock: C,
 }
+
+type DirectLimiter<C> = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    C,
+    governor::middleware::NoOpMiddleware<<C as governor::clock::Clock>::Instant>,
+>;
 
 impl RateLimiter {
     /// A full bucket; `rate` ≤ 0 means unlimited.
     pub fn new(rate: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            rate,
-            burst,
-            state: Arc::new(std::sync::Mutex::new((burst, std::time::Instant::now()))),
-        }
+        Self::with_clock(rate, burst, governor::clock::DefaultClock::default())
+    }
+}
+
+impl<C: governor::clock::Clock + Clone> RateLimiter<C> {
+    /// A full bucket on `clock`; `rate` ≤ 0 (or too high to tell from
+    /// unlimited) means unlimited.
+    pub fn with_clock(rate: f64, burst: u32, clock: C) -> Self {
+        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let bucket = (rate > 0.0 && rate.is_finite())
+            .then(|| governor::Quota::with_period(std::time::Duration::from_secs_f64(1.0 / rate)))
+            .flatten()
+            .map(|quota| {
+                Arc::new(governor::RateLimiter::direct_with_clock(
+                    quota.allow_burst(burst),
+                    clock.clone(),
+                ))
+            });
+        Self { bucket, clock }
     }
 
-    /// Takes one token, or says how long until one is available.
+    /// Takes one request's place, or says how long until one is free.
     pub fn try_acquire(&self) -> Result<(), std::time::Duration> {
-        if self.rate <= 0.0 {
-            return Ok(());
-        }
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        let refilled =
-            (state.0 + now.duration_since(state.1).as_secs_f64() * self.rate).min(self.burst);
-        *state = (refilled, now);
-        if refilled >= 1.0 {
-            state.0 -= 1.0;
-            Ok(())
-        } else {
-            Err(std::time::Duration::from_secs_f64(
-                (1.0 - refilled) / self.rate,
-            ))
+        match &self.bucket {
+            None => Ok(()),
+            Some(bucket) => bucket
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
         }
     }
 }
@@ -795,5 +804,33 @@ mod tests {
             Some(10)
         );
         assert!(!tripped.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn the_rate_limiter_allows_the_burst_then_the_rate() {
+        use std::time::Duration;
+        use governor::clock::FakeRelativeClock;
+        let clock = FakeRelativeClock::default();
+        let bucket = RateLimiter::with_clock(2.0, 3, clock.clone());
+        for _ in 0..3 {
+            assert_eq!(bucket.try_acquire(), Ok(()), "the burst");
+        }
+        assert_eq!(bucket.try_acquire(), Err(Duration::from_millis(500)));
+        clock.advance(Duration::from_millis(499));
+        assert_eq!(bucket.try_acquire(), Err(Duration::from_millis(1)));
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(bucket.try_acquire(), Ok(()), "one more after half a second");
+        assert!(bucket.try_acquire().is_err());
+        // A long pause refills the burst, not more.
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(bucket.try_acquire(), Ok(()));
+        }
+        assert!(bucket.try_acquire().is_err());
+        // No rate: unlimited.
+        let free = RateLimiter::with_clock(0.0, 1, clock);
+        for _ in 0..1000 {
+            assert_eq!(free.try_acquire(), Ok(()));
+        }
     }
 }

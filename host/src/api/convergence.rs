@@ -57,16 +57,18 @@ impl From<crate::convergence::tasks::ConvergenceFailure> for ApiError {
                 e.to_string(),
             ),
             F::UnknownTask(_) => Self::not_found("task"),
-            F::Provider(e) => {
-                // The detail (the provider's URL, its answer) is the operator's, not the tenant's.
-                tracing::warn!(error = %e, "the model provider failed");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "provider_unavailable",
-                    "the model provider is unavailable; retry later (quote this response's \
-                     x-request-id to the operator)",
-                )
-            }
+            // The detail (the provider's URL, its answer) is the operator's, not the tenant's.
+            F::Provider(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                "the model provider is unavailable; retry later (quote this response's \
+                 x-request-id to the operator)",
+            )
+            .caused_by(
+                tracing::Level::WARN,
+                "the model provider failed",
+                e.to_string(),
+            ),
             F::Storage(e) => e.into(),
         }
     }

@@ -66,6 +66,19 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    /// What the operator should know and the client must not: logged once,
+    /// by [`log_failures`], in the request's span.
+    cause: Option<Cause>,
+}
+
+/// The host-side cause of a failed call, carried to [`log_failures`] in the
+/// response's extensions.
+#[derive(Debug, Clone)]
+struct Cause {
+    /// `error` for the host's own failures, `warn` for a dependency's.
+    level: tracing::Level,
+    what: &'static str,
+    detail: Arc<str>,
 }
 
 impl ApiError {
@@ -75,7 +88,18 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
+    }
+
+    /// Keeps `detail` for the host's log (never the client's answer).
+    fn caused_by(mut self, level: tracing::Level, what: &'static str, detail: String) -> Self {
+        self.cause = Some(Cause {
+            level,
+            what,
+            detail: detail.into(),
+        });
+        self
     }
 
     /// Also tells the client when to retry.
@@ -119,8 +143,26 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
         response
     }
+}
+
+/// The one place API failures are logged: a layer over every route, inside
+/// the request's span (request id, tenant), once per failed call.
+async fn log_failures(response: Response) -> Response {
+    if let Some(cause) = response.extensions().get::<Cause>() {
+        let status = response.status().as_u16();
+        let (what, detail) = (cause.what, &*cause.detail);
+        if cause.level == tracing::Level::ERROR {
+            tracing::error!(status, error = detail, "{what}");
+        } else {
+            tracing::warn!(status, error = detail, "{what}");
+        }
+    }
+    response
 }
 
 impl From<ControlError> for ApiError {
@@ -153,10 +195,11 @@ impl From<ControlError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "host_busy", e.to_string())
                     .retry_after(2)
             }
-            ControlError::Component(LoadError::Internal(e)) => {
-                tracing::error!(error = %e, "compiling a component failed inside the host");
-                Self::internal()
-            }
+            ControlError::Component(LoadError::Internal(e)) => Self::internal().caused_by(
+                tracing::Level::ERROR,
+                "compiling a component failed inside the host",
+                e.to_string(),
+            ),
             ControlError::Component(e) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
             }
@@ -168,12 +211,14 @@ impl From<ControlError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::NotFound => Self::not_found("tenant"),
+            // Handlers that know what they looked for say so (ControlError::NotFound).
+            StorageError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "not found"),
             StorageError::Conflict(what) => Self::new(StatusCode::CONFLICT, "conflict", what),
-            StorageError::Backend(e) => {
-                tracing::error!(error = ?e, "storage failed");
-                Self::internal()
-            }
+            StorageError::Backend(e) => Self::internal().caused_by(
+                tracing::Level::ERROR,
+                "storage failed",
+                format!("{e:?}"),
+            ),
         }
     }
 }
@@ -294,7 +339,11 @@ async fn tenant_for(lodge: &Lodge, caller: &Principal, id: &str) -> Result<Tenan
     if id.contains('\0') {
         return Err(ApiError::not_found("tenant"));
     }
-    let record = lodge.storage.get_tenant(id).await?;
+    // Missing and another organization's look the same.
+    let record = match lodge.storage.get_tenant(id).await {
+        Err(StorageError::NotFound) => return Err(ApiError::not_found("tenant")),
+        found => found?,
+    };
     let allowed = match caller {
         Principal::Admin => true,
         Principal::Org { org_id } => *org_id == record.org_id,
@@ -442,5 +491,6 @@ pub fn router(lodge: Arc<Lodge>) -> Router {
                 "no app is deployed at this address",
             )
         })
+        .layer(axum::middleware::map_response(log_failures))
         .with_state(lodge)
 }

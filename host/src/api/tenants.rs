@@ -279,7 +279,7 @@ pub(super) async fn set_running(
 }
 
 /// `PUT /tenant/{id}/env` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvUpdate {
     /// Variables to set; `null` removes one. Others stay as they are.

@@ -28,36 +28,21 @@ pub struct UsageQuery {
 /// The period a usage query covers, as stored hour keys.
 pub(super) fn usage_range(query: &UsageQuery) -> Result<(String, String), ApiError> {
     fn hour_key(value: &str, end: bool) -> Result<String, ApiError> {
-        let bad = || {
+        crate::clock::parse_hour_key(value, end).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
                 format!("{value:?} is not a date (YYYY-MM-DD) or hour (YYYY-MM-DDTHH) in UTC"),
             )
-        };
-        let (date, hour) = match value.split_once('T') {
-            Some((date, hour)) => (date, Some(hour)),
-            None => (value, None),
-        };
-        humantime::parse_rfc3339(&format!("{date}T00:00:00Z")).map_err(|_| bad())?;
-        let hour = match hour {
-            Some(h) if h.len() == 2 && h.parse::<u8>().is_ok_and(|h| h < 24) => h.to_owned(),
-            Some(_) => return Err(bad()),
-            None if end => "23".to_owned(),
-            None => "00".to_owned(),
-        };
-        Ok(format!("{date}T{hour}"))
+        })
     }
     let to = match &query.to {
         Some(to) => hour_key(to, true)?,
-        None => crate::storage::this_hour(),
+        None => crate::clock::this_hour(),
     };
     let from = match &query.from {
         Some(from) => hour_key(from, false)?,
-        None => {
-            let start = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
-            format!("{}T00", &humantime::format_rfc3339(start).to_string()[..10])
-        }
+        None => crate::clock::days_ago(30),
     };
     if from > to {
         return Err(ApiError::new(

@@ -274,19 +274,21 @@ impl Provider for OpenAiCompatible {
     }
 
     async fn chat(&self, messages: &[ChatMessage]) -> Result<Reply, ProviderError> {
-        let mut backoff = self.config.backoff;
-        let mut attempt = 0;
-        loop {
-            match self.attempt(messages).await {
-                Ok(reply) => return Ok(reply),
-                Err((error, retry)) if retry && attempt < self.config.retries => {
-                    tracing::warn!(%error, attempt, "model provider failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                    attempt += 1;
-                }
-                Err((error, _)) => return Err(error),
-            }
-        }
+        use backon::Retryable as _;
+        // Timeouts, 429 and 5xx are retried `retries` times, the delay
+        // doubling from `backoff`; anything else fails at once.
+        let policy = backon::ExponentialBuilder::default()
+            .with_min_delay(self.config.backoff)
+            .with_factor(2.0)
+            .with_max_times(self.config.retries as usize);
+        (|| self.attempt(messages))
+            .retry(policy)
+            .sleep(tokio::time::sleep)
+            .when(|(_, retry)| *retry)
+            .notify(|(error, _), after| {
+                tracing::warn!(%error, ?after, "model provider failed; retrying");
+            })
+            .await
+            .map_err(|(error, _)| error)
     }
 }

@@ -683,22 +683,30 @@ impl Webhooks {
     }
 }
 
-/// Posts a webhook, three tries with backoff; returns how it went.
+/// Posts a webhook, three tries with backoff (backon); returns how it went.
 async fn deliver(hook: &Webhook, allow_private: bool) -> String {
-    let mut last = String::new();
-    for attempt in 0..3u32 {
+    use backon::Retryable as _;
+    // `Ok`: how it ended; `Err`: a failure worth another try.
+    let attempt = || async {
         match post_once(hook, allow_private).await {
-            Ok(status) if status.is_success() => return format!("delivered: {status}"),
+            Ok(status) if status.is_success() => Ok(format!("delivered: {status}")),
             Ok(status) if status.is_redirection() => {
-                return format!("failed: {status} (redirects are not followed)");
+                Ok(format!("failed: {status} (redirects are not followed)"))
             }
-            Ok(status) => last = format!("failed: {status}"),
-            Err(Refused(why)) => return format!("refused: {why}"),
-            Err(Failed(why)) => last = format!("failed: {why}"),
+            Ok(status) => Err(format!("failed: {status}")),
+            Err(Refused(why)) => Ok(format!("refused: {why}")),
+            Err(Failed(why)) => Err(format!("failed: {why}")),
         }
-        tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
-    }
-    last
+    };
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_factor(2.0)
+        .with_max_times(2);
+    attempt
+        .retry(policy)
+        .sleep(tokio::time::sleep)
+        .await
+        .unwrap_or_else(|last| last)
 }
 
 /// Why one try did not get a status: refused by the egress rule (no retry),

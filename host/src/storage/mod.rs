@@ -42,7 +42,6 @@ mod contract;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use sqlx::{Any, AnyPool, Transaction};
@@ -213,25 +212,4 @@ fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Now, as RFC 3339 with milliseconds, UTC.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// Today's date, `YYYY-MM-DD` UTC.
-pub fn today() -> String {
-    now_rfc3339()[..10].to_owned()
-}
-
-/// This hour, `YYYY-MM-DDTHH` UTC: the key usage is stored under.
-pub fn this_hour() -> String {
-    now_rfc3339()[..13].to_owned()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub use crate::clock::{now_ms, now_rfc3339, this_hour, today};
