@@ -808,8 +808,8 @@ mod tests {
 
     #[test]
     fn the_rate_limiter_allows_the_burst_then_the_rate() {
-        use std::time::Duration;
         use governor::clock::FakeRelativeClock;
+        use std::time::Duration;
         let clock = FakeRelativeClock::default();
         let bucket = RateLimiter::with_clock(2.0, 3, clock.clone());
         for _ in 0..3 {
