@@ -497,7 +497,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             "metrics on http://{}/metrics (no token)",
             metrics.local_addr()?
         );
-        let router = crate::api::metrics_router(lodge.clone());
+        let router = crate::api::metrics_router(lodge.api_services());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(metrics, router).await {
                 tracing::error!(error = %e, "the metrics listener stopped");

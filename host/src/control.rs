@@ -4,21 +4,181 @@
 //! registry from it.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::auth;
-use crate::config::Limits;
-use crate::instance::{App, LoadError};
-use crate::logs::TenantLogs;
+use crate::auth::{self, AdminToken};
+use crate::config::{HostConfig, Limits};
+use crate::instance::{App, LoadError, Runtime};
+use crate::logs::{ArchiveSender, TenantLogs};
+use crate::metrics::Metrics;
 use crate::plans::{LimitsPatch, PlanBook};
-use crate::registry::{Active, Tenant};
-use crate::server::Lodge;
+use crate::registry::{Active, Registry, Tenant};
+use crate::storage::Storage;
 use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, now_rfc3339};
+use crate::wallet::MasterKey;
 use crate::wallet::Purpose;
+
+/// The control plane: tenants' life cycle (spawn, deploy, rollback, stop and
+/// start, env, keys, limits, delete), restore at start, usage flushes, and
+/// keeping this host's registry in line with storage (with `sync`). Built
+/// by the composition root (`Lodge::open`) with only the handles it uses.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// Host-wide settings.
+    pub config: HostConfig,
+    /// The engine, linker and artifact cache.
+    pub runtime: Arc<Runtime>,
+    /// The tenants served.
+    pub registry: Arc<Registry>,
+    /// Everything that survives a restart.
+    pub storage: Arc<dyn Storage>,
+    /// The operator's token.
+    pub admin: AdminToken,
+    /// The key sealing wallet seeds, env values and webhook secrets.
+    pub master: Arc<MasterKey>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Sends change notices to other hosts (PostgreSQL only).
+    pub(crate) notifier: Option<crate::sync::Notifier>,
+    plans: arc_swap::ArcSwap<PlanBook>,
+    me: Weak<ControlPlane>,
+    /// Where tenants' log lines go to be archived.
+    pub(crate) log_archive: ArchiveSender,
+    /// Compilations running at once (one per core): a burst of cold tenants
+    /// after an engine upgrade queues instead of exhausting memory.
+    compiles: Arc<tokio::sync::Semaphore>,
+    /// Deploy uploads received or compiled at once (`--max-uploads`).
+    pub(crate) uploads: Uploads,
+}
+
+/// What [`ControlPlane::new`] is built from.
+#[derive(Debug)]
+pub struct ControlParts {
+    /// Host-wide settings.
+    pub config: HostConfig,
+    /// The engine.
+    pub runtime: Arc<Runtime>,
+    /// The tenants served.
+    pub registry: Arc<Registry>,
+    /// Storage.
+    pub storage: Arc<dyn Storage>,
+    /// The operator's token.
+    pub admin: AdminToken,
+    /// The master key.
+    pub master: Arc<MasterKey>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Change notices (PostgreSQL).
+    pub notifier: Option<crate::sync::Notifier>,
+    /// The plans in force.
+    pub plans: PlanBook,
+    /// The log archive's queue.
+    pub log_archive: ArchiveSender,
+}
+
+impl ControlPlane {
+    /// The control plane over `parts`.
+    pub fn new(parts: ControlParts) -> Arc<Self> {
+        let uploads = Uploads::new(parts.config.max_uploads);
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            uploads,
+            config: parts.config,
+            runtime: parts.runtime,
+            registry: parts.registry,
+            storage: parts.storage,
+            admin: parts.admin,
+            master: parts.master,
+            metrics: parts.metrics,
+            notifier: parts.notifier,
+            plans: arc_swap::ArcSwap::from_pointee(parts.plans),
+            log_archive: parts.log_archive,
+            compiles: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+        })
+    }
+
+    /// The plans in force.
+    pub fn plans(&self) -> Arc<PlanBook> {
+        self.plans.load_full()
+    }
+
+    pub(crate) fn set_plans(&self, book: PlanBook) {
+        self.plans.store(Arc::new(book));
+    }
+
+    /// A weak handle to this control plane, for work that outlives a call.
+    pub fn weak(&self) -> Weak<Self> {
+        self.me.clone()
+    }
+
+    /// Where end users reach tenant `slug`.
+    pub fn tenant_url(&self, slug: &str) -> String {
+        match &self.config.base_domain {
+            Some(domain) => format!("http://{slug}.{}/", domain.trim_matches('.')),
+            None => format!("http://{slug}.localhost:{}/", self.config.listen.port()),
+        }
+    }
+
+    /// Compiles `wasm` off the async threads (validation only; nothing is stored).
+    pub async fn load(&self, wasm: impl Into<Bytes>) -> Result<Arc<App>, LoadError> {
+        let wasm: Bytes = wasm.into();
+        let _permit = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|e| LoadError::Internal(e.into()))?;
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
+            .await
+            .map_err(|e| LoadError::Internal(e.into()))?
+    }
+
+    /// Creates (or updates) tenant `slug` in the `local` organization serving
+    /// `wasm`; `limits`, if given, become the tenant's own (stored) limits.
+    pub async fn add_app(
+        &self,
+        slug: &str,
+        wasm: Vec<u8>,
+        limits: Option<Limits>,
+    ) -> anyhow::Result<Arc<Tenant>> {
+        anyhow::ensure!(
+            crate::routing::is_valid_slug(slug),
+            "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', not at either end"
+        );
+        let tenant = self.ensure_local_app(slug, wasm).await?;
+        if let Some(limits) = limits {
+            let _change = tenant.changes.lock().await;
+            let (plan, _) = tenant.plan();
+            let overrides = LimitsPatch::full(&limits);
+            self.storage
+                .set_tenant_limits(&tenant.id, &plan, &overrides)
+                .await?;
+            tenant.set_plan(plan, overrides);
+            // Exactly these limits (the stored form rounds memory to MiB).
+            tenant.set_limits(limits);
+        }
+        Ok(tenant)
+    }
+
+    /// Adds tenant `slug` from a `.wasm` file (`lodge serve --app`).
+    pub async fn add_app_file(&self, slug: &str, path: &Path) -> anyhow::Result<Arc<Tenant>> {
+        let wasm = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        self.add_app(slug, wasm, None)
+            .await
+            .with_context(|| format!("loading {} as tenant {slug:?}", path.display()))
+    }
+}
 
 /// Why a control-plane operation failed, in terms the API can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +309,7 @@ impl Uploads {
     }
 }
 
-/// Result of [`Lodge::spawn_tenant`].
+/// Result of [`ControlPlane::spawn_tenant`].
 #[derive(Debug)]
 pub struct Spawned {
     /// The stored tenant.
@@ -180,7 +340,7 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-impl Lodge {
+impl ControlPlane {
     /// `plan`, or `default`, if this host knows it.
     fn check_plan(&self, plan: Option<String>) -> Result<String, ControlError> {
         let plan = plan.unwrap_or_else(|| crate::plans::DEFAULT_PLAN.to_owned());
@@ -913,6 +1073,120 @@ impl Lodge {
             self.deploy(&record, Bytes::from(wasm), None).await?;
         }
         Ok(tenant)
+    }
+}
+
+/// Keeping this host in line with the others (see `sync`).
+impl ControlPlane {
+    /// Tells every host (this one included) that tenant `tenant_id` changed.
+    pub(crate) async fn announce(&self, tenant_id: &str) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::sync::CHANNEL)
+            .bind(tenant_id)
+            .execute(notifier.pool())
+            .await;
+        if let Err(e) = sent {
+            // The reconcile loop catches up within its interval.
+            tracing::warn!(tenant_id, error = %e, "change notice not sent");
+        }
+    }
+
+    /// Brings tenant `id` in this host's registry in line with storage: adds it,
+    /// updates its status, env, limits and active version, or removes it.
+    pub async fn refresh_tenant(&self, id: &str) -> Result<(), ControlError> {
+        let tenant = match self.registry.by_id(id) {
+            Some(tenant) => tenant,
+            None => match self.storage.get_tenant(id).await {
+                Ok(record) => {
+                    let env = self.stored_env(&record.id).await?;
+                    self.register(&record, env.vars).await
+                }
+                Err(StorageError::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        // Read storage under the tenant's change lock, so a change this host is
+        // making right now is either fully in what we read or not started.
+        let _change = tenant.changes.lock().await;
+        let record = match self.storage.get_tenant(id).await {
+            Ok(record) => record,
+            Err(StorageError::NotFound) => {
+                self.flush_usage_of(&tenant).await;
+                if self
+                    .registry
+                    .get(&tenant.slug)
+                    .is_some_and(|t| t.id == tenant.id)
+                {
+                    self.registry.remove(&tenant.slug);
+                    tracing::info!(tenant = %tenant.slug, "removed (deleted through another host)");
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let env = self.stored_env(&record.id).await?.vars;
+        let active = match record.active_version {
+            Some(version) if tenant.active().map(|a| a.version) != Some(version) => {
+                let deployment = self.storage.get_deployment(&record.id, version).await?;
+                // Compiled here (into the artifact cache, not memory) so the
+                // first request on this host only loads it.
+                self.warm(&deployment.sha256).await;
+                Some(Active::unloaded(
+                    version,
+                    &deployment.sha256,
+                    deployment.size as usize,
+                ))
+            }
+            Some(_) => tenant.active(),
+            None => None,
+        };
+        tenant.update(|state| {
+            state.status = record.status;
+            state.env = Arc::from(env);
+            state.active = active;
+        });
+        if tenant.plan() != (record.plan.clone(), record.limits.clone()) {
+            let limits = self.plans().effective(&record.plan, &record.limits);
+            tenant.set_plan(record.plan.clone(), record.limits.clone());
+            tenant.set_limits(limits);
+        }
+        tenant.set_synced(&record.updated_at);
+        Ok(())
+    }
+
+    /// Refreshes every tenant whose stored record differs from the registry or
+    /// changed since this host last applied it (env changes show only there),
+    /// and drops tenants storage no longer has.
+    pub async fn reconcile(&self) -> Result<usize, ControlError> {
+        let mut seen = HashSet::new();
+        let mut changed = 0;
+        for record in self.all_tenant_records().await? {
+            seen.insert(record.id.clone());
+            let differs = match self.registry.by_id(&record.id) {
+                None => true,
+                Some(tenant) => {
+                    let state = tenant.state();
+                    state.status != record.status
+                        || state.active.map(|a| a.version) != record.active_version
+                        || tenant.plan() != (record.plan.clone(), record.limits.clone())
+                        || tenant.synced() != record.updated_at
+                }
+            };
+            if differs {
+                self.refresh_tenant(&record.id).await?;
+                changed += 1;
+            }
+        }
+        for tenant in self.registry.all() {
+            if !seen.contains(&*tenant.id) {
+                self.refresh_tenant(&tenant.id).await?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 }
 

@@ -12,28 +12,40 @@ use http::header::CONTENT_LENGTH;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::capability::CapabilityHost;
 use crate::capability::Grant;
+use crate::control::ControlPlane;
 use crate::counters::TenantCounters;
 use crate::error::DataPlaneError;
+use crate::error::ResponseBody;
 use crate::instance::Invocation;
 use crate::limits::{self, CappedBody};
 use crate::logs::LogStream;
 use crate::registry::Tenant;
 use crate::routing::{self, Route};
-use crate::server::{Lodge, ResponseBody};
 use crate::storage::TenantStatus;
+
+/// What the data plane reads: the registry, the runtime and loading (the
+/// control plane's) and what capabilities are built from.
+#[derive(Debug, Clone, Copy)]
+pub struct DataPlane<'a> {
+    /// Tenants, the runtime, component loading.
+    pub control: &'a ControlPlane,
+    /// Guests' capabilities.
+    pub capabilities: &'a CapabilityHost,
+}
 
 /// Serves `req`, addressed to `route`, with request id `request_id`.
 pub async fn handle(
-    lodge: &Lodge,
+    plane: DataPlane<'_>,
     route: Route,
     request_id: Arc<str>,
     req: http::Request<Incoming>,
 ) -> http::Response<ResponseBody> {
     let started = Instant::now();
-    let tenant = lodge.registry.get(&route.slug);
+    let tenant = plane.control.registry.get(&route.slug);
     let result = match &tenant {
-        Some(tenant) => run(lodge, tenant, &route, &request_id, req).await,
+        Some(tenant) => run(plane, tenant, &route, &request_id, req).await,
         None => Err(DataPlaneError::TenantNotFound),
     };
     let failure = result.as_ref().err().copied();
@@ -121,7 +133,7 @@ struct MeteredBody {
 
 impl http_body::Body for MeteredBody {
     type Data = bytes::Bytes;
-    type Error = crate::server::BoxError;
+    type Error = crate::error::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -148,7 +160,7 @@ impl http_body::Body for MeteredBody {
 }
 
 async fn run(
-    lodge: &Lodge,
+    plane: DataPlane<'_>,
     tenant: &Tenant,
     route: &Route,
     request_id: &Arc<str>,
@@ -188,9 +200,13 @@ async fn run(
             retry_after_secs: wait.as_secs_f64().ceil() as u64,
         });
     }
-    let admission = limits::admit(lodge.runtime.pool(), &tenant.load, limits.max_concurrency)?;
+    let admission = limits::admit(
+        plane.control.runtime.pool(),
+        &tenant.load,
+        limits.max_concurrency,
+    )?;
     let app = active
-        .app_or_load(|| lodge.load_component(&active.digest, active.size))
+        .app_or_load(|| plane.control.load_component(&active.digest, active.size))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "loading the active version failed");
@@ -214,7 +230,7 @@ async fn run(
     let call = Invocation {
         limits,
         grant: Grant::for_request(
-            &lodge.capabilities,
+            plane.capabilities,
             tenant.parts(),
             limits,
             state.env.clone(),
@@ -223,9 +239,13 @@ async fn run(
         admission,
         counters: &tenant.counters,
         load: tenant.load.clone(),
-        lanes: lodge.runtime.lanes().saturating_mul(limits.weight.max(1)),
+        lanes: plane
+            .control
+            .runtime
+            .lanes()
+            .saturating_mul(limits.weight.max(1)),
     };
-    match lodge.runtime.invoke(&app, call, request).await {
+    match plane.control.runtime.invoke(&app, call, request).await {
         Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
         Err(_) if tripped.load(Ordering::Acquire) => Err(DataPlaneError::BodyTooLarge),
         Err(failure) => Err(failure.into()),

@@ -21,25 +21,28 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Lodge;
+use crate::control::ControlPlane;
+use crate::convergence::tasks::ConvergenceService;
 use crate::storage::Storage;
 
 pub use crate::background::Jobs;
 
-/// Starts every periodic job of `lodge` (see the table above).
-pub(crate) fn start(lodge: &Arc<Lodge>) {
-    let jobs = &lodge.jobs;
+/// Starts every periodic job of the host's services (see the table above).
+pub(crate) fn start(jobs: &Jobs, lodge: &Arc<ControlPlane>, convergence: &Arc<ConvergenceService>) {
     let weak = || Arc::downgrade(lodge);
     for _ in 0..lodge.config.convergence_workers {
         jobs.spawn(
             "task worker",
-            crate::convergence::tasks::work(Arc::downgrade(&lodge.convergence)),
+            crate::convergence::tasks::work(Arc::downgrade(convergence)),
         );
     }
     jobs.spawn("precompile", warm_missing_artifacts(weak()));
     jobs.spawn("usage flush", flush_usage_periodically(weak()));
     jobs.spawn("housekeeping", housekeeping_periodically(weak()));
-    jobs.spawn("lapsed leases", requeue_lapsed_tasks_periodically(weak()));
+    jobs.spawn(
+        "lapsed leases",
+        requeue_lapsed_tasks_periodically(weak(), Arc::downgrade(convergence)),
+    );
     jobs.spawn(
         "idle unload",
         unload_idle_periodically(weak(), lodge.config.idle_unload),
@@ -48,10 +51,10 @@ pub(crate) fn start(lodge: &Arc<Lodge>) {
         jobs.spawn("config watch", watch_config(weak()));
     }
     if let (Some(url), Some(_)) = (&lodge.config.database_url, &lodge.notifier) {
-        jobs.spawn("change notices", crate::sync::listen(weak(), url.clone()));
+        jobs.spawn("change notices", listen(weak(), url.clone()));
         jobs.spawn(
             "reconcile",
-            crate::sync::reconcile_periodically(weak(), lodge.config.reconcile_interval),
+            reconcile_periodically(weak(), lodge.config.reconcile_interval),
         );
     }
 }
@@ -94,7 +97,7 @@ pub(crate) async fn archive_logs(
 }
 
 /// Re-reads the config file every `config_poll` (and on SIGHUP) while the host lives.
-async fn watch_config(lodge: std::sync::Weak<Lodge>) {
+async fn watch_config(lodge: std::sync::Weak<ControlPlane>) {
     let poll = match lodge.upgrade() {
         Some(lodge) => lodge.config.config_poll,
         None => return,
@@ -128,7 +131,7 @@ async fn watch_config(lodge: std::sync::Weak<Lodge>) {
 }
 
 /// Drops the components of tenants idle for `HostConfig::idle_unload`.
-async fn unload_idle_periodically(lodge: std::sync::Weak<Lodge>, idle: Duration) {
+async fn unload_idle_periodically(lodge: std::sync::Weak<ControlPlane>, idle: Duration) {
     let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +159,7 @@ async fn unload_idle_periodically(lodge: std::sync::Weak<Lodge>, idle: Duration)
 /// After a start, compiles (one per core, in the background) the active
 /// components whose artifact is missing, e.g. after an upgrade changed the
 /// engine, so their tenants' first requests only load.
-async fn warm_missing_artifacts(lodge: std::sync::Weak<Lodge>) {
+async fn warm_missing_artifacts(lodge: std::sync::Weak<ControlPlane>) {
     let digests: std::collections::BTreeSet<String> = match lodge.upgrade() {
         Some(lodge) => lodge
             .registry
@@ -182,7 +185,10 @@ async fn warm_missing_artifacts(lodge: std::sync::Weak<Lodge>) {
 
 /// Puts tasks whose lease lapsed back in the queue: their host died (several
 /// hosts) or could not store their result.
-async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
+async fn requeue_lapsed_tasks_periodically(
+    lodge: std::sync::Weak<ControlPlane>,
+    convergence: std::sync::Weak<ConvergenceService>,
+) {
     let every = match lodge.upgrade() {
         Some(lodge) => lodge.config.reconcile_interval,
         None => return,
@@ -200,7 +206,9 @@ async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(tasks = n, "requeued convergence tasks whose lease lapsed");
-                lodge.convergence.wake_workers();
+                if let Some(convergence) = convergence.upgrade() {
+                    convergence.wake_workers();
+                }
             }
             Err(e) => tracing::warn!(error = %e, "requeueing lapsed tasks failed"),
         }
@@ -210,7 +218,7 @@ async fn requeue_lapsed_tasks_periodically(lodge: std::sync::Weak<Lodge>) {
 /// Prunes archived log lines by each tenant's plan (age and count) and
 /// deletes artifacts of components no longer stored: at start, then every
 /// `housekeeping_interval`.
-async fn housekeeping_periodically(lodge: std::sync::Weak<Lodge>) {
+async fn housekeeping_periodically(lodge: std::sync::Weak<ControlPlane>) {
     let every = match lodge.upgrade() {
         Some(lodge) => lodge.config.housekeeping_interval,
         None => return,
@@ -225,7 +233,7 @@ async fn housekeeping_periodically(lodge: std::sync::Weak<Lodge>) {
 }
 
 /// One round of housekeeping (see [`housekeeping_periodically`]).
-pub async fn housekeeping(lodge: &Lodge) {
+pub async fn housekeeping(lodge: &ControlPlane) {
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
     let now = crate::storage::now_ms();
     let mut pruned = 0;
@@ -249,12 +257,70 @@ pub async fn housekeeping(lodge: &Lodge) {
     lodge.sweep_artifacts().await;
 }
 
-async fn flush_usage_periodically(lodge: std::sync::Weak<Lodge>) {
+async fn flush_usage_periodically(lodge: std::sync::Weak<ControlPlane>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tick.tick().await;
         let Some(lodge) = lodge.upgrade() else { return };
         lodge.flush_usage().await;
+    }
+}
+
+/// Listens for change notices while the host lives (a `jobs` job).
+pub(crate) async fn listen(lodge: std::sync::Weak<ControlPlane>, url: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener cannot connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                if lodge.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(crate::sync::CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        loop {
+            let notice = listener.recv().await;
+            let Some(lodge) = lodge.upgrade() else { return };
+            match notice {
+                Ok(notice) => {
+                    let id = notice.payload().to_owned();
+                    if let Err(e) = lodge.refresh_tenant(&id).await {
+                        tracing::warn!(tenant_id = %id, error = %e, "refresh after a change notice failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn reconcile_periodically(
+    lodge: std::sync::Weak<ControlPlane>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        match lodge.reconcile().await {
+            Ok(0) => {}
+            Ok(changed) => tracing::info!(changed, "reconciled tenants with the database"),
+            Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+        }
     }
 }

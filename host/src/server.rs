@@ -21,56 +21,45 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::auth::AdminToken;
-use crate::config::{HostConfig, Limits};
+use crate::config::HostConfig;
+use crate::control::{ControlParts, ControlPlane};
 use crate::convergence::provider::{Offline, OpenAiCompatible, Provider};
 use crate::convergence::tasks::{ConvergenceParts, ConvergenceService};
 use crate::dataplane;
-use crate::instance::{App, LoadError, Runtime};
+use crate::instance::Runtime;
 use crate::logs::ArchiveSender;
 use crate::metrics::Metrics;
 use crate::plans::PlanBook;
-use crate::registry::{Registry, Tenant};
-use crate::routing::{self, REQUEST_ID, is_valid_slug};
+use crate::registry::Registry;
+use crate::routing::{self, REQUEST_ID};
 use crate::storage::{Dialect, SqlStorage, Storage};
 use crate::wallet::MasterKey;
 
 pub use crate::error::{BoxError, ResponseBody};
 
-/// One Lodge host: its settings, its runtime, its storage and its tenants.
+/// One Lodge host, as the composition root builds it: the services, each
+/// holding only the handles it uses, and the jobs they run. It derefs to its
+/// control plane (settings, runtime, registry, storage), which is what most
+/// callers want.
 #[derive(Debug)]
 pub struct Lodge {
-    /// Host-wide settings.
-    pub config: HostConfig,
-    /// The engine, linker and artifact cache.
-    pub runtime: Arc<Runtime>,
-    /// The tenants served.
-    pub registry: Arc<Registry>,
-    /// Everything that survives a restart.
-    pub storage: Arc<dyn Storage>,
-    /// The operator's token.
-    pub admin: AdminToken,
-    /// The key sealing wallet seeds.
-    pub master: Arc<MasterKey>,
+    /// Tenants' life cycle, the registry, storage and the runtime.
+    pub control: Arc<ControlPlane>,
     /// Convergence: the API's and the guest capability's, and the task workers'.
     pub convergence: Arc<ConvergenceService>,
     /// What guests' capabilities are built from.
     pub capabilities: crate::capability::CapabilityHost,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// Sends change notices to other hosts (PostgreSQL only).
-    pub(crate) notifier: Option<crate::sync::Notifier>,
-    plans: arc_swap::ArcSwap<PlanBook>,
-    me: std::sync::Weak<Lodge>,
-    /// Where tenants' log lines go to be archived.
-    pub(crate) log_archive: ArchiveSender,
-    generated_admin_token: std::sync::Mutex<Option<String>>,
-    /// Compilations running at once (one per core): a burst of cold tenants
-    /// after an engine upgrade queues instead of exhausting memory.
-    compiles: Arc<tokio::sync::Semaphore>,
-    /// Deploy uploads received or compiled at once (`--max-uploads`).
-    pub(crate) uploads: crate::control::Uploads,
     /// Every background loop of the host, stopped together at shutdown.
     pub(crate) jobs: crate::jobs::Jobs,
+    generated_admin_token: std::sync::Mutex<Option<String>>,
+}
+
+impl std::ops::Deref for Lodge {
+    type Target = ControlPlane;
+
+    fn deref(&self) -> &ControlPlane {
+        &self.control
+    }
 }
 
 impl Lodge {
@@ -145,7 +134,6 @@ impl Lodge {
             None => Arc::new(Offline),
         };
         let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
-        let uploads = crate::control::Uploads::new(config.max_uploads);
         let registry = Arc::new(Registry::default());
         let jobs = crate::jobs::Jobs::default();
         let convergence = Arc::new(ConvergenceService::new(ConvergenceParts {
@@ -165,26 +153,24 @@ impl Lodge {
             master: master.clone(),
             convergence: convergence.clone(),
         };
-        let lodge = Arc::new_cyclic(|me| Self {
-            me: me.clone(),
+        let control = ControlPlane::new(ControlParts {
             config,
             runtime,
             registry,
             storage,
             admin,
             master,
-            capabilities,
-            convergence,
             metrics,
             notifier,
-            plans: arc_swap::ArcSwap::from_pointee(plans),
+            plans,
             log_archive,
-            generated_admin_token: std::sync::Mutex::new(generated),
-            compiles: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            )),
-            uploads,
+        });
+        let lodge = Arc::new(Self {
+            control,
+            convergence,
+            capabilities,
             jobs,
+            generated_admin_token: std::sync::Mutex::new(generated),
         });
         // Not cancelled from outside: it writes what is queued when the host stops.
         lodge.jobs.spawn_finishing(crate::jobs::archive_logs(
@@ -198,22 +184,16 @@ impl Lodge {
         let restored = lodge.restore().await.context("restoring tenants")?;
         tracing::info!(requeued, "convergence tasks resumed");
         tracing::info!(tenants = lodge.registry.len(), restored, "tenants restored");
-        crate::jobs::start(&lodge);
+        crate::jobs::start(&lodge.jobs, &lodge.control, &lodge.convergence);
         Ok(lodge)
     }
 
-    /// The plans in force.
-    pub fn plans(&self) -> Arc<PlanBook> {
-        self.plans.load_full()
-    }
-
-    pub(crate) fn set_plans(&self, book: PlanBook) {
-        self.plans.store(Arc::new(book));
-    }
-
-    /// A weak handle to this host, for capabilities that call back into it.
-    pub fn weak(&self) -> std::sync::Weak<Self> {
-        self.me.clone()
+    /// What the REST API's handlers are given.
+    pub fn api_services(&self) -> crate::api::AppState {
+        Arc::new(crate::api::ApiServices {
+            control: self.control.clone(),
+            convergence: self.convergence.clone(),
+        })
     }
 
     /// The admin token, if this start generated it (returned once).
@@ -222,69 +202,6 @@ impl Lodge {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
-    }
-
-    /// Where end users reach tenant `slug`.
-    pub fn tenant_url(&self, slug: &str) -> String {
-        match &self.config.base_domain {
-            Some(domain) => format!("http://{slug}.{}/", domain.trim_matches('.')),
-            None => format!("http://{slug}.localhost:{}/", self.config.listen.port()),
-        }
-    }
-
-    /// Compiles `wasm` off the async threads (validation only; nothing is stored).
-    pub async fn load(&self, wasm: impl Into<Bytes>) -> Result<Arc<App>, LoadError> {
-        let wasm: Bytes = wasm.into();
-        let _permit = self
-            .compiles
-            .acquire()
-            .await
-            .map_err(|e| LoadError::Internal(e.into()))?;
-        let runtime = self.runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
-            .await
-            .map_err(|e| LoadError::Internal(e.into()))?
-    }
-
-    /// Creates (or updates) tenant `slug` in the `local` organization serving
-    /// `wasm`; `limits`, if given, become the tenant's own (stored) limits.
-    pub async fn add_app(
-        self: &Arc<Self>,
-        slug: &str,
-        wasm: Vec<u8>,
-        limits: Option<Limits>,
-    ) -> anyhow::Result<Arc<Tenant>> {
-        anyhow::ensure!(
-            is_valid_slug(slug),
-            "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', not at either end"
-        );
-        let tenant = self.ensure_local_app(slug, wasm).await?;
-        if let Some(limits) = limits {
-            let _change = tenant.changes.lock().await;
-            let (plan, _) = tenant.plan();
-            let overrides = crate::plans::LimitsPatch::full(&limits);
-            self.storage
-                .set_tenant_limits(&tenant.id, &plan, &overrides)
-                .await?;
-            tenant.set_plan(plan, overrides);
-            // Exactly these limits (the stored form rounds memory to MiB).
-            tenant.set_limits(limits);
-        }
-        Ok(tenant)
-    }
-
-    /// Adds tenant `slug` from a `.wasm` file (`lodge serve --app`).
-    pub async fn add_app_file(
-        self: &Arc<Self>,
-        slug: &str,
-        path: &Path,
-    ) -> anyhow::Result<Arc<Tenant>> {
-        let wasm = tokio::fs::read(path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
-        self.add_app(slug, wasm, None)
-            .await
-            .with_context(|| format!("loading {} as tenant {slug:?}", path.display()))
     }
 
     /// Answers one request: a tenant's, or the host's own endpoints in `control`.
@@ -303,9 +220,17 @@ impl Lodge {
                     request_id = %id,
                     version = tracing::field::Empty
                 );
-                dataplane::handle(self, route, id, req)
-                    .instrument(span)
-                    .await
+                dataplane::handle(
+                    dataplane::DataPlane {
+                        control: &self.control,
+                        capabilities: &self.capabilities,
+                    },
+                    route,
+                    id,
+                    req,
+                )
+                .instrument(span)
+                .await
             }
             None => {
                 // The control plane sees the same id the response carries.
@@ -361,7 +286,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let control = crate::api::router(lodge.clone());
+    let control = crate::api::router(lodge.api_services());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -85,7 +85,7 @@ pub(super) fn converging_tenant(caller: &Principal) -> Result<String, ApiError> 
 }
 
 pub(super) async fn run_converge(
-    lodge: &Lodge,
+    lodge: &ApiServices,
     caller: &Principal,
     preset: Option<crate::convergence::Preset>,
     body: ConvergeBody,

@@ -57,7 +57,7 @@ pub(super) async fn tenant_logs(
 /// What keeps a followed log stream open: the key it was opened with still
 /// valid, and the tenant still running. Checked every second.
 pub(super) struct Watch {
-    lodge: Arc<Lodge>,
+    lodge: AppState,
     authorization: String,
     tenant: Arc<Tenant>,
 }

@@ -31,11 +31,12 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::{self, AuthError, Principal};
 use crate::control::ControlError;
+use crate::control::ControlPlane;
+use crate::convergence::tasks::ConvergenceService;
 use crate::instance::LoadError;
 use crate::logs::LogLine;
 use crate::plans::LimitsPatch;
 use crate::registry::Tenant;
-use crate::server::Lodge;
 use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, Usage};
 
 pub mod convergence;
@@ -55,7 +56,26 @@ use usage::*;
 use wallet::*;
 
 /// The API's state.
-type AppState = Arc<Lodge>;
+/// What the API's handlers are given: the control plane (which they read
+/// through `Deref`) and convergence; not the whole host.
+#[derive(Debug)]
+pub struct ApiServices {
+    /// Tenants, storage, the registry and the runtime.
+    pub control: Arc<ControlPlane>,
+    /// Convergence and its tasks.
+    pub convergence: Arc<ConvergenceService>,
+}
+
+impl std::ops::Deref for ApiServices {
+    type Target = ControlPlane;
+
+    fn deref(&self) -> &ControlPlane {
+        &self.control
+    }
+}
+
+/// The routers' state.
+pub type AppState = Arc<ApiServices>;
 
 pub use crate::error::{ErrorBody, ErrorDetail};
 
@@ -335,7 +355,11 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Finds tenant `id` (or slug) if the caller may see it; 404 otherwise.
-async fn tenant_for(lodge: &Lodge, caller: &Principal, id: &str) -> Result<TenantRecord, ApiError> {
+async fn tenant_for(
+    lodge: &ApiServices,
+    caller: &Principal,
+    id: &str,
+) -> Result<TenantRecord, ApiError> {
     if id.contains('\0') {
         return Err(ApiError::not_found("tenant"));
     }
@@ -364,7 +388,7 @@ async fn metrics(State(lodge): State<AppState>, Caller(caller): Caller) -> Respo
     render_metrics(&lodge)
 }
 
-fn render_metrics(lodge: &Lodge) -> Response {
+fn render_metrics(lodge: &ApiServices) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -377,7 +401,7 @@ fn render_metrics(lodge: &Lodge) -> Response {
 
 /// The scrape port (`serve --metrics-listen`): `GET /metrics` without a token,
 /// `/healthz`, and nothing else.
-pub fn metrics_router(lodge: Arc<Lodge>) -> Router {
+pub fn metrics_router(lodge: AppState) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -416,7 +440,7 @@ impl utoipa::Modify for BearerAuth {
 const API_DOCS_PAGE: &str = include_str!("api_docs.html");
 
 /// The host's own routes: `/api/v1/…`, `/api-docs`, `/healthz`, `/readyz`.
-pub fn router(lodge: Arc<Lodge>) -> Router {
+pub fn router(lodge: AppState) -> Router {
     let api = Router::new()
         .route("/orgs", post(create_org))
         .route("/orgs/{id}", axum::routing::patch(update_org))

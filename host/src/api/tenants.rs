@@ -32,7 +32,7 @@ pub struct TenantView {
 }
 
 impl TenantView {
-    fn new(lodge: &Lodge, record: TenantRecord) -> Self {
+    fn new(lodge: &ApiServices, record: TenantRecord) -> Self {
         Self {
             url: lodge.tenant_url(&record.slug),
             id: record.id,
@@ -265,7 +265,7 @@ pub(super) async fn start_tenant(
 }
 
 pub(super) async fn set_running(
-    lodge: &Arc<Lodge>,
+    lodge: &AppState,
     caller: &Principal,
     id: &str,
     running: bool,

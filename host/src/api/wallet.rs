@@ -15,7 +15,7 @@ pub struct WalletView {
 }
 
 pub(super) async fn wallet_view(
-    lodge: &Lodge,
+    lodge: &ApiServices,
     record: &TenantRecord,
 ) -> Result<WalletView, ApiError> {
     let wallet = crate::wallet::ensure(lodge.storage.as_ref(), &lodge.master, &record.id).await?;
