@@ -234,8 +234,12 @@ impl<C: governor::clock::Clock + Clone> RateLimiter<C> {
     /// unlimited) means unlimited.
     pub fn with_clock(rate: f64, burst: u32, clock: C) -> Self {
         let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        // Plans refuse rates under `MIN_RATE`; clamped here too, so no rate panics.
         let bucket = (rate > 0.0 && rate.is_finite())
-            .then(|| governor::Quota::with_period(std::time::Duration::from_secs_f64(1.0 / rate)))
+            .then(|| {
+                let rate = rate.max(crate::plans::MIN_RATE);
+                governor::Quota::with_period(std::time::Duration::from_secs_f64(1.0 / rate))
+            })
             .flatten()
             .map(|quota| {
                 Arc::new(governor::RateLimiter::direct_with_clock(

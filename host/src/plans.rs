@@ -106,6 +106,13 @@ pub struct LimitsPatch {
     pub log_retention_lines: Option<u32>,
 }
 
+/// The slowest request rate a plan may set (above 0, which is unlimited).
+pub const MIN_RATE: f64 = 0.001;
+
+/// The most keys one key-value batch may name: a batch reads in one statement
+/// with a parameter per key, well under both databases' limits.
+pub const MAX_KV_BATCH_KEYS: u32 = 10_000;
+
 /// Reads the JSON a tenant's overrides are stored as.
 impl TryFrom<String> for LimitsPatch {
     type Error = serde_json::Error;
@@ -245,9 +252,11 @@ impl LimitsPatch {
         }
         if self
             .rate_per_second
-            .is_some_and(|r| !r.is_finite() || r < 0.0)
+            .is_some_and(|r| !r.is_finite() || r < 0.0 || (r > 0.0 && r < MIN_RATE))
         {
-            return Err("rate_per_second must be 0 (unlimited) or positive".into());
+            return Err(format!(
+                "rate_per_second must be 0 (unlimited) or at least {MIN_RATE} (one request in 1,000 s)"
+            ));
         }
         if self.max_versions.is_some_and(|v| v == 0) {
             return Err("max_versions must be at least 1 (the active version)".into());
@@ -257,6 +266,15 @@ impl LimitsPatch {
         }
         if self.kv_batch_max_keys == Some(0) || self.kv_batch_max_bytes == Some(0) {
             return Err("kv_batch_max_keys and kv_batch_max_bytes must be above 0".into());
+        }
+        if self
+            .kv_batch_max_keys
+            .is_some_and(|n| n > MAX_KV_BATCH_KEYS)
+        {
+            return Err(format!(
+                "kv_batch_max_keys may be at most {MAX_KV_BATCH_KEYS}: a batch is one statement, \
+                 one parameter per key"
+            ));
         }
         if self.weight.is_some_and(|w| w == 0 || w > 100) {
             return Err("weight must be 1..=100".into());
@@ -524,6 +542,30 @@ mod tests {
         assert!(PlanBook::parse(FILE, &base, env, 1 << 30).is_err());
         let name = PlanBook::parse("[plans.\"Bad Name\"]\n", &base, vars(&[]), 1 << 30);
         assert!(name.is_err_and(|e| e.contains("Bad Name")));
+        // A rate so slow its period overflows, and a batch past one statement's parameters.
+        let slow = PlanBook::parse(
+            "[plans.x]\nrate_per_second = 1e-30\n",
+            &base,
+            vars(&[]),
+            1 << 30,
+        );
+        assert!(slow.is_err_and(|e| e.contains("rate_per_second")));
+        let wide = PlanBook::parse(
+            "[plans.x]\nkv_batch_max_keys = 100000\n",
+            &base,
+            vars(&[]),
+            1 << 30,
+        );
+        assert!(wide.is_err_and(|e| e.contains("kv_batch_max_keys")));
+        assert!(
+            PlanBook::parse(
+                "[plans.x]\nrate_per_second = 0.001\n",
+                &base,
+                vars(&[]),
+                1 << 30
+            )
+            .is_ok()
+        );
     }
 
     #[test]
