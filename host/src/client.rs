@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use futures::StreamExt as _;
+use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -311,7 +312,7 @@ struct Answer<T> {
 impl<T: DeserializeOwned> Answer<T> {
     /// The answer as the API's type.
     fn typed(&self) -> anyhow::Result<T> {
-        serde_json::from_value(self.json.clone())
+        T::deserialize(&self.json)
             .context("the host's answer does not match this client's version of the API")
     }
 }
@@ -797,7 +798,7 @@ async fn logs(
             println!("{json}");
             return;
         }
-        match serde_json::from_value::<LogLine>(json.clone()) {
+        match LogLine::deserialize(json) {
             // Guest text is escaped: a terminal sequence in a tenant's log
             // must not reach the operator's terminal.
             Ok(line) => println!(

@@ -48,16 +48,6 @@ impl Dialect {
         }
     }
 
-    /// Appended to a `SELECT` that must lock the rows it reads until the
-    /// transaction ends. Nothing in SQLite, whose write transactions already
-    /// exclude each other.
-    pub fn for_update(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " FOR UPDATE",
-        }
-    }
-
     /// Appended to the task claim's inner `SELECT … FROM convergence_tasks p`:
     /// hosts claiming at once each lock a different task (or none).
     pub fn skip_locked(self) -> &'static str {

@@ -120,13 +120,8 @@ impl SqlStorage {
         .bind(tenant_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(&format!(
-            "SELECT 1 FROM kv_usage WHERE tenant_id = $1{}",
-            self.dialect.for_update()
-        ))
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
+        self.lock_row(&mut tx, "kv_usage", "tenant_id", tenant_id)
+            .await?;
         let value = write(&mut tx).await?;
         tx.commit().await?;
         Ok(value)

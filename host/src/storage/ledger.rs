@@ -195,13 +195,8 @@ impl SqlStorage {
             .bind(account)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(&format!(
-                "SELECT 1 FROM ledger_balances WHERE account = $1{}",
-                self.dialect.for_update()
-            ))
-            .bind(account)
-            .execute(&mut *tx)
-            .await?;
+            self.lock_row(&mut tx, "ledger_balances", "account", account)
+                .await?;
         }
         let value = post(&mut tx).await?;
         tx.commit().await?;

@@ -197,6 +197,28 @@ impl SqlStorage {
         self.pool.begin_with(self.dialect.begin_write()).await
     }
 
+    /// Locks the row of `table` whose `column` is `key` until `tx` ends, where
+    /// the database needs row locks (PostgreSQL: `SELECT … FOR UPDATE`). In
+    /// SQLite a write transaction already excludes every other writer, so
+    /// nothing is sent.
+    async fn lock_row(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        table: &str,
+        column: &str,
+        key: &str,
+    ) -> Result<(), sqlx::Error> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(&format!(
+                "SELECT 1 FROM {table} WHERE {column} = $1 FOR UPDATE"
+            ))
+            .bind(key)
+            .execute(tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Waits for the in-process write turn where the database needs one
     /// (SQLite); PostgreSQL's writers lock rows instead.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

@@ -442,13 +442,7 @@ impl TenantStore for SqlStorage {
         // Two hosts deploying the same tenant at once would both pick
         // MAX(version) + 1: the tenant row's lock makes them take turns. A
         // missing tenant falls through to the foreign key.
-        sqlx::query(&format!(
-            "SELECT 1 FROM tenants WHERE id = $1{}",
-            self.dialect.for_update()
-        ))
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
+        self.lock_row(&mut tx, "tenants", "id", tenant_id).await?;
         let deployment: Deployment = sqlx::query_as(&format!(
             "INSERT INTO deployments (tenant_id, {DEPLOYMENT_COLUMNS})
              SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4, $5 FROM deployments WHERE tenant_id = $1
