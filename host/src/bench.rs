@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::{HostConfig, Limits};
+use crate::config::{HostConfig, Limits, Tier, TierPolicy};
 use crate::server::{Lodge, serve};
 
 /// Options of `lodge bench`.
@@ -140,6 +140,12 @@ pub struct BenchArgs {
     /// turns the fair CPU scheduler off, for comparison.
     #[arg(long)]
     pub cpu_lanes: Option<u32>,
+
+    /// Compile-tier policies to measure, comma-separated: throughput runs once
+    /// per policy (`tiered` is measured after its optimised code is swapped in);
+    /// deploys use the first.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "tiered")]
+    pub compile_tiers: Vec<TierPolicy>,
 }
 
 impl BenchArgs {
@@ -164,6 +170,7 @@ impl BenchArgs {
             .fuel_yield_interval
             .unwrap_or(config.fuel_yield_interval);
         config.cpu_lanes = self.cpu_lanes.or(config.cpu_lanes);
+        config.engine.tiers = self.compile_tiers.first().copied().unwrap_or_default();
         config
     }
 }
@@ -237,12 +244,43 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
             first.status()
         );
         let deploy_ms = started.elapsed().as_secs_f64() * 1000.0;
-        rows.push((
-            path.clone(),
-            wasm.len(),
-            deployed["deployment"]["compileMs"].as_i64().unwrap_or(0),
+        let tier = deployed["tier"].as_str().unwrap_or("?").to_owned();
+        // When the optimised code replaces the baseline code (tiered policy).
+        let mut optimized_ms = None;
+        if tier == "baseline" && config.engine.tiers == TierPolicy::Tiered {
+            loop {
+                let status: serde_json::Value = client
+                    .get(api(&format!("/tenant/{slug}/status")))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if status["tier"] == "optimized" {
+                    optimized_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "{slug}: no optimised code after 15 minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // The optimising compile of the same bytes alone, on the now idle machine.
+        let optimizing_ms = {
+            let (config, wasm) = (config.clone(), Bytes::from(wasm.clone()));
+            tokio::task::spawn_blocking(move || optimizing_compile_ms(&config, wasm)).await??
+        };
+        rows.push(DeployRow {
+            path: path.clone(),
+            size: wasm.len(),
+            compile_ms: deployed["deployment"]["compileMs"].as_i64().unwrap_or(0),
+            tier,
             deploy_ms,
-        ));
+            optimizing_ms,
+            optimized_ms,
+        });
         slugs.push(slug);
     }
     if let Some(path) = args
@@ -292,19 +330,31 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
     drop(lodge);
 
     println!();
-    println!("## deploy and restart");
+    println!(
+        "## deploy and restart ({:?} compile tiers)",
+        config.engine.tiers
+    );
     println!();
     println!(
-        "| component | size | compile (server) | upload → first response | after restart: first response |"
+        "| component | size | compile (server) | live on | upload → first response | optimising compile alone | ratio | optimised code in after | after restart: first response |"
     );
-    println!("|---|---:|---:|---:|---:|");
-    for ((path, size, compile_ms, deploy_ms), first_ms) in rows.iter().zip(&firsts) {
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|");
+    for (row, first_ms) in rows.iter().zip(&firsts) {
         println!(
-            "| {} | {} KB | {compile_ms} ms | {deploy_ms:.0} ms | {first_ms:.1} ms |",
-            path.file_name()
+            "| {} | {} KB | {} ms | {} | {:.0} ms | {:.0} ms | {:.2}× | {} | {first_ms:.1} ms |",
+            row.path
+                .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            size / 1024,
+            row.size / 1024,
+            row.compile_ms,
+            row.tier,
+            row.deploy_ms,
+            row.optimizing_ms,
+            row.deploy_ms / row.optimizing_ms.max(0.001),
+            row.optimized_ms
+                .map(|ms| format!("{ms:.0} ms"))
+                .unwrap_or_else(|| "—".to_owned()),
         );
     }
     println!();
@@ -313,6 +363,33 @@ async fn deploy_timings(args: &BenchArgs) -> anyhow::Result<()> {
          {components} distinct components in memory"
     );
     Ok(())
+}
+
+/// One component's deploy, measured.
+struct DeployRow {
+    path: PathBuf,
+    size: usize,
+    compile_ms: i64,
+    tier: String,
+    deploy_ms: f64,
+    optimizing_ms: f64,
+    optimized_ms: Option<f64>,
+}
+
+/// Milliseconds an optimising (Cranelift) compile of `wasm` takes alone: a
+/// runtime of its own, nothing cached; validation and pre-instantiation
+/// included, as `wasmtime compile` validates and writes its artifact.
+fn optimizing_compile_ms(config: &HostConfig, wasm: Bytes) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let runtime = crate::instance::Runtime::new(&config.clone().with(|c| {
+        c.engine.tiers = TierPolicy::Optimized;
+        c.data_dir = dir.path().to_owned();
+        c.artifacts_dir = None;
+        c.max_instances = 8;
+    }))?;
+    let started = Instant::now();
+    runtime.load(wasm)?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Creates and deploys tenants of one organization through the API.
@@ -376,65 +453,27 @@ async fn start_host(
     Ok((lodge, addr, stop))
 }
 
-/// Requests/s and latency of the hello component, and of `wasmtime serve` if given.
+/// Requests/s and latency of the hello component under each compile-tier
+/// policy, and of `wasmtime serve` if given.
 async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     let wasm = read_component(&args.component)?;
-    let tmp = tempfile::tempdir()?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_owned());
     let max_conns = args.connections.iter().copied().max().unwrap_or(64);
-
     let limits = Limits {
         // Enough permits that keep-alive clients never race a finishing request.
         max_concurrency: (max_conns * 2) as u32,
         ..Limits::default()
     };
-    let config = args.tuned(HostConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        data_dir,
-        default_limits: limits.clone(),
-        ..HostConfig::default()
-    });
-    let tuning = format!(
-        "{:?}, epoch tick {:?}, fuel yield every {}",
-        config.engine, config.epoch_tick, config.fuel_yield_interval
-    );
-
-    // The host gets a runtime of its own so its threads are not the load generator's.
-    let host_rt = host_runtime(args)?;
-    let lodge = {
-        let _guard = host_rt.enter();
-        host_rt.spawn(Lodge::open(config)).await??
-    };
-    let started = Instant::now();
-    let tenant = {
-        let lodge = lodge.clone();
-        host_rt
-            .spawn(async move { lodge.add_app("hello", wasm, None).await })
-            .await??
-    };
-    let compile_ms = started.elapsed().as_millis();
-    let listener = bind_in(&host_rt, SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    host_rt.spawn(serve(lodge.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-
     println!("# lodge bench");
     println!();
     println!(
-        "component: {} ({} bytes), loaded in {compile_ms} ms; limits: fuel {}, memory {} MiB, timeout {} ms, concurrency {}",
+        "component: {} ({} bytes); limits: fuel {}, memory {} MiB, timeout {} ms, concurrency {}",
         args.component.display(),
-        tenant.active().map(|a| a.size).unwrap_or_default(),
+        wasm.len(),
         limits.fuel,
         limits.memory_bytes >> 20,
         limits.timeout.as_millis(),
         limits.max_concurrency,
     );
-    println!("tuning: {tuning}");
     println!(
         "machine: {} cores; host threads {}; {}s per run after {}s warm-up",
         std::thread::available_parallelism()
@@ -444,9 +483,126 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         args.seconds,
         args.warmup
     );
+
+    let mut rows = Vec::new();
+    for &policy in &args.compile_tiers {
+        let (tier, results) = measure_lodge(args, policy, &wasm, &limits).await?;
+        rows.push((format!("lodge ({} code)", tier.as_str()), results));
+    }
     println!();
 
-    let mut lodge_results = Vec::new();
+    let mut wasmtime_results = Vec::new();
+    if let Some(bin) = &args.wasmtime {
+        for &conns in &args.connections {
+            wasmtime_results.push(run_wasmtime(bin, args, conns).await?);
+        }
+    }
+
+    println!("| server | connections | requests/s | p50 | p99 | errors | instantiate/request |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, results) in &rows {
+        for (conns, s, inst_us) in results {
+            println!(
+                "| {name} | {conns} | {:.0} | {:.2} ms | {:.2} ms | {} | {inst_us:.1} µs |",
+                s.rps,
+                ms(s.p50),
+                ms(s.p99),
+                s.errors
+            );
+        }
+    }
+    for (conns, s) in args.connections.iter().zip(&wasmtime_results) {
+        println!(
+            "| wasmtime serve | {conns} | {:.0} | {:.2} ms | {:.2} ms | {} | — |",
+            s.rps,
+            ms(s.p50),
+            ms(s.p99),
+            s.errors
+        );
+    }
+    if let [(first, base), (second, other), ..] = rows.as_slice() {
+        println!();
+        for ((conns, a, _), (_, b, _)) in base.iter().zip(other) {
+            println!(
+                "{conns} connections: {second} / {first} throughput ratio {:.2}",
+                b.rps / a.rps.max(1.0)
+            );
+        }
+    }
+    if let Some((name, results)) = rows.first().filter(|_| !wasmtime_results.is_empty()) {
+        println!();
+        for ((conns, l, _), w) in results.iter().zip(&wasmtime_results) {
+            println!(
+                "{conns} connections: {name} / wasmtime throughput ratio {:.2}",
+                l.rps / w.rps.max(1.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One host under `policy` serving `wasm` as tenant `hello`, driven at each
+/// connection count; under `tiered`, measured once its optimised code is in.
+async fn measure_lodge(
+    args: &BenchArgs,
+    policy: TierPolicy,
+    wasm: &[u8],
+    limits: &Limits,
+) -> anyhow::Result<(Tier, Vec<(usize, Sample, f64)>)> {
+    let tmp = tempfile::tempdir()?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
+    let config = args
+        .tuned(HostConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            default_limits: limits.clone(),
+            ..HostConfig::default()
+        })
+        .with(|c| c.engine.tiers = policy);
+    // The host gets a runtime of its own so its threads are not the load generator's.
+    let host_rt = host_runtime(args)?;
+    let lodge = {
+        let _guard = host_rt.enter();
+        host_rt.spawn(Lodge::open(config.clone())).await??
+    };
+    let started = Instant::now();
+    let tenant = {
+        let (lodge, wasm) = (lodge.clone(), wasm.to_vec());
+        host_rt
+            .spawn(async move { lodge.add_app("hello", wasm, None).await })
+            .await??
+    };
+    let loaded_ms = started.elapsed().as_millis();
+    let app = tenant
+        .active()
+        .and_then(|a| a.app())
+        .context("hello is not loaded")?;
+    while app.tier() == Tier::Baseline && lodge.runtime.wants_optimized(&app) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the optimised code did not arrive within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "- {policy:?}: live in {loaded_ms} ms, measured on {} code (after {} ms); tuning: {:?}, epoch tick {:?}, fuel yield every {}",
+        app.tier().as_str(),
+        started.elapsed().as_millis(),
+        config.engine,
+        config.epoch_tick,
+        config.fuel_yield_interval
+    );
+    let listener = bind_in(&host_rt, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    host_rt.spawn(serve(lodge.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+
+    let mut results = Vec::new();
     for &conns in &args.connections {
         let stats = lodge.runtime.stats().clone();
         let before = (
@@ -461,48 +617,13 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         } else {
             0.0
         };
-        lodge_results.push((conns, sample, inst_us));
+        results.push((conns, sample, inst_us));
     }
+    let tier = app.tier();
     let _ = stop.send(());
+    drop((app, tenant, lodge));
     host_rt.shutdown_background();
-
-    let mut wasmtime_results = Vec::new();
-    if let Some(bin) = &args.wasmtime {
-        for &conns in &args.connections {
-            wasmtime_results.push(run_wasmtime(bin, args, conns).await?);
-        }
-    }
-
-    println!("| server | connections | requests/s | p50 | p99 | errors | instantiate/request |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (conns, s, inst_us) in &lodge_results {
-        println!(
-            "| lodge | {conns} | {:.0} | {:.2} ms | {:.2} ms | {} | {inst_us:.1} µs |",
-            s.rps,
-            ms(s.p50),
-            ms(s.p99),
-            s.errors
-        );
-    }
-    for (conns, s) in args.connections.iter().zip(&wasmtime_results) {
-        println!(
-            "| wasmtime serve | {conns} | {:.0} | {:.2} ms | {:.2} ms | {} | — |",
-            s.rps,
-            ms(s.p50),
-            ms(s.p99),
-            s.errors
-        );
-    }
-    if !wasmtime_results.is_empty() {
-        println!();
-        for ((conns, l, _), w) in lodge_results.iter().zip(&wasmtime_results) {
-            println!(
-                "{conns} connections: lodge/wasmtime throughput ratio {:.2}",
-                l.rps / w.rps.max(1.0)
-            );
-        }
-    }
-    Ok(())
+    Ok((tier, results))
 }
 
 /// A component built by `cargo test`, or a hint how to build it.

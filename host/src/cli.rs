@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::{
     ClientCommand, Connection, EnvCommand, KeysCommand, OrgCommand, TenantCommand,
 };
-use crate::config::{HostConfig, Limits};
+use crate::config::{HostConfig, Limits, TierPolicy};
 use crate::server::{Lodge, serve};
 
 /// Lodge: run many tenants' WebAssembly components in one sandboxed host.
@@ -149,7 +149,14 @@ pub struct ServeArgs {
     #[arg(skip = std::env::var("LODGE_LLM_API_KEY").ok())]
     pub llm_api_key: Option<String>,
 
-    /// Compile for deploy speed: single-pass register allocation, no optimisation
+    /// Which compilers serve a deploy: `tiered` goes live at once on Winch's
+    /// baseline code and swaps in Cranelift's optimised code when its background
+    /// compile is done; `optimized` goes live only when optimised; `baseline`
+    /// compiles with Winch only (fastest deploys, slower code).
+    #[arg(long, env = "LODGE_COMPILE_TIERS", value_enum, default_value_t = TierPolicy::Tiered)]
+    pub compile_tiers: TierPolicy,
+
+    /// Optimised tier only, for compile speed: single-pass register allocation, no optimisation
     /// (about twice as fast to deploy, slower guest code).
     #[arg(long, env = "LODGE_FAST_COMPILE")]
     pub fast_compile: bool,
@@ -338,6 +345,7 @@ impl ServeArgs {
             if let Some(uploads) = self.host.max_uploads {
                 c.max_uploads = uploads.max(1);
             }
+            c.engine.tiers = self.compile_tiers;
             if self.fast_compile {
                 c.engine.single_pass_regalloc = true;
                 c.engine.optimize = false;

@@ -501,11 +501,14 @@ async fn execute(conn: Connection, command: ClientCommand) -> anyhow::Result<()>
             show!(answer, |v: &TenantStatusView| {
                 let (t, l) = (&v.tenant, &v.limits);
                 format!(
-                    "{} ({})\nstatus:   {}\nversion:  {}\nurl:      {}\nrequests: {} ({} failed, {} running)\nlimits:   fuel {}, memory {} bytes, timeout {} ms, concurrency {}, body {} bytes\nenv:      {}\nlast error: {}",
+                    "{} ({})\nstatus:   {}\nversion:  {}{}\nurl:      {}\nrequests: {} ({} failed, {} running)\nlimits:   fuel {}, memory {} bytes, timeout {} ms, concurrency {}, body {} bytes\nenv:      {}\nlast error: {}",
                     t.slug,
                     t.id,
                     t.status,
                     version(v.active_version),
+                    v.tier
+                        .map(|t| format!(" ({} code)", t.as_str()))
+                        .unwrap_or_default(),
                     t.url,
                     v.counts.requests,
                     v.counts.failures,
@@ -763,13 +766,21 @@ async fn deploy(
     }
     // The upload succeeded: whatever follows, this exits 0.
     match answer.typed() {
-        Ok(DeploymentCreated { deployment: d }) => println!(
-            "deployed {} as version {} ({} bytes, sha256 {}…, compiled in {} ms)",
+        Ok(DeploymentCreated {
+            deployment: d,
+            tier,
+            optimized_in_ms,
+        }) => println!(
+            "deployed {} as version {} ({} bytes, sha256 {}…, compiled in {} ms; live on {} code{})",
             file.display(),
             d.version,
             d.size,
             d.sha256.get(..12).unwrap_or(""),
-            d.compile_ms
+            d.compile_ms,
+            tier.as_str(),
+            optimized_in_ms
+                .map(|ms| format!(", optimised code in about {:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_default()
         ),
         Err(e) => println!("deployed {} ({e:#})", file.display()),
     }

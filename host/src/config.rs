@@ -216,6 +216,74 @@ pub struct EngineTuning {
     pub single_pass_regalloc: bool,
     /// Cranelift optimisations (`false`: no optimisation passes, faster compiles).
     pub optimize: bool,
+    /// Which compilers serve a deploy (see [`TierPolicy`]).
+    pub tiers: TierPolicy,
+    /// Threads compiling optimised code in the background, at the lowest CPU priority.
+    pub optimizer_threads: usize,
+}
+
+/// Which compiler produced a component's code.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Winch, wasmtime's baseline compiler: compiles 3-5x faster, slower code.
+    Baseline,
+    /// Cranelift, the optimising compiler.
+    Optimized,
+}
+
+impl Tier {
+    /// `baseline` or `optimized`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Optimized => "optimized",
+        }
+    }
+}
+
+/// How deploys are compiled (`--compile-tiers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TierPolicy {
+    /// Serve the baseline (Winch) build at once; compile the optimised
+    /// (Cranelift) one in the background and swap it in when ready.
+    #[default]
+    Tiered,
+    /// Only the optimising compiler: a deploy goes live when its optimised build is.
+    Optimized,
+    /// Only the baseline compiler: fastest deploys, slower code, no background work.
+    Baseline,
+}
+
+impl TierPolicy {
+    /// The tier a deploy goes live on (if that compiler accepts the component).
+    pub fn first(self) -> Tier {
+        match self {
+            Self::Optimized => Tier::Optimized,
+            Self::Tiered | Self::Baseline => Tier::Baseline,
+        }
+    }
+
+    /// Whether this policy compiles with `tier` at all.
+    pub fn uses(self, tier: Tier) -> bool {
+        match self {
+            Self::Tiered => true,
+            Self::Optimized => tier == Tier::Optimized,
+            Self::Baseline => tier == Tier::Baseline,
+        }
+    }
 }
 
 impl Default for EngineTuning {
@@ -228,6 +296,8 @@ impl Default for EngineTuning {
             pagemap_scan: true,
             single_pass_regalloc: false,
             optimize: true,
+            tiers: TierPolicy::default(),
+            optimizer_threads: 1,
         }
     }
 }

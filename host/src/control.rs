@@ -14,7 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{self, AdminToken};
-use crate::config::{HostConfig, Limits};
+use crate::config::{HostConfig, Limits, Tier};
 use crate::instance::{App, LoadError, Runtime};
 use crate::logs::{ArchiveSender, TenantLogs};
 use crate::metrics::Metrics;
@@ -137,7 +137,7 @@ impl ControlPlane {
             .await
             .map_err(|e| LoadError::Internal(e.into()))?;
         let runtime = self.runtime.clone();
-        tokio::task::spawn_blocking(move || runtime.load(&wasm).map(Arc::new))
+        tokio::task::spawn_blocking(move || runtime.load(wasm).map(Arc::new))
             .await
             .map_err(|e| LoadError::Internal(e.into()))?
     }
@@ -307,6 +307,18 @@ impl Uploads {
             tenants: self.tenants.clone(),
         })
     }
+}
+
+/// Result of [`ControlPlane::deploy`]: the new version and the code it went live on.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The new active version.
+    pub deployment: Deployment,
+    /// The compile tier serving it now.
+    pub tier: Tier,
+    /// When it runs on baseline code: about how long until the optimised code
+    /// replaces it (ms, an estimate from this host's optimised compiles so far).
+    pub optimized_in_ms: Option<u64>,
 }
 
 /// Result of [`ControlPlane::spawn_tenant`].
@@ -608,7 +620,7 @@ impl ControlPlane {
         record: &TenantRecord,
         wasm: Bytes,
         slot: Option<UploadSlot>,
-    ) -> Result<Deployment, ControlError> {
+    ) -> Result<Deployed, ControlError> {
         let tenant = self.live(record).await?;
         let limits = tenant.governor().limits.clone();
         if wasm.len() as u64 > limits.max_stored_component_bytes {
@@ -625,24 +637,39 @@ impl ControlPlane {
         let app = self
             .compile_within(wasm.clone(), limits.compile_timeout, slot)
             .await?;
-        let compile_ms = started.elapsed().as_millis() as i64;
+        let compiled = started.elapsed();
+        let compile_ms = compiled.as_millis() as i64;
         let deployment = self
             .storage
             .add_deployment(&record.id, &sha256, &wasm, compile_ms)
             .await?;
         let version = deployment.version;
+        let deployed = self.went_live(deployment, &app, compiled);
         tenant.update(|state| {
             state.active = Some(Active::loaded(version, app));
             if state.status != TenantStatus::Stopped {
                 state.status = TenantStatus::Running;
             }
         });
-        tracing::info!(tenant = %record.slug, version, %sha256, compile_ms, "deployed");
+        tracing::info!(tenant = %record.slug, version, %sha256, compile_ms, tier = deployed.tier.as_str(), "deployed");
         if let Err(e) = self.prune_versions(&tenant, Some(version), &limits).await {
             tracing::warn!(tenant = %record.slug, error = %e, "pruning old versions failed; the next deploy retries");
         }
         self.announce(&record.id).await;
-        Ok(deployment)
+        Ok(deployed)
+    }
+
+    /// What a deploy or rollback of `deployment` to `app` (compiled or loaded
+    /// in `compiled`) answers: its tier, and when the optimised code is due.
+    fn went_live(&self, deployment: Deployment, app: &App, compiled: Duration) -> Deployed {
+        Deployed {
+            deployment,
+            tier: app.tier(),
+            optimized_in_ms: self
+                .runtime
+                .wants_optimized(app)
+                .then(|| self.runtime.optimize_estimate_ms(app.size, compiled)),
+        }
     }
 
     /// Compiles `wasm` within `limit`. A compilation cannot be interrupted:
@@ -770,7 +797,22 @@ impl ControlPlane {
             .ok()
             .flatten();
         if let Some(app) = cached {
-            return Ok(Arc::new(app));
+            let app = Arc::new(app);
+            if self.runtime.wants_optimized(&app) {
+                // Its baseline artifact was cached, the optimised one not (yet):
+                // the optimiser needs the component's bytes.
+                let (storage, runtime, queued) =
+                    (self.storage.clone(), self.runtime.clone(), app.clone());
+                tokio::spawn(async move {
+                    match storage.get_blob(&queued.digest).await {
+                        Ok(wasm) => runtime.optimize_later(&queued, Bytes::from(wasm)),
+                        Err(e) => {
+                            tracing::warn!(digest = %queued.digest, error = %e, "component not read for its optimised build")
+                        }
+                    }
+                });
+            }
+            return Ok(app);
         }
         let wasm = self.storage.get_blob(digest).await?;
         Ok(self.load(Bytes::from(wasm)).await?)
@@ -781,7 +823,7 @@ impl ControlPlane {
         &self,
         record: &TenantRecord,
         version: i64,
-    ) -> Result<Deployment, ControlError> {
+    ) -> Result<Deployed, ControlError> {
         let tenant = self.live(record).await?;
         let _change = tenant.changes.lock().await;
         let deployment = match self.storage.get_deployment(&record.id, version).await {
@@ -800,6 +842,7 @@ impl ControlPlane {
         };
         let app = self.load_version(&deployment).await?;
         self.storage.set_active_version(&record.id, version).await?;
+        let deployed = self.went_live(deployment, &app, app.compile_time);
         tenant.update(|state| {
             state.active = Some(Active::loaded(version, app));
             if state.status != TenantStatus::Stopped {
@@ -807,7 +850,7 @@ impl ControlPlane {
             }
         });
         self.announce(&record.id).await;
-        Ok(deployment)
+        Ok(deployed)
     }
 
     /// Stops (503 on the data plane) or starts a tenant.

@@ -38,5 +38,5 @@ pub mod storage;
 pub mod sync;
 pub mod wallet;
 
-pub use config::{HostConfig, Limits};
+pub use config::{HostConfig, Limits, Tier, TierPolicy};
 pub use server::{Lodge, serve};

@@ -123,6 +123,11 @@ impl TestHost {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             ..HostConfig::default()
         };
+        // CI runs the suite a second time with every guest on baseline code.
+        if let Ok(tiers) = std::env::var("LODGE_TEST_COMPILE_TIERS") {
+            config.engine.tiers = clap::ValueEnum::from_str(&tiers, true)
+                .unwrap_or_else(|e| panic!("LODGE_TEST_COMPILE_TIERS={tiers}: {e}"));
+        }
         configure(&mut config);
         let lodge = Lodge::open(config).await.expect("host starts");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -206,6 +211,19 @@ impl TestHost {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// `GET /metrics` with the admin token: the text exposition.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.addr))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text")
     }
 
     /// The tenant's log messages, oldest first.

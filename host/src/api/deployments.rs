@@ -1,6 +1,7 @@
 //! Deployments: upload, list, rollback.
 
 use super::*;
+use crate::control::Deployed;
 
 /// `PUT /tenant/{id}/component` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -8,6 +9,23 @@ use super::*;
 pub struct DeploymentCreated {
     /// The new active version.
     pub deployment: DeploymentView,
+    /// The compile tier it went live on: `baseline` (Winch, compiled fast) or
+    /// `optimized` (Cranelift).
+    pub tier: Tier,
+    /// On baseline code: about how many ms until its optimised code replaces
+    /// it (for new requests; an estimate). Absent when there is none to wait for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimized_in_ms: Option<u64>,
+}
+
+impl From<Deployed> for DeploymentCreated {
+    fn from(d: Deployed) -> Self {
+        Self {
+            deployment: DeploymentView::new(d.deployment, true, true),
+            tier: d.tier,
+            optimized_in_ms: d.optimized_in_ms,
+        }
+    }
 }
 
 /// A deployment as the API shows it.
@@ -115,13 +133,8 @@ pub(super) async fn deploy_component(
             "the body is empty: send the .wasm file as the request body",
         ));
     }
-    let deployment = lodge.deploy(&record, body, Some(slot)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(DeploymentCreated {
-            deployment: DeploymentView::new(deployment, true, true),
-        }),
-    ))
+    let deployed = lodge.deploy(&record, body, Some(slot)).await?;
+    Ok((StatusCode::CREATED, Json(deployed.into())))
 }
 
 /// `GET /tenant/{id}/deployments` answer.
@@ -175,8 +188,6 @@ pub(super) async fn rollback(
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<Json<DeploymentCreated>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
-    let deployment = lodge.rollback(&record, body.version).await?;
-    Ok(Json(DeploymentCreated {
-        deployment: DeploymentView::new(deployment, true, true),
-    }))
+    let deployed = lodge.rollback(&record, body.version).await?;
+    Ok(Json(deployed.into()))
 }

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::{self, AuthError, Principal};
+use crate::config::Tier;
 use crate::control::ControlError;
 use crate::control::ControlPlane;
 use crate::convergence::tasks::ConvergenceService;

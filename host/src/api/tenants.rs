@@ -194,6 +194,11 @@ pub struct TenantStatusView {
     pub active_version: Option<i64>,
     /// SHA-256 of the active component.
     pub active_sha256: Option<String>,
+    /// The compile tier of the active version's code on this host: `baseline`
+    /// until its optimised build is swapped in, then `optimized`; `null` while
+    /// it is not in memory (idle; it loads, best tier first, on the next request).
+    #[serde(default)]
+    pub tier: Option<Tier>,
     /// Limits in force.
     pub limits: LimitsView,
     /// Counts.
@@ -219,6 +224,11 @@ pub(super) async fn tenant_status(
     let limits = live.limits();
     let view = TenantStatusView {
         active_version: state.active.as_ref().map(|a| a.version),
+        tier: state
+            .active
+            .as_ref()
+            .and_then(|a| a.app())
+            .map(|app| app.tier()),
         active_sha256,
         limits: LimitsView {
             fuel: limits.fuel,

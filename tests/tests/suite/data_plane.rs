@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use lodge_host::Limits;
-use lodge_tests::{TestHost, assert_error, guests};
+use lodge_tests::{TestHost, assert_error, eventually, guests};
 
 fn limits() -> Limits {
     Limits::default()
@@ -529,6 +529,18 @@ async fn precompiled_artifacts_are_reused_across_hosts() {
     assert_eq!(second.lodge.runtime.components_loaded(), 1);
     drop((again, shared));
     assert_eq!(second.lodge.runtime.components_loaded(), 0);
+    // Nothing maps the artifacts once both hosts' optimisers are idle and the
+    // first host is gone (writing into a mapped file would pull code from under it).
+    for host in [&first, &second] {
+        eventually(
+            Duration::from_secs(120),
+            "the optimiser is idle",
+            || async { (host.lodge.runtime.optimizing() == 0).then_some(()) },
+        )
+        .await;
+    }
+    drop(app);
+    first.shutdown().await;
 
     // Nothing holds it now: a corrupted artifact is discarded and rebuilt, not trusted.
     for entry in std::fs::read_dir(&artifacts).expect("dir").flatten() {
@@ -663,7 +675,7 @@ async fn idle_tenants_are_unloaded_and_come_back_on_their_next_request() {
     let busy = host.lodge.registry.get("busy").expect("tenant");
 
     // Sleepy gets no requests and is unloaded; busy keeps its component.
-    lodge_tests::eventually(Duration::from_secs(10), "sleepy unloaded", || async {
+    eventually(Duration::from_secs(10), "sleepy unloaded", || async {
         assert_eq!(host.get("busy", "/status?code=200").await.status(), 200);
         sleepy
             .active()

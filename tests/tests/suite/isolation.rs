@@ -543,16 +543,7 @@ async fn a_chatty_tenant_does_not_cost_another_its_archived_lines() {
         },
     )
     .await;
-    let metrics = host
-        .client
-        .get(format!("http://{}/metrics", host.addr))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let metrics = host.metrics().await;
     let dropped = metrics
         .lines()
         .find(|l| l.starts_with("lodge_log_lines_dropped_total{tenant=\"chatty\"}"))

@@ -12,4 +12,5 @@ mod isolation;
 mod keyvalue;
 mod multi_host;
 mod plans_usage;
+mod tiers;
 mod wallet;

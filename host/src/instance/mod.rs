@@ -1,36 +1,40 @@
 //! Stage 3 of a request: the instance.
 //!
-//! One [`Runtime`] per process holds the `Engine` (pooling allocator, fuel,
-//! epoch interruption), the `Linker` with every capability, and the on-disk
-//! cache of precompiled artifacts. [`Runtime::load`] turns a `.wasm` into an
-//! [`App`]: validated, compiled once (or read back from the cache), and
-//! pre-instantiated. [`Runtime::invoke`] runs one request in a fresh `Store`
-//! under the tenant's limits and classifies whatever goes wrong.
+//! One [`Runtime`] per process holds an `Engine` per compile tier (pooling
+//! allocator, fuel, epoch interruption; see [`tiers`]), each with a `Linker`
+//! holding every capability and its on-disk cache of precompiled artifacts.
+//! [`Runtime::load`] turns a `.wasm` into an [`App`]: validated, compiled once
+//! by the first tier's compiler (or read back from the cache, best tier first),
+//! pre-instantiated, and queued for its optimised build. [`Runtime::invoke`]
+//! runs one request in a fresh `Store` under the tenant's limits and classifies
+//! whatever goes wrong.
+
+mod tiers;
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use http_body::Body;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::component::Component;
+use wasmtime::{Engine, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::capability::{self, Grant, GuestState};
-use crate::config::{HostConfig, Limits};
+use crate::capability::{Grant, GuestState};
+use crate::config::{HostConfig, Limits, Tier, TierPolicy};
 use crate::counters::TenantCounters;
 use crate::limits::{Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, TenantLoad};
 use crate::logs::LogStream;
+use tiers::{Code, Optimizer, Prepared, TierEngine};
 
 /// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
 const PROVIDED_PACKAGES: &[(&str, &str)] = &[
@@ -109,7 +113,15 @@ pub struct App {
     /// Whether the precompiled artifact came from the cache (or from another
     /// tenant running the same component).
     pub from_cache: bool,
-    pre: Arc<ProxyPre<GuestState>>,
+    code: Arc<Code>,
+}
+
+impl App {
+    /// The tier of the code new requests run now (it rises when the
+    /// optimised build is swapped in).
+    pub fn tier(&self) -> Tier {
+        self.code.tier()
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -119,6 +131,7 @@ impl std::fmt::Debug for App {
             .field("size", &self.size)
             .field("compile_time", &self.compile_time)
             .field("from_cache", &self.from_cache)
+            .field("tier", &self.tier())
             .finish_non_exhaustive()
     }
 }
@@ -158,14 +171,40 @@ pub struct RuntimeStats {
     pub cache_hits: AtomicU64,
     /// Components looked up in the cache and not found.
     pub cache_misses: AtomicU64,
+    /// Components compiled by the optimising compiler (in the background or not).
+    pub optimized_compiles: AtomicU64,
+    /// Nanoseconds spent in those compilations.
+    pub optimized_compile_nanos: AtomicU64,
+    /// Bytes of `.wasm` those compilations read (for the time a new one will take).
+    pub optimized_compile_bytes: AtomicU64,
+    /// Components in memory whose optimised code replaced their baseline code.
+    pub tier_ups: AtomicU64,
 }
 
-/// One per process: the engine, the linker and the artifact cache.
+impl RuntimeStats {
+    fn record_compile(&self, tier: Tier, bytes: usize, took: Duration) {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        self.compile_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if tier == Tier::Optimized {
+            self.optimized_compiles.fetch_add(1, Ordering::Relaxed);
+            self.optimized_compile_nanos
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            self.optimized_compile_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One per process: an engine per compile tier, the artifact cache, the optimiser.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<GuestState>,
+    policy: TierPolicy,
+    /// Winch's engine, unless the policy is optimised-only.
+    baseline: Option<Arc<TierEngine>>,
+    /// Cranelift's engine, unless the policy is baseline-only.
+    optimized: Option<Arc<TierEngine>>,
+    optimizer: Option<Optimizer>,
     artifacts: PathBuf,
-    compat: String,
     budget: Arc<MemoryBudget>,
     pool: Arc<Pool>,
     lanes: u32,
@@ -174,7 +213,7 @@ pub struct Runtime {
     stats: Arc<RuntimeStats>,
     /// Loaded components by digest, while some tenant uses them: tenants that
     /// run the same component share its code in memory.
-    loaded: Mutex<HashMap<String, Weak<ProxyPre<GuestState>>>>,
+    loaded: Mutex<HashMap<String, Weak<Code>>>,
     /// One load of a component at a time: requests for a component being
     /// loaded wait for it and then share it instead of loading it again.
     gates: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -185,7 +224,7 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("artifacts", &self.artifacts)
-            .field("compat", &self.compat)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -208,10 +247,12 @@ pub struct Invocation<'a> {
 }
 
 impl Runtime {
-    /// Builds the engine and the artifact cache under `config.data_dir`.
+    /// Builds the engines and the artifact cache under `config.data_dir`.
     pub fn new(config: &HostConfig) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
-        // Sized to concurrency, not tenants: one slot per live instance.
+        // Sized to concurrency, not tenants: one slot per live instance. Each
+        // tier has a pool of this shape (address space only until used): during
+        // a deploy every request may run baseline code, after it optimised code.
         let instances = config.max_instances;
         pool.total_component_instances(instances)
             .total_core_instances(instances.saturating_mul(4))
@@ -230,29 +271,6 @@ impl Runtime {
                 wasmtime::Enabled::No
             });
 
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .native_unwind_info(config.engine.native_unwind_info)
-            .cranelift_regalloc_algorithm(if config.engine.single_pass_regalloc {
-                wasmtime::RegallocAlgorithm::SinglePass
-            } else {
-                wasmtime::RegallocAlgorithm::Backtracking
-            })
-            .cranelift_opt_level(if config.engine.optimize {
-                wasmtime::OptLevel::Speed
-            } else {
-                wasmtime::OptLevel::None
-            })
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm)
-            .map_err(anyhow::Error::from)
-            .context("creating the wasm engine")?;
-
-        let mut linker = Linker::new(&engine);
-        capability::add_to_linker(&mut linker)?;
-
         let artifacts = config
             .artifacts_dir
             .clone()
@@ -260,17 +278,41 @@ impl Runtime {
         std::fs::create_dir_all(&artifacts)
             .with_context(|| format!("creating {}", artifacts.display()))?;
 
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let compat = format!("{:016x}", hasher.finish());
-
+        let mut policy = config.engine.tiers;
+        let engine = |tier| TierEngine::new(config, tier, pool.clone(), &artifacts).map(Arc::new);
+        let baseline = match policy.uses(Tier::Baseline).then(|| engine(Tier::Baseline)) {
+            Some(Ok(engine)) => Some(engine),
+            Some(Err(e)) if policy == TierPolicy::Tiered => {
+                // Winch needs x86_64 with AVX or aarch64: elsewhere, optimise only.
+                tracing::warn!(error = %format!("{e:#}"), "the baseline compiler is unavailable; compiling optimised code only");
+                policy = TierPolicy::Optimized;
+                None
+            }
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
+        let optimized = policy
+            .uses(Tier::Optimized)
+            .then(|| engine(Tier::Optimized))
+            .transpose()?;
+        let stats = Arc::<RuntimeStats>::default();
+        let optimizer = match (&optimized, policy) {
+            (Some(engine), TierPolicy::Tiered) => Some(Optimizer::new(
+                engine.clone(),
+                config.engine.optimizer_threads,
+                stats.clone(),
+            )?),
+            _ => None,
+        };
+        let engines = baseline.iter().chain(&optimized).map(|t| t.engine.clone());
         let pool = Pool::new(config.max_instances);
         Ok(Self {
-            _ticker: EpochTicker::spawn(engine.clone(), config.epoch_tick)?,
-            engine,
-            linker,
+            _ticker: EpochTicker::spawn(engines.collect(), config.epoch_tick)?,
+            policy,
+            baseline,
+            optimized,
+            optimizer,
             artifacts,
-            compat,
             budget: MemoryBudget::new(config.memory_budget_bytes, pool.clone()),
             pool,
             lanes: config.cpu_lanes.unwrap_or_else(|| {
@@ -278,10 +320,38 @@ impl Runtime {
             }),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             epoch_tick: config.epoch_tick,
-            stats: Arc::default(),
+            stats,
             loaded: Mutex::default(),
             gates: Mutex::default(),
         })
+    }
+
+    /// How deploys are compiled (after falling back, if Winch is unavailable here).
+    pub fn policy(&self) -> TierPolicy {
+        self.policy
+    }
+
+    /// Components waiting for, or in, their optimised compile.
+    pub fn optimizing(&self) -> usize {
+        self.optimizer.as_ref().map_or(0, Optimizer::pending)
+    }
+
+    /// About how long the optimised build of a `size`-byte component takes,
+    /// from the optimised compiles so far (else four times `baseline`, the
+    /// ratio measured in docs/benchmarks.md), in ms.
+    pub fn optimize_estimate_ms(&self, size: usize, baseline: Duration) -> u64 {
+        let nanos = self.stats.optimized_compile_nanos.load(Ordering::Relaxed);
+        let bytes = self.stats.optimized_compile_bytes.load(Ordering::Relaxed);
+        if nanos > 0 && bytes > 0 {
+            (nanos as f64 / bytes as f64 * size as f64 / 1e6) as u64
+        } else {
+            baseline.as_millis() as u64 * 4
+        }
+    }
+
+    /// The engines, best tier first.
+    fn engines(&self) -> impl Iterator<Item = &Arc<TierEngine>> {
+        self.optimized.iter().chain(&self.baseline)
     }
 
     /// The host-wide instance slots, taken at admission.
@@ -304,50 +374,46 @@ impl Runtime {
         &self.stats
     }
 
-    /// Validates, compiles (or loads from the cache) and pre-instantiates `wasm`.
+    /// Validates, compiles (or loads from the cache) and pre-instantiates `wasm`,
+    /// and queues its optimised build if it goes live on baseline code.
     ///
     /// Blocking: compiling takes a while; call it from `spawn_blocking`.
-    pub fn load(&self, wasm: &[u8]) -> Result<App, LoadError> {
+    pub fn load(&self, wasm: Bytes) -> Result<App, LoadError> {
         if !wasm.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm);
         }
-        if wasmparser::Parser::is_core_wasm(wasm) {
+        if wasmparser::Parser::is_core_wasm(&wasm) {
             return Err(LoadError::CoreModule);
         }
-        if !wasmparser::Parser::is_component(wasm) {
+        if !wasmparser::Parser::is_component(&wasm) {
             return Err(LoadError::Invalid(
                 "unknown WebAssembly binary version".into(),
             ));
         }
         let started = Instant::now();
-        let digest = hex::encode(Sha256::digest(wasm));
+        let digest = hex::encode(Sha256::digest(&wasm));
         let gate = self.gate(&digest);
         let _one_at_a_time = gate.lock();
         if let Some(app) = self.shared(&digest, wasm.len(), started) {
+            self.optimize_later(&app, wasm);
             return Ok(app);
         }
-        let path = self.artifact_path(&digest);
-        let (component, from_cache) = match self.read_artifact(&path) {
-            Some(component) => {
-                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                (component, true)
-            }
+        let (prepared, from_cache) = match self.read_best(&digest)? {
+            Some(prepared) => (prepared, true),
             None => {
                 self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                let compiling = Instant::now();
-                let component = self.compile(wasm, &path)?;
-                self.stats.compiles.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .compile_nanos
-                    .fetch_add(compiling.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                (component, false)
+                (self.compile_first(&wasm, &digest)?, false)
             }
         };
-        self.prepare(component, digest, wasm.len(), started, from_cache)
+        let app = self.adopt(prepared, digest, wasm.len(), started, from_cache);
+        self.optimize_later(&app, wasm);
+        Ok(app)
     }
 
-    /// Loads the app with SHA-256 `digest` from its precompiled artifact, if the
-    /// cache has a usable one: a restart's fast path, with no compilation.
+    /// Loads the app with SHA-256 `digest` from its best precompiled artifact,
+    /// if the cache has a usable one: a restart's fast path, with no
+    /// compilation. If that is baseline code ([`Runtime::wants_optimized`]),
+    /// the caller should hand the component's bytes to [`Runtime::optimize_later`].
     pub fn load_cached(&self, digest: &str, size: usize) -> Option<App> {
         let started = Instant::now();
         let gate = self.gate(digest);
@@ -355,15 +421,88 @@ impl Runtime {
         if let Some(app) = self.shared(digest, size, started) {
             return Some(app);
         }
-        let component = self.read_artifact(&self.artifact_path(digest))?;
-        self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-        self.prepare(component, digest.to_owned(), size, started, true)
-            .ok()
+        let prepared = self.read_best(digest).ok().flatten()?;
+        Some(self.adopt(prepared, digest.to_owned(), size, started, true))
     }
 
-    fn artifact_path(&self, digest: &str) -> PathBuf {
-        self.artifacts
-            .join(format!("{digest}-{}.cwasm", self.compat))
+    /// Whether `app` runs baseline code that the policy will replace.
+    pub fn wants_optimized(&self, app: &App) -> bool {
+        self.optimizer.is_some() && app.tier() == Tier::Baseline
+    }
+
+    /// Queues the optimised build of `app` (whose bytes are `wasm`) if it runs
+    /// baseline code and the policy is tiered; every tenant running it gets the
+    /// optimised code when it is ready.
+    pub fn optimize_later(&self, app: &App, wasm: Bytes) {
+        if let Some(optimizer) = &self.optimizer
+            && app.tier() == Tier::Baseline
+        {
+            optimizer.enqueue(&app.digest, wasm, &app.code);
+        }
+    }
+
+    /// The best tier's cached artifact of `digest`, pre-instantiated.
+    fn read_best(&self, digest: &str) -> Result<Option<Prepared>, LoadError> {
+        for engine in self.engines() {
+            if let Some(component) = engine.read_artifact(digest) {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return engine.prepare(&component).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Compiles `wasm` with the policy's first compiler. Winch lacks a few
+    /// proposals (GC, tail calls, exceptions …): what it refuses, Cranelift
+    /// compiles, if the policy has it.
+    fn compile_first(&self, wasm: &[u8], digest: &str) -> Result<Prepared, LoadError> {
+        let first = match self.policy.first() {
+            Tier::Baseline => self.baseline.as_ref(),
+            Tier::Optimized => self.optimized.as_ref(),
+        };
+        let first = first
+            .or(self.optimized.as_ref())
+            .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("no compiler configured")))?;
+        let compile = |engine: &TierEngine| {
+            let started = Instant::now();
+            let component = engine.compile(wasm, digest)?;
+            self.stats
+                .record_compile(engine.tier, wasm.len(), started.elapsed());
+            engine.prepare(&component)
+        };
+        match (compile(first), &self.optimized) {
+            (Err(LoadError::Invalid(why)), Some(optimized)) if first.tier == Tier::Baseline => {
+                tracing::info!(digest, reason = %why, "the baseline compiler refused the component; compiling optimised code");
+                compile(optimized)
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Registers freshly prepared code as the shared copy of `digest`.
+    fn adopt(
+        &self,
+        prepared: Prepared,
+        digest: String,
+        size: usize,
+        started: Instant,
+        from_cache: bool,
+    ) -> App {
+        let code = Arc::new(Code::new(prepared));
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget components nobody runs any more, now and then.
+        if loaded.len() >= 64 && loaded.len().is_power_of_two() {
+            loaded.retain(|_, code| code.strong_count() > 0);
+        }
+        loaded.insert(digest.clone(), Arc::downgrade(&code));
+        drop(loaded);
+        App {
+            digest,
+            size,
+            compile_time: started.elapsed(),
+            from_cache,
+            code,
+        }
     }
 
     /// The lock serialising loads of component `digest` (dropped from the map
@@ -419,9 +558,12 @@ impl Runtime {
         digests
     }
 
-    /// Whether the artifact cache holds component `digest` for this engine.
+    /// Whether the artifact cache holds the best code of component `digest`
+    /// this policy makes (nothing to compile before its tenants' first request).
     pub fn has_artifact(&self, digest: &str) -> bool {
-        self.artifact_path(digest).exists()
+        self.engines()
+            .next()
+            .is_some_and(|engine| engine.artifact_path(digest).exists())
     }
 
     /// Distinct components in memory now.
@@ -430,13 +572,26 @@ impl Runtime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .filter(|pre| pre.strong_count() > 0)
+            .filter(|code| code.strong_count() > 0)
             .count()
+    }
+
+    /// Distinct components in memory now, by the tier of their code.
+    pub fn components_by_tier(&self) -> [(Tier, usize); 2] {
+        let (mut baseline, mut optimized) = (0, 0);
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        for code in loaded.values().filter_map(Weak::upgrade) {
+            match code.tier() {
+                Tier::Baseline => baseline += 1,
+                Tier::Optimized => optimized += 1,
+            }
+        }
+        [(Tier::Baseline, baseline), (Tier::Optimized, optimized)]
     }
 
     /// The component with `digest`, if another tenant has it loaded.
     fn shared(&self, digest: &str, size: usize, started: Instant) -> Option<App> {
-        let pre = self
+        let code = self
             .loaded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -448,80 +603,8 @@ impl Runtime {
             size,
             compile_time: started.elapsed(),
             from_cache: true,
-            pre,
+            code,
         })
-    }
-
-    /// Checks imports and exports and pre-instantiates.
-    fn prepare(
-        &self,
-        component: Component,
-        digest: String,
-        size: usize,
-        started: Instant,
-        from_cache: bool,
-    ) -> Result<App, LoadError> {
-        let missing = missing_imports(&self.engine, &component);
-        if !missing.is_empty() {
-            return Err(LoadError::MissingImports(missing));
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::MissingImports(vec![format!("{e:#}")]))?;
-        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotAnHttpHandler(format!("{e:#}")))?;
-        let pre = Arc::new(pre);
-        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        // Forget components nobody runs any more, now and then.
-        if loaded.len() >= 64 && loaded.len().is_power_of_two() {
-            loaded.retain(|_, pre| pre.strong_count() > 0);
-        }
-        loaded.insert(digest.clone(), Arc::downgrade(&pre));
-        drop(loaded);
-        Ok(App {
-            digest,
-            size,
-            compile_time: started.elapsed(),
-            from_cache,
-            pre,
-        })
-    }
-
-    /// Loads a cached artifact; a missing or unreadable one means "compile again".
-    fn read_artifact(&self, path: &Path) -> Option<Component> {
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: the file was written by `compile` below with this engine's
-        // compatibility hash in its name, in a directory only this host writes;
-        // wasmtime still checks its header and rejects incompatible artifacts.
-        #[expect(unsafe_code, reason = "loading our own precompiled artifact")]
-        let loaded = unsafe { Component::deserialize_file(&self.engine, path) };
-        match loaded {
-            Ok(component) => Some(component),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "discarding unreadable artifact");
-                let _ = std::fs::remove_file(path);
-                None
-            }
-        }
-    }
-
-    fn compile(&self, wasm: &[u8], path: &Path) -> Result<Component, LoadError> {
-        let bytes = self
-            .engine
-            .precompile_component(wasm)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let write = || -> anyhow::Result<()> {
-            let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
-            std::io::Write::write_all(&mut tmp, &bytes)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path)?;
-            Ok(())
-        };
-        write().map_err(LoadError::Internal)?;
-        self.read_artifact(path)
-            .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("artifact vanished after writing")))
     }
 
     /// Runs one request in a fresh instance of `app` and returns the guest's response.
@@ -536,14 +619,17 @@ impl Runtime {
         request: hyper::Request<B>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
     where
-        B: Body<Data = bytes::Bytes> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let limits = call.limits;
         let (logs, request_id) = (call.grant.logs.clone(), call.grant.request_id.clone());
         let limiter =
             GuestLimiter::new(limits.memory_bytes, self.budget.clone(), call.load.clone());
-        let mut store = Store::new(&self.engine, GuestState::new(call.grant, limiter));
+        // The code this request runs, on its tier's engine, even if a better
+        // tier is swapped in meanwhile.
+        let code = app.code.current();
+        let mut store = Store::new(code.pre.engine(), GuestState::new(call.grant, limiter));
         store.limiter(|state| &mut state.limiter);
         let ticks = limits
             .timeout
@@ -577,7 +663,6 @@ impl Runtime {
         };
 
         let deadline = tokio::time::Instant::now() + limits.timeout;
-        let pre = Arc::clone(&app.pre);
         let stats = self.stats.clone();
         let admission = call.admission;
         let (task_logs, task_request_id) = (logs.clone(), request_id.clone());
@@ -589,7 +674,7 @@ impl Runtime {
                 let started = Instant::now();
                 let run = async {
                     let started = Instant::now();
-                    let proxy = pre.instantiate_async(&mut store).await?;
+                    let proxy = code.pre.instantiate_async(&mut store).await?;
                     stats.instantiations.fetch_add(1, Ordering::Relaxed);
                     stats
                         .instantiate_nanos
@@ -717,13 +802,21 @@ fn missing_imports(engine: &Engine, component: &Component) -> Vec<String> {
     missing.into_iter().collect()
 }
 
-/// Advances the engine's epoch every tick; stops when dropped.
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(optimizer) = &self.optimizer {
+            optimizer.close();
+        }
+    }
+}
+
+/// Advances every engine's epoch every tick; stops when dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EpochTicker {
-    fn spawn(engine: Engine, tick: Duration) -> anyhow::Result<Self> {
+    fn spawn(engines: Vec<Engine>, tick: Duration) -> anyhow::Result<Self> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -731,7 +824,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .context("starting the epoch thread")?;
@@ -826,6 +921,40 @@ impl prometheus_client::collector::Collector for RuntimeCollector {
             "compile_seconds",
             "Time spent compiling components",
             stats.compile_nanos.load(Relaxed) as f64 / 1e9,
+        )?;
+        let by_tier = self
+            .runtime
+            .components_by_tier()
+            .map(|(tier, count)| (vec![("tier", tier.as_str().to_owned())], count as i64));
+        crate::metrics::gauges(
+            e,
+            "components_loaded_by_tier",
+            "Distinct components in memory, by the compile tier of their code",
+            &by_tier,
+        )?;
+        crate::metrics::gauge(
+            e,
+            "optimize_queue",
+            "Components waiting for, or in, their optimised compile",
+            self.runtime.optimizing() as i64,
+        )?;
+        crate::metrics::counter(
+            e,
+            "optimized_compiles",
+            "Components compiled by the optimising compiler",
+            stats.optimized_compiles.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            e,
+            "optimized_compile_seconds",
+            "Time spent in optimised compiles",
+            stats.optimized_compile_nanos.load(Relaxed) as f64 / 1e9,
+        )?;
+        crate::metrics::counter(
+            e,
+            "tier_ups",
+            "Components in memory whose optimised code replaced their baseline code",
+            stats.tier_ups.load(Relaxed),
         )?;
         crate::metrics::counter(
             e,

@@ -1,0 +1,411 @@
+//! Compile tiers: one wasmtime `Engine` per compiler, the artifact cache of
+//! each, and the background optimiser.
+//!
+//! wasmtime shares nothing across compiler strategies: an artifact, a `Linker`,
+//! an `InstancePre` and a `Store` all belong to one `Engine`. So each tier is a
+//! [`TierEngine`] — engine, linker with every capability, artifacts named by
+//! digest, tier and the engine's compatibility hash — and a request's `Store`
+//! is made on the engine of the code it runs ([`Prepared`]). A component in
+//! memory is one [`Code`], shared by every tenant running that digest; the
+//! optimiser swaps its [`Prepared`] when the optimised build is ready, so new
+//! requests of all those tenants get it while requests in flight finish on the
+//! code they started with.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use super::{LoadError, RuntimeStats, missing_imports};
+use crate::capability::{self, GuestState};
+use crate::config::{HostConfig, Tier};
+
+/// One compiler's engine, linker and artifacts.
+pub(crate) struct TierEngine {
+    /// Which compiler this is.
+    pub tier: Tier,
+    /// The engine (its own pooling allocator).
+    pub engine: Engine,
+    linker: Linker<GuestState>,
+    compat: String,
+    artifacts: PathBuf,
+}
+
+impl TierEngine {
+    /// The engine of `tier`: fuel, epoch interruption and a pool of `pool`'s
+    /// shape, whichever compiler.
+    pub fn new(
+        config: &HostConfig,
+        tier: Tier,
+        pool: PoolingAllocationConfig,
+        artifacts: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        match tier {
+            Tier::Baseline => {
+                wasm.strategy(Strategy::Winch);
+            }
+            Tier::Optimized => {
+                let tuning = &config.engine;
+                wasm.strategy(Strategy::Cranelift)
+                    .native_unwind_info(tuning.native_unwind_info)
+                    .cranelift_regalloc_algorithm(if tuning.single_pass_regalloc {
+                        wasmtime::RegallocAlgorithm::SinglePass
+                    } else {
+                        wasmtime::RegallocAlgorithm::Backtracking
+                    })
+                    .cranelift_opt_level(if tuning.optimize {
+                        wasmtime::OptLevel::Speed
+                    } else {
+                        wasmtime::OptLevel::None
+                    });
+            }
+        }
+        let engine = Engine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("creating the {} engine", tier.as_str()))?;
+        let mut linker = Linker::new(&engine);
+        capability::add_to_linker(&mut linker)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            tier,
+            engine,
+            linker,
+            compat: format!("{:016x}", hasher.finish()),
+            artifacts: artifacts.to_owned(),
+        })
+    }
+
+    /// Where this tier's artifact of component `digest` lives.
+    pub fn artifact_path(&self, digest: &str) -> PathBuf {
+        self.artifacts.join(format!(
+            "{digest}-{}-{}.cwasm",
+            self.tier.as_str(),
+            self.compat
+        ))
+    }
+
+    /// This tier's cached artifact of `digest`; a missing or unreadable one is `None`.
+    pub fn read_artifact(&self, digest: &str) -> Option<Component> {
+        let path = self.artifact_path(digest);
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `compile` below with this engine's
+        // tier and compatibility hash in its name, in a directory only this host
+        // writes; wasmtime still checks its header and rejects incompatible artifacts.
+        #[expect(unsafe_code, reason = "loading our own precompiled artifact")]
+        let loaded = unsafe { Component::deserialize_file(&self.engine, &path) };
+        match loaded {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unreadable artifact");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Compiles `wasm` with this tier's compiler into the artifact cache.
+    pub fn compile(&self, wasm: &[u8], digest: &str) -> Result<Component, LoadError> {
+        let bytes = self
+            .engine
+            .precompile_component(wasm)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let write = || -> anyhow::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
+            std::io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(self.artifact_path(digest))?;
+            Ok(())
+        };
+        write().map_err(LoadError::Internal)?;
+        self.read_artifact(digest)
+            .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("artifact vanished after writing")))
+    }
+
+    /// Checks imports and exports and pre-instantiates.
+    pub fn prepare(&self, component: &Component) -> Result<Prepared, LoadError> {
+        let missing = missing_imports(&self.engine, component);
+        if !missing.is_empty() {
+            return Err(LoadError::MissingImports(missing));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::MissingImports(vec![format!("{e:#}")]))?;
+        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotAnHttpHandler(format!("{e:#}")))?;
+        Ok(Prepared {
+            tier: self.tier,
+            pre,
+        })
+    }
+}
+
+/// Pre-instantiated code of one tier.
+pub(crate) struct Prepared {
+    /// Which compiler made it.
+    pub tier: Tier,
+    /// Ready to instantiate (in a `Store` of `pre.engine()`).
+    pub pre: ProxyPre<GuestState>,
+}
+
+/// A component in memory, shared by every tenant running it; the optimiser
+/// raises its tier in place.
+pub(crate) struct Code {
+    current: ArcSwap<Prepared>,
+}
+
+impl Code {
+    pub fn new(prepared: Prepared) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(prepared),
+        }
+    }
+
+    /// The code new requests run now.
+    pub fn current(&self) -> Arc<Prepared> {
+        self.current.load_full()
+    }
+
+    /// Its tier now.
+    pub fn tier(&self) -> Tier {
+        self.current.load().tier
+    }
+}
+
+/// Most components waiting for their optimised build at once; past it a
+/// component stays on its baseline code until its next load asks again.
+const MAX_PENDING: usize = 4096;
+
+/// Compiles optimised code in the background: its own threads at the lowest
+/// CPU priority (serving and first-tier compiles run first), one component at
+/// a time per thread, each component once however many tenants run it.
+pub(crate) struct Optimizer {
+    engine: Arc<TierEngine>,
+    threads: rayon::ThreadPool,
+    /// Components queued or compiling, with the code in memory to raise when done.
+    pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
+    closed: Arc<AtomicBool>,
+    stats: Arc<RuntimeStats>,
+}
+
+impl Optimizer {
+    /// An optimiser compiling with `engine` on `threads` threads.
+    pub fn new(
+        engine: Arc<TierEngine>,
+        threads: usize,
+        stats: Arc<RuntimeStats>,
+    ) -> anyhow::Result<Self> {
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("lodge-optimize-{i}"))
+            .start_handler(|_| lowest_cpu_priority())
+            .build()
+            .context("starting the optimiser threads")?;
+        Ok(Self {
+            engine,
+            threads,
+            pending: Arc::default(),
+            closed: Arc::default(),
+            stats,
+        })
+    }
+
+    /// Components queued or compiling now.
+    pub fn pending(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Queues the optimised build of `digest` (whose bytes are `wasm`) and the
+    /// raise of `code` to it; a component already queued is compiled once.
+    pub fn enqueue(&self, digest: &str, wasm: Bytes, code: &Arc<Code>) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(waiting) = pending.get_mut(digest) {
+                waiting.retain(|c| c.strong_count() > 0);
+                waiting.push(Arc::downgrade(code));
+                return;
+            }
+            if pending.len() >= MAX_PENDING {
+                tracing::warn!(
+                    digest,
+                    "optimiser queue full; the component stays on baseline code for now"
+                );
+                return;
+            }
+            pending.insert(digest.to_owned(), vec![Arc::downgrade(code)]);
+        }
+        let job = Job {
+            engine: self.engine.clone(),
+            pending: self.pending.clone(),
+            closed: self.closed.clone(),
+            stats: self.stats.clone(),
+            digest: digest.to_owned(),
+            wasm,
+        };
+        // Inside a pool thread, wasmtime's parallel compilation uses this pool too.
+        self.threads.spawn(move || job.run());
+    }
+
+    /// Stops starting queued compilations (one running finishes).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One optimised compile.
+struct Job {
+    engine: Arc<TierEngine>,
+    pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
+    closed: Arc<AtomicBool>,
+    stats: Arc<RuntimeStats>,
+    digest: String,
+    wasm: Bytes,
+}
+
+impl Job {
+    fn run(self) {
+        if !self.closed.load(Ordering::Relaxed) {
+            self.compile_and_raise();
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.digest);
+    }
+
+    fn compile_and_raise(&self) {
+        let digest = &self.digest;
+        let started = Instant::now();
+        // The artifact may exist: another host sharing the directory, or a
+        // restart, compiled it while this was queued.
+        let component = match self.engine.read_artifact(digest) {
+            Some(component) => component,
+            None => match self.engine.compile(&self.wasm, digest) {
+                Ok(component) => {
+                    self.stats
+                        .record_compile(Tier::Optimized, self.wasm.len(), started.elapsed());
+                    component
+                }
+                Err(e) => {
+                    tracing::warn!(digest, error = %e, "the optimised compile failed; the component stays on baseline code");
+                    return;
+                }
+            },
+        };
+        let waiting: Vec<Arc<Code>> = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .map(|w| w.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        if waiting.is_empty() {
+            return;
+        }
+        match self.engine.prepare(&component) {
+            Ok(prepared) => {
+                let prepared = Arc::new(prepared);
+                for code in &waiting {
+                    code.current.store(prepared.clone());
+                }
+                self.stats.tier_ups.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    digest,
+                    ms = started.elapsed().as_millis() as u64,
+                    "optimised code swapped in"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(digest, error = %e, "the optimised build does not link; the component stays on baseline code");
+            }
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to the least (nice 19): on Linux
+/// a thread's nice value is its own.
+fn lowest_cpu_priority() {
+    // SAFETY: setpriority has no memory effects; `0` names the calling thread.
+    #[expect(unsafe_code, reason = "setpriority(2) has no safe wrapper in std")]
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if result != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "the optimiser runs at normal priority"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_policies() {
+        use crate::config::TierPolicy;
+        assert_eq!(TierPolicy::Tiered.first(), Tier::Baseline);
+        assert_eq!(TierPolicy::Optimized.first(), Tier::Optimized);
+        assert!(TierPolicy::Tiered.uses(Tier::Optimized));
+        assert!(!TierPolicy::Baseline.uses(Tier::Optimized));
+        assert!(!TierPolicy::Optimized.uses(Tier::Baseline));
+    }
+
+    fn runtime(policy: crate::config::TierPolicy, dir: &Path) -> super::super::Runtime {
+        let config = HostConfig {
+            data_dir: dir.to_owned(),
+            max_instances: 4,
+            ..HostConfig::default()
+        }
+        .with(|c| c.engine.tiers = policy);
+        super::super::Runtime::new(&config).expect("runtime")
+    }
+
+    /// A component whose core module uses a tail call, which Winch does not compile.
+    fn tail_calling_component() -> Bytes {
+        let wat = r#"(component
+            (core module $m (func $f (export "f") return_call $f))
+            (core instance (instantiate $m)))"#;
+        Bytes::from(wat::parse_str(wat).expect("valid text"))
+    }
+
+    #[test]
+    fn what_winch_refuses_cranelift_compiles_unless_the_policy_is_baseline_only() {
+        use crate::config::TierPolicy;
+        let dir = tempfile::tempdir().expect("tmp");
+        // Tiered: Cranelift compiles it; it then fails only for not being an HTTP handler.
+        let tiered = runtime(TierPolicy::Tiered, dir.path());
+        let refused = tiered
+            .load(tail_calling_component())
+            .expect_err("no handler");
+        assert!(
+            matches!(refused, LoadError::NotAnHttpHandler(_)),
+            "{refused:?}"
+        );
+        // Baseline only: Winch's refusal is the answer.
+        let dir = tempfile::tempdir().expect("tmp");
+        let baseline = runtime(TierPolicy::Baseline, dir.path());
+        let refused = baseline
+            .load(tail_calling_component())
+            .expect_err("winch refuses");
+        assert!(matches!(refused, LoadError::Invalid(_)), "{refused:?}");
+    }
+}
