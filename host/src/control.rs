@@ -3,7 +3,7 @@
 //! crash between the two leaves storage right and the next start rebuilds the
 //! registry from it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -557,18 +557,30 @@ impl ControlPlane {
         record: &TenantRecord,
         env: Vec<(String, String)>,
     ) -> Arc<Tenant> {
-        let history = self
+        let last_seq = self
             .storage
-            .recent_logs(&record.id, self.config.log_lines_per_tenant as i64)
+            .last_log_seqs(std::slice::from_ref(&record.id))
             .await
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .first()
+            .map(|(_, seq)| *seq as u64);
+        self.register_with(record, env, last_seq)
+    }
+
+    /// [`ControlPlane::register`] with the newest archived log line's seq known.
+    fn register_with(
+        &self,
+        record: &TenantRecord,
+        env: Vec<(String, String)>,
+        last_seq: Option<u64>,
+    ) -> Arc<Tenant> {
         let metrics = self.metrics.tenant(&record.slug);
         let logs = Arc::new(TenantLogs::archived(
             record.slug.clone(),
             self.config.log_lines_per_tenant,
             record.id.clone(),
             self.log_archive.clone(),
-            history,
+            last_seq,
             metrics.clone(),
         ));
         let tenant = Arc::new(
@@ -915,8 +927,17 @@ impl ControlPlane {
 
     /// A tenant's environment, its values opened with the master key.
     pub(crate) async fn stored_env(&self, tenant_id: &str) -> Result<StoredEnv, StorageError> {
+        self.open_env(tenant_id, self.storage.get_env(tenant_id).await?)
+    }
+
+    /// A tenant's stored environment rows, opened with the master key.
+    fn open_env(
+        &self,
+        tenant_id: &str,
+        rows: Vec<(String, String)>,
+    ) -> Result<StoredEnv, StorageError> {
         let mut env = StoredEnv::default();
-        for (name, value) in self.storage.get_env(tenant_id).await? {
+        for (name, value) in rows {
             let value = match value.strip_prefix(SEALED_ENV) {
                 Some(sealed) => hex::decode(sealed)
                     .ok()
@@ -1002,28 +1023,53 @@ impl ControlPlane {
     }
 
     /// Rebuilds the registry from storage at start: every live tenant, its env
-    /// and its active version, whose component loads on the tenant's first request.
+    /// and its active version, whose component loads on the tenant's first
+    /// request. Four queries per page of tenants, not per tenant; log history
+    /// is read on the first read of each tenant's log.
     pub async fn restore(&self) -> anyhow::Result<usize> {
+        const PAGE: i64 = 1000;
         let mut restored = 0;
-        for record in self.all_tenant_records().await? {
-            let env = self.stored_env(&record.id).await?;
-            if env.plaintext {
-                // Stored before values were sealed: sealed now.
-                self.store_env(&record.id, &env.vars).await?;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.storage.tenants_after(after.as_deref(), PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            let ids: Vec<String> = page.iter().map(|r| r.id.clone()).collect();
+            let mut envs: HashMap<String, Vec<(String, String)>> = HashMap::new();
+            for (tenant, name, value) in self.storage.env_of(&ids).await? {
+                envs.entry(tenant).or_default().push((name, value));
             }
-            let tenant = self.register(&record, env.vars).await;
-            let Some(version) = record.active_version else {
-                continue;
-            };
-            // Only what the version is: its component loads on the first request.
-            match self.storage.get_deployment(&record.id, version).await {
-                Ok(d) => {
+            let mut actives: HashMap<String, Deployment> = self
+                .storage
+                .active_deployments(&ids)
+                .await?
+                .into_iter()
+                .collect();
+            let seqs: HashMap<String, i64> = self
+                .storage
+                .last_log_seqs(&ids)
+                .await?
+                .into_iter()
+                .collect();
+            for record in &page {
+                let env = self.open_env(&record.id, envs.remove(&record.id).unwrap_or_default())?;
+                if env.plaintext {
+                    // Stored before values were sealed: sealed now.
+                    self.store_env(&record.id, &env.vars).await?;
+                }
+                let last_seq = seqs.get(&record.id).map(|seq| *seq as u64);
+                let tenant = self.register_with(record, env.vars, last_seq);
+                let Some(version) = record.active_version else {
+                    continue;
+                };
+                // Only what the version is: its component loads on the first request.
+                if let Some(d) = actives.remove(&record.id) {
                     let active = Active::unloaded(version, &d.sha256, d.size as usize);
                     tenant.update(|state| state.active = Some(active));
                     restored += 1;
-                }
-                Err(e) => {
-                    let message = format!("version {version} could not be loaded: {e}");
+                } else {
+                    let message =
+                        format!("version {version} could not be loaded: it is not stored");
                     tracing::error!(tenant = %record.slug, error = %message, "restore failed");
                     self.storage
                         .set_status(&record.id, TenantStatus::Error, Some(&message))
@@ -1031,8 +1077,25 @@ impl ControlPlane {
                     tenant.update(|state| state.status = TenantStatus::Error);
                 }
             }
+            if (page.len() as i64) < PAGE {
+                break;
+            }
         }
         Ok(restored)
+    }
+
+    /// Reads back, once, the log lines `tenant` archived before this host
+    /// started (its log holds only newer lines until then).
+    pub async fn read_log_history(&self, tenant: &Tenant) {
+        let storage = self.storage.clone();
+        let id = tenant.id.clone();
+        let read = tenant
+            .logs
+            .merge_history(|lines| async move { storage.recent_logs(&id, lines as i64).await })
+            .await;
+        if let Err(e) = read {
+            tracing::warn!(tenant = %tenant.slug, error = %e, "archived log lines not read; the next read tries again");
+        }
     }
 
     /// Every live tenant's stored record, read a page at a time.

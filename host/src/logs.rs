@@ -178,6 +178,10 @@ pub struct TenantLogs {
     /// channel holds its whole buffer from the start.
     live: std::sync::OnceLock<broadcast::Sender<LogLine>>,
     archive: Option<ArchiveLink>,
+    /// While the lines archived before a restart are not read back yet: the
+    /// `seq` they all precede. Read on the first read of the log, not at start
+    /// (a host with 100,000 tenants would hold every one's history).
+    history: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl TenantLogs {
@@ -191,27 +195,26 @@ impl TenantLogs {
             lines: Mutex::new(VecDeque::new()),
             live: std::sync::OnceLock::new(),
             archive: None,
+            history: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// A log that also sends every line to `archive` under `tenant_id`, continuing
-    /// after `history` (the lines archived before a restart); lines the queue
-    /// has no room for are counted in `metrics` and noted in the log.
+    /// A log that also sends every line to `archive` under `tenant_id`,
+    /// continuing after line `last_seq` (the newest archived before a restart,
+    /// read back by [`TenantLogs::merge_history`] when first wanted); lines the
+    /// queue has no room for are counted in `metrics` and noted in the log.
     pub fn archived(
         tenant: impl Into<String>,
         capacity: usize,
         tenant_id: String,
         archive: ArchiveSender,
-        history: Vec<LogLine>,
+        last_seq: Option<u64>,
         metrics: crate::metrics::TenantMetrics,
     ) -> Self {
         let mut logs = Self::new(tenant, capacity);
-        let next = history.last().map_or(1, |l| l.seq + 1);
-        logs.next_seq = AtomicU64::new(next);
-        {
-            let lines = logs.lines.get_mut().unwrap_or_else(PoisonError::into_inner);
-            let skip = history.len().saturating_sub(logs.capacity);
-            lines.extend(history.into_iter().skip(skip));
+        if let Some(last) = last_seq {
+            logs.next_seq = AtomicU64::new(last + 1);
+            logs.history = tokio::sync::Mutex::new(Some(last + 1));
         }
         logs.archive = Some(ArchiveLink {
             tenant_id,
@@ -301,6 +304,30 @@ impl TenantLogs {
         }
         lines.push_back(line);
         timestamp
+    }
+
+    /// Reads back the lines archived before a restart, once, with `read` (given
+    /// how many of the newest to read); until then the log holds only the lines
+    /// since the restart. A failed read is tried again on the next call.
+    pub async fn merge_history<E, F>(&self, read: impl FnOnce(usize) -> F) -> Result<(), E>
+    where
+        F: Future<Output = Result<Vec<LogLine>, E>>,
+    {
+        let mut pending = self.history.lock().await;
+        let Some(before) = *pending else {
+            return Ok(());
+        };
+        let history = read(self.capacity).await?;
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        // The archive may already hold lines pushed since the restart.
+        let older = history.into_iter().filter(|l| l.seq < before);
+        let mut merged: VecDeque<LogLine> = older.chain(lines.drain(..)).collect();
+        while merged.len() > self.capacity {
+            merged.pop_front();
+        }
+        *lines = merged;
+        *pending = None;
+        Ok(())
     }
 
     /// Lines with `seq > since`, oldest first, at most `limit` of the newest.
@@ -569,7 +596,7 @@ mod tests {
                 2000,
                 id.to_owned(),
                 archive.clone(),
-                Vec::new(),
+                None,
                 crate::metrics::TenantMetrics::default(),
             )
         };

@@ -330,64 +330,70 @@ impl Tenant {
     }
 }
 
-/// All tenants of this host.
+/// All tenants of this host, by slug and by storage id.
 #[derive(Debug, Default)]
 pub struct Registry {
-    tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    tenants: RwLock<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_slug: HashMap<String, Arc<Tenant>>,
+    by_id: HashMap<Arc<str>, Arc<Tenant>>,
 }
 
 impl Registry {
-    /// The tenant with `slug`.
-    pub fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
-        self.tenants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(slug)
-            .cloned()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.tenants.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds or replaces a tenant.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
+        self.tenants.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tenant with `slug`.
+    pub fn get(&self, slug: &str) -> Option<Arc<Tenant>> {
+        self.read().by_slug.get(slug).cloned()
+    }
+
+    /// Adds or replaces a tenant (by slug; a tenant it replaces leaves the id map too).
     pub fn insert(&self, tenant: Arc<Tenant>) {
-        self.tenants
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(tenant.slug.clone(), tenant);
+        let mut maps = self.write();
+        if let Some(old) = maps.by_slug.insert(tenant.slug.clone(), tenant.clone())
+            && old.id != tenant.id
+        {
+            maps.by_id.remove(&old.id);
+        }
+        maps.by_id.insert(tenant.id.clone(), tenant);
     }
 
     /// Removes a tenant; requests already running finish.
     pub fn remove(&self, slug: &str) -> Option<Arc<Tenant>> {
-        self.tenants
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(slug)
+        let mut maps = self.write();
+        let tenant = maps.by_slug.remove(slug)?;
+        if maps
+            .by_id
+            .get(&tenant.id)
+            .is_some_and(|t| Arc::ptr_eq(t, &tenant))
+        {
+            maps.by_id.remove(&tenant.id);
+        }
+        Some(tenant)
     }
 
-    /// The tenant with storage id `id` (a scan: control-plane paths only).
+    /// The tenant with storage id `id`.
     pub fn by_id(&self, id: &str) -> Option<Arc<Tenant>> {
-        self.tenants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .find(|t| &*t.id == id)
-            .cloned()
+        self.read().by_id.get(id).cloned()
     }
 
     /// Every tenant.
     pub fn all(&self) -> Vec<Arc<Tenant>> {
-        self.tenants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.read().by_slug.values().cloned().collect()
     }
 
     /// How many tenants are registered.
     pub fn len(&self) -> usize {
-        self.tenants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.read().by_slug.len()
     }
 
     /// Whether no tenant is registered.

@@ -36,6 +36,7 @@ pub(super) async fn tenant_logs(
     let live = lodge.live(&record).await?;
     let since = query.since.unwrap_or(0);
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    lodge.read_log_history(&live).await;
     if !query.follow.unwrap_or(false) {
         let lines = live.logs.since(since, limit);
         return Ok(Json(LogPage { lines }).into_response());

@@ -220,6 +220,32 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
         )
         .await?;
     ensure!(storage.get_env(&t.id).await? == [("A".into(), "1".into()), ("Z".into(), "26".into())]);
+    // A restart's batch reads: a page of tenants by id, their envs and active versions.
+    let ids = vec![t.id.clone(), t2.id.clone()];
+    ensure!(
+        storage.env_of(&ids).await?
+            == [
+                (t.id.clone(), "A".into(), "1".into()),
+                (t.id.clone(), "Z".into(), "26".into())
+            ]
+    );
+    ensure!(storage.env_of(&[]).await?.is_empty());
+    let actives = storage.active_deployments(&ids).await?;
+    ensure!(actives.len() == 2, "{actives:?}");
+    for (id, deployment) in &actives {
+        let active = storage.get_tenant(id).await?.active_version;
+        ensure!(active == Some(deployment.version), "{id}: {deployment:?}");
+    }
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = storage.tenants_after(after.as_deref(), 1).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        paged.push(last.id.clone());
+    }
+    ensure!(paged.contains(&t.id) && paged.contains(&t2.id));
+    ensure!(paged.windows(2).all(|w| w[0] < w[1]), "by id: {paged:?}");
 
     // Logs: a seq given again replaces the line; NUL survives as U+FFFD.
     storage
@@ -241,6 +267,12 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
         .map(|l| l.message)
         .collect();
     ensure!(recent == ["TWO", "three\u{FFFD}again"], "logs {recent:?}");
+    ensure!(
+        storage
+            .last_log_seqs(&[t.id.clone(), t2.id.clone()])
+            .await?
+            == [(t.id.clone(), 3)]
+    );
 
     // Key-value.
     storage

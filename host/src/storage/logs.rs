@@ -13,6 +13,8 @@ pub trait LogStore: Send + Sync + std::fmt::Debug {
     async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()>;
     /// The newest `limit` archived lines of a tenant, oldest first.
     async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>>;
+    /// The `seq` of the newest archived line of each of `tenant_ids` that has lines.
+    async fn last_log_seqs(&self, tenant_ids: &[String]) -> StorageResult<Vec<(String, i64)>>;
     /// Deletes a tenant's archived lines older than `before_ms` or older than
     /// its newest `keep` lines; returns how many.
     async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64>;
@@ -98,6 +100,22 @@ impl LogStore for SqlStorage {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().rev().map(LogLine::from).collect())
+    }
+
+    async fn last_log_seqs(&self, tenant_ids: &[String]) -> StorageResult<Vec<(String, i64)>> {
+        if tenant_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One index probe per tenant (the primary key is (tenant_id, seq)).
+        let sql = format!(
+            "SELECT tenant_id, MAX(seq) FROM tenant_logs WHERE tenant_id IN ({}) GROUP BY tenant_id",
+            placeholders(1, tenant_ids.len())
+        );
+        let mut query = sqlx::query_as(&sql);
+        for id in tenant_ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     async fn prune_logs(&self, tenant_id: &str, before_ms: i64, keep: i64) -> StorageResult<u64> {

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::dialect::placeholders;
 use super::{SqlStorage, StorageError, StorageResult, now_rfc3339, unique_violation};
 use crate::plans::LimitsPatch;
 
@@ -205,6 +206,21 @@ pub trait TenantStore: Send + Sync + fmt::Debug {
     async fn set_env(&self, tenant_id: &str, vars: &[(String, String)]) -> StorageResult<()>;
     /// A tenant's environment variables, sorted by name.
     async fn get_env(&self, tenant_id: &str) -> StorageResult<Vec<(String, String)>>;
+
+    /// Up to `limit` live tenants with ids after `after`, by id: a restart
+    /// reads every tenant a page at a time, each page by its primary key.
+    async fn tenants_after(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StorageResult<Vec<TenantRecord>>;
+    /// The active deployment of each of `tenant_ids` that has one: (tenant id, deployment).
+    async fn active_deployments(
+        &self,
+        tenant_ids: &[String],
+    ) -> StorageResult<Vec<(String, Deployment)>>;
+    /// The environments of `tenant_ids`: (tenant id, name, stored value) rows.
+    async fn env_of(&self, tenant_ids: &[String]) -> StorageResult<Vec<(String, String, String)>>;
 }
 
 const TENANT_COLUMNS: &str = "id, org_id, name, slug, status, plan, limits_override, active_version, last_error, created_at, updated_at";
@@ -572,6 +588,70 @@ impl TenantStore for SqlStorage {
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn tenants_after(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StorageResult<Vec<TenantRecord>> {
+        let bytewise = self.dialect.bytewise();
+        Ok(sqlx::query_as(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants
+             WHERE deleted_at IS NULL AND (CAST($1 AS TEXT) IS NULL OR id{bytewise} > $1)
+             ORDER BY id{bytewise} LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn active_deployments(
+        &self,
+        tenant_ids: &[String],
+    ) -> StorageResult<Vec<(String, Deployment)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            tenant_id: String,
+            #[sqlx(flatten)]
+            deployment: Deployment,
+        }
+        if tenant_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.tenant_id, d.version, d.sha256, d.size, d.compile_ms, d.created_at
+             FROM deployments d JOIN tenants t ON t.id = d.tenant_id AND t.active_version = d.version
+             WHERE t.id IN ({})",
+            placeholders(1, tenant_ids.len())
+        );
+        let mut query = sqlx::query_as::<_, Row>(&sql);
+        for id in tenant_ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.tenant_id, r.deployment))
+            .collect())
+    }
+
+    async fn env_of(&self, tenant_ids: &[String]) -> StorageResult<Vec<(String, String, String)>> {
+        if tenant_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT tenant_id, name, value FROM tenant_env WHERE tenant_id IN ({})
+             ORDER BY tenant_id, name{}",
+            placeholders(1, tenant_ids.len()),
+            self.dialect.bytewise()
+        );
+        let mut query = sqlx::query_as(&sql);
+        for id in tenant_ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 }
 

@@ -927,3 +927,58 @@ async fn the_api_documents_itself() {
         .expect("sent");
     assert_eq!(ready.status(), 200);
 }
+
+/// A tenant's log page through the API (admin token).
+async fn log_page(host: &TestHost, slug: &str) -> Vec<Value> {
+    let page = call(
+        host,
+        Method::GET,
+        &format!("/tenant/{slug}/logs?limit=1000"),
+        ADMIN_TOKEN,
+        None,
+        200,
+    )
+    .await;
+    page["lines"].as_array().expect("lines").clone()
+}
+
+#[tokio::test]
+async fn archived_log_lines_are_read_back_after_a_restart_on_first_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let host = TestHost::start_in(dir.path(), |_| {}).await;
+    host.app("chatty", guests::HOSTILE, lodge_host::Limits::default())
+        .await;
+    for _ in 0..3 {
+        assert_eq!(host.get("chatty", "/log").await.status(), 200);
+    }
+    let before = log_page(&host, "chatty").await;
+    assert!(before.len() >= 6, "{before:?}");
+    // A clean shutdown archives every queued line.
+    host.shutdown().await;
+
+    let host = TestHost::start_in(dir.path(), |_| {}).await;
+    let tenant = host.lodge.registry.get("chatty").expect("restored");
+    assert!(
+        tenant.logs.snapshot().is_empty(),
+        "nothing read back at start"
+    );
+    assert_eq!(host.get("chatty", "/log").await.status(), 200);
+    let after = log_page(&host, "chatty").await;
+    assert_eq!(&after[..before.len()], &before[..], "the history, first");
+    let new = &after[before.len()..];
+    assert!(
+        new.iter()
+            .any(|l| l["message"].as_str() == Some("hello on stderr")),
+        "{new:?}"
+    );
+    let seqs: Vec<u64> = after
+        .iter()
+        .map(|l| l["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "numbered on from the history, no line twice: {seqs:?}"
+    );
+    // Read once: the log is whole in memory from now on.
+    assert_eq!(tenant.logs.snapshot().len(), after.len());
+}
