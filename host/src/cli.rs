@@ -249,6 +249,11 @@ pub struct HostArgs {
     #[arg(long, env = "LODGE_IDLE_UNLOAD", default_value = "5m", value_parser = positive_duration)]
     pub idle_unload: Duration,
 
+    /// After no request ran for this long, give the memory instance slots keep
+    /// resident between requests (for faster instantiation) back to the system.
+    #[arg(long, env = "LODGE_IDLE_TRIM", default_value = "30s", value_parser = positive_duration)]
+    pub idle_trim: Duration,
+
     /// With PostgreSQL: how often this host compares its tenants with the
     /// database (the safety net for lost change notices) and requeues tasks
     /// whose lease lapsed.
@@ -336,6 +341,7 @@ impl ServeArgs {
             task_lease: self.host.task_lease,
             reconcile_interval: self.host.reconcile_interval,
             idle_unload: self.host.idle_unload,
+            idle_trim: self.host.idle_trim,
             max_connections: self.host.max_connections.max(1),
             header_read_timeout: self.host.header_read_timeout,
             idle_timeout: self.host.idle_timeout,

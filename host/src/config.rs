@@ -170,6 +170,9 @@ pub struct HostConfig {
     /// A tenant's component is dropped from memory after it served no request
     /// for this long (it loads again, from the precompiled artifact, on the next).
     pub idle_unload: Duration,
+    /// After no request ran for this long, the memory pools keep resident in
+    /// warm instance slots is given back ([`crate::instance::Runtime::trim`]).
+    pub idle_trim: Duration,
     /// CPU lanes of a tenant of weight 1 (`None`: one per core). See `limits::Fair`.
     pub cpu_lanes: Option<u32>,
     /// Tenants given their own label in `/metrics`; the rest share `_other`.
@@ -362,6 +365,7 @@ impl Default for HostConfig {
             reconcile_interval: Duration::from_secs(5),
             task_lease: Duration::from_secs(60),
             idle_unload: Duration::from_secs(300),
+            idle_trim: Duration::from_secs(30),
             max_uploads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

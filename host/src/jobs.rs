@@ -12,6 +12,7 @@
 //! | housekeeping | `housekeeping_interval` (10 min) | prunes archived log lines, sweeps artifacts |
 //! | lapsed leases | `reconcile_interval` | requeues tasks whose host died |
 //! | idle unload | `idle_unload / 4` | drops components of idle tenants |
+//! | idle trim | `idle_trim / 4` | gives warm instance slots' memory back once the host is quiet |
 //! | precompile | once at start | compiles active components missing from the artifact cache |
 //! | config watch | `config_poll`, SIGHUP | reloads `lodge.toml` |
 //! | change notices, reconcile | as notices come, `reconcile_interval` | PostgreSQL: other hosts' changes (`sync`) |
@@ -47,6 +48,7 @@ pub(crate) fn start(jobs: &Jobs, lodge: &Arc<ControlPlane>, convergence: &Arc<Co
         "idle unload",
         unload_idle_periodically(weak(), lodge.config.idle_unload),
     );
+    jobs.spawn("idle trim", trim_when_quiet(weak(), lodge.config.idle_trim));
     if lodge.config.config_file.is_some() {
         jobs.spawn("config watch", watch_config(weak()));
     }
@@ -152,6 +154,37 @@ async fn unload_idle_periodically(lodge: std::sync::Weak<ControlPlane>, idle: Du
                 in_memory = lodge.runtime.components_loaded(),
                 "unloaded idle tenants"
             );
+        }
+    }
+}
+
+/// Once no request ran for `quiet`, replaces the engines so the memory their
+/// pools keep resident in warm slots goes back (once per quiet period: the
+/// fresh pools hold nothing until requests come again).
+async fn trim_when_quiet(lodge: std::sync::Weak<ControlPlane>, quiet: Duration) {
+    let every = (quiet / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        let runtime = lodge.runtime.clone();
+        if runtime.quiet_for().is_none_or(|q| q < quiet) {
+            continue;
+        }
+        let resident = runtime.idle_resident_bytes();
+        if resident == 0 {
+            continue;
+        }
+        match tokio::task::spawn_blocking(move || runtime.trim()).await {
+            Ok(Ok(moved)) => tracing::info!(
+                resident_mib = resident >> 20,
+                components = moved,
+                "host quiet: idle instance memory given back"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "idle memory not given back"),
+            Err(e) => tracing::warn!(error = %e, "idle memory not given back"),
         }
     }
 }

@@ -34,7 +34,8 @@ use crate::config::{HostConfig, Limits, Tier, TierPolicy};
 use crate::counters::TenantCounters;
 use crate::limits::{Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, TenantLoad};
 use crate::logs::LogStream;
-use tiers::{Code, Optimizer, Prepared, TierEngine};
+use arc_swap::ArcSwap;
+use tiers::{Code, Optimizer, Prepared, TierEngine, Tiers};
 
 /// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
 const PROVIDED_PACKAGES: &[(&str, &str)] = &[
@@ -179,6 +180,8 @@ pub struct RuntimeStats {
     pub optimized_compile_bytes: AtomicU64,
     /// Components in memory whose optimised code replaced their baseline code.
     pub tier_ups: AtomicU64,
+    /// Times idle pool memory was given back ([`Runtime::trim`]).
+    pub trims: AtomicU64,
 }
 
 impl RuntimeStats {
@@ -199,12 +202,16 @@ impl RuntimeStats {
 /// One per process: an engine per compile tier, the artifact cache, the optimiser.
 pub struct Runtime {
     policy: TierPolicy,
-    /// Winch's engine, unless the policy is optimised-only.
-    baseline: Option<Arc<TierEngine>>,
-    /// Cranelift's engine, unless the policy is baseline-only.
-    optimized: Option<Arc<TierEngine>>,
+    /// The engines in force (replaced whole by [`Runtime::trim`]).
+    tiers: Arc<ArcSwap<Tiers>>,
+    /// What new engines are built from.
+    tuning: crate::config::EngineTuning,
+    pool_config: PoolingAllocationConfig,
     optimizer: Option<Optimizer>,
     artifacts: PathBuf,
+    /// When the last request ended, in ms since `started`.
+    last_request_end: Arc<AtomicU64>,
+    started: Instant,
     budget: Arc<MemoryBudget>,
     pool: Arc<Pool>,
     lanes: u32,
@@ -278,41 +285,30 @@ impl Runtime {
         std::fs::create_dir_all(&artifacts)
             .with_context(|| format!("creating {}", artifacts.display()))?;
 
-        let mut policy = config.engine.tiers;
-        let engine = |tier| TierEngine::new(config, tier, pool.clone(), &artifacts).map(Arc::new);
-        let baseline = match policy.uses(Tier::Baseline).then(|| engine(Tier::Baseline)) {
-            Some(Ok(engine)) => Some(engine),
-            Some(Err(e)) if policy == TierPolicy::Tiered => {
-                // Winch needs x86_64 with AVX or aarch64: elsewhere, optimise only.
-                tracing::warn!(error = %format!("{e:#}"), "the baseline compiler is unavailable; compiling optimised code only");
-                policy = TierPolicy::Optimized;
-                None
-            }
-            Some(Err(e)) => return Err(e),
-            None => None,
-        };
-        let optimized = policy
-            .uses(Tier::Optimized)
-            .then(|| engine(Tier::Optimized))
-            .transpose()?;
+        let (tiers, policy) = Tiers::new(config.engine.tiers, &config.engine, &pool, &artifacts)?;
+        let tiers = Arc::new(ArcSwap::from_pointee(tiers));
         let stats = Arc::<RuntimeStats>::default();
-        let optimizer = match (&optimized, policy) {
-            (Some(engine), TierPolicy::Tiered) => Some(Optimizer::new(
-                engine.clone(),
-                config.engine.optimizer_threads,
-                stats.clone(),
-            )?),
-            _ => None,
-        };
-        let engines = baseline.iter().chain(&optimized).map(|t| t.engine.clone());
+        let optimizer = (policy == TierPolicy::Tiered)
+            .then(|| {
+                Optimizer::new(
+                    tiers.clone(),
+                    config.engine.optimizer_threads,
+                    stats.clone(),
+                )
+            })
+            .transpose()?;
+        let pool_config = pool;
         let pool = Pool::new(config.max_instances);
         Ok(Self {
-            _ticker: EpochTicker::spawn(engines.collect(), config.epoch_tick)?,
+            _ticker: EpochTicker::spawn(tiers.clone(), config.epoch_tick)?,
             policy,
-            baseline,
-            optimized,
+            tiers,
+            tuning: config.engine.clone(),
+            pool_config,
             optimizer,
             artifacts,
+            last_request_end: Arc::default(),
+            started: Instant::now(),
             budget: MemoryBudget::new(config.memory_budget_bytes, pool.clone()),
             pool,
             lanes: config.cpu_lanes.unwrap_or_else(|| {
@@ -349,9 +345,62 @@ impl Runtime {
         }
     }
 
-    /// The engines, best tier first.
-    fn engines(&self) -> impl Iterator<Item = &Arc<TierEngine>> {
-        self.optimized.iter().chain(&self.baseline)
+    /// Bytes the pools keep resident in instance slots no instance uses now
+    /// (warm slots: memory memset instead of returned, for a faster next instance).
+    pub fn idle_resident_bytes(&self) -> u64 {
+        self.tiers.load().idle_resident_bytes()
+    }
+
+    /// How long no request has run on this host (none in flight now, and the
+    /// last one ended that long ago); `None` while one runs.
+    pub fn quiet_for(&self) -> Option<Duration> {
+        if self.pool.in_use() > 0 {
+            return None;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_request_end.load(Ordering::Relaxed);
+        Some(Duration::from_millis(now.saturating_sub(last)))
+    }
+
+    /// Gives the memory of warm instance slots back to the system: builds
+    /// fresh engines (empty pools), moves every component in memory to them
+    /// (its artifact mapped again, a few ms each), and lets the old engines
+    /// go; their pools are unmapped once the last request on them ends.
+    /// wasmtime has no call to decommit a pool's warm slots, so the pools are
+    /// replaced instead. Returns how many components moved.
+    pub fn trim(&self) -> anyhow::Result<usize> {
+        let (fresh, _) = Tiers::new(
+            self.policy,
+            &self.tuning,
+            &self.pool_config,
+            &self.artifacts,
+        )?;
+        let fresh = Arc::new(fresh);
+        let old = self.tiers.swap(fresh.clone());
+        let loaded: Vec<(String, Arc<Code>)> = self
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|(digest, code)| Some((digest.clone(), code.upgrade()?)))
+            .collect();
+        let mut moved = 0;
+        for (digest, code) in loaded {
+            let Some(engine) = fresh.get(code.tier()) else {
+                continue;
+            };
+            // A component whose artifact is gone stays on the old engine (and
+            // keeps its pool) until it is unloaded.
+            if let Some(component) = engine.read_artifact(&digest)
+                && let Ok(prepared) = engine.prepare(&component)
+            {
+                code.replace(Arc::new(prepared));
+                moved += 1;
+            }
+        }
+        self._ticker.retire(&old);
+        self.stats.trims.fetch_add(1, Ordering::Relaxed);
+        Ok(moved)
     }
 
     /// The host-wide instance slots, taken at admission.
@@ -443,7 +492,7 @@ impl Runtime {
 
     /// The best tier's cached artifact of `digest`, pre-instantiated.
     fn read_best(&self, digest: &str) -> Result<Option<Prepared>, LoadError> {
-        for engine in self.engines() {
+        for engine in self.tiers.load().best_first() {
             if let Some(component) = engine.read_artifact(digest) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return engine.prepare(&component).map(Some);
@@ -456,12 +505,10 @@ impl Runtime {
     /// proposals (GC, tail calls, exceptions …): what it refuses, Cranelift
     /// compiles, if the policy has it.
     fn compile_first(&self, wasm: &[u8], digest: &str) -> Result<Prepared, LoadError> {
-        let first = match self.policy.first() {
-            Tier::Baseline => self.baseline.as_ref(),
-            Tier::Optimized => self.optimized.as_ref(),
-        };
-        let first = first
-            .or(self.optimized.as_ref())
+        let tiers = self.tiers.load();
+        let first = tiers
+            .get(self.policy.first())
+            .or(tiers.optimized.as_ref())
             .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("no compiler configured")))?;
         let compile = |engine: &TierEngine| {
             let started = Instant::now();
@@ -470,7 +517,7 @@ impl Runtime {
                 .record_compile(engine.tier, wasm.len(), started.elapsed());
             engine.prepare(&component)
         };
-        match (compile(first), &self.optimized) {
+        match (compile(first), &tiers.optimized) {
             (Err(LoadError::Invalid(why)), Some(optimized)) if first.tier == Tier::Baseline => {
                 tracing::info!(digest, reason = %why, "the baseline compiler refused the component; compiling optimised code");
                 compile(optimized)
@@ -561,7 +608,9 @@ impl Runtime {
     /// Whether the artifact cache holds the best code of component `digest`
     /// this policy makes (nothing to compile before its tenants' first request).
     pub fn has_artifact(&self, digest: &str) -> bool {
-        self.engines()
+        self.tiers
+            .load()
+            .best_first()
             .next()
             .is_some_and(|engine| engine.artifact_path(digest).exists())
     }
@@ -669,6 +718,7 @@ impl Runtime {
         let counters = call.counters.clone();
         let fuel = limits.fuel;
         let (load, lanes) = (call.load, call.lanes);
+        let (ended, started_at) = (self.last_request_end.clone(), self.started);
         let task = tokio::spawn(
             async move {
                 let started = Instant::now();
@@ -696,6 +746,7 @@ impl Runtime {
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 drop(store);
                 drop(admission);
+                ended.fetch_max(started_at.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let failure = classify(result, denied);
                 if let Some((_, detail)) = &failure {
                     task_logs.push(&task_request_id, LogStream::Host, detail.clone());
@@ -813,24 +864,43 @@ impl Drop for Runtime {
 /// Advances every engine's epoch every tick; stops when dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Engines a trim replaced, ticked while requests still run on them.
+    retired: Arc<Mutex<Vec<wasmtime::EngineWeak>>>,
 }
 
 impl EpochTicker {
-    fn spawn(engines: Vec<Engine>, tick: Duration) -> anyhow::Result<Self> {
+    fn spawn(tiers: Arc<ArcSwap<Tiers>>, tick: Duration) -> anyhow::Result<Self> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let retired = Arc::new(Mutex::new(Vec::<wasmtime::EngineWeak>::new()));
+        let (flag, old) = (stop.clone(), retired.clone());
         std::thread::Builder::new()
             .name("lodge-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    for engine in &engines {
-                        engine.increment_epoch();
+                    for engine in tiers.load().best_first() {
+                        engine.engine.increment_epoch();
                     }
+                    let mut old = old.lock().unwrap_or_else(PoisonError::into_inner);
+                    old.retain(|weak| match weak.upgrade() {
+                        Some(engine) => {
+                            engine.increment_epoch();
+                            true
+                        }
+                        None => false,
+                    });
                 }
             })
             .context("starting the epoch thread")?;
-        Ok(Self { stop })
+        Ok(Self { stop, retired })
+    }
+
+    /// Keeps ticking `tiers`' engines while anything still runs on them.
+    fn retire(&self, tiers: &Tiers) {
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(tiers.best_first().map(|t| t.engine.weak()));
     }
 }
 
@@ -949,6 +1019,18 @@ impl prometheus_client::collector::Collector for RuntimeCollector {
             "optimized_compile_seconds",
             "Time spent in optimised compiles",
             stats.optimized_compile_nanos.load(Relaxed) as f64 / 1e9,
+        )?;
+        crate::metrics::gauge(
+            e,
+            "idle_instance_resident_bytes",
+            "Memory the instance pools keep resident in slots no instance uses now",
+            self.runtime.idle_resident_bytes() as i64,
+        )?;
+        crate::metrics::counter(
+            e,
+            "idle_trims",
+            "Times the host was quiet and gave idle instance memory back",
+            stats.trims.load(Relaxed),
         )?;
         crate::metrics::counter(
             e,

@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::{LoadError, RuntimeStats, missing_imports};
 use crate::capability::{self, GuestState};
-use crate::config::{HostConfig, Tier};
+use crate::config::{EngineTuning, Tier, TierPolicy};
 
 /// One compiler's engine, linker and artifacts.
 pub(crate) struct TierEngine {
@@ -44,7 +44,7 @@ impl TierEngine {
     /// The engine of `tier`: fuel, epoch interruption and a pool of `pool`'s
     /// shape, whichever compiler.
     pub fn new(
-        config: &HostConfig,
+        tuning: &EngineTuning,
         tier: Tier,
         pool: PoolingAllocationConfig,
         artifacts: &Path,
@@ -59,7 +59,6 @@ impl TierEngine {
                 wasm.strategy(Strategy::Winch);
             }
             Tier::Optimized => {
-                let tuning = &config.engine;
                 wasm.strategy(Strategy::Cranelift)
                     .native_unwind_info(tuning.native_unwind_info)
                     .cranelift_regalloc_algorithm(if tuning.single_pass_regalloc {
@@ -156,6 +155,77 @@ impl TierEngine {
     }
 }
 
+/// The engines of the tiers a policy uses. Replaced whole by
+/// [`super::Runtime::trim`]: a fresh set has empty pools, and the old set's
+/// pools are unmapped when the last code and instance using them are gone.
+pub(crate) struct Tiers {
+    /// Winch's engine, unless the policy is optimised-only.
+    pub baseline: Option<Arc<TierEngine>>,
+    /// Cranelift's engine, unless the policy is baseline-only.
+    pub optimized: Option<Arc<TierEngine>>,
+}
+
+impl Tiers {
+    /// Builds the engines `policy` uses; the policy actually in force comes
+    /// back too (tiered falls back to optimised-only where Winch cannot run).
+    pub fn new(
+        policy: TierPolicy,
+        tuning: &EngineTuning,
+        pool: &PoolingAllocationConfig,
+        artifacts: &Path,
+    ) -> anyhow::Result<(Self, TierPolicy)> {
+        let mut policy = policy;
+        let engine = |tier| TierEngine::new(tuning, tier, pool.clone(), artifacts).map(Arc::new);
+        let baseline = match policy.uses(Tier::Baseline).then(|| engine(Tier::Baseline)) {
+            Some(Ok(engine)) => Some(engine),
+            Some(Err(e)) if policy == TierPolicy::Tiered => {
+                // Winch needs x86_64 with AVX or aarch64: elsewhere, optimise only.
+                tracing::warn!(error = %format!("{e:#}"), "the baseline compiler is unavailable; compiling optimised code only");
+                policy = TierPolicy::Optimized;
+                None
+            }
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
+        let optimized = policy
+            .uses(Tier::Optimized)
+            .then(|| engine(Tier::Optimized))
+            .transpose()?;
+        Ok((
+            Self {
+                baseline,
+                optimized,
+            },
+            policy,
+        ))
+    }
+
+    /// The engine of `tier`, if the policy uses it.
+    pub fn get(&self, tier: Tier) -> Option<&Arc<TierEngine>> {
+        match tier {
+            Tier::Baseline => self.baseline.as_ref(),
+            Tier::Optimized => self.optimized.as_ref(),
+        }
+    }
+
+    /// The engines, best tier first.
+    pub fn best_first(&self) -> impl Iterator<Item = &Arc<TierEngine>> {
+        self.optimized.iter().chain(&self.baseline)
+    }
+
+    /// Bytes the pools keep resident in slots no instance uses now.
+    pub fn idle_resident_bytes(&self) -> u64 {
+        self.best_first()
+            .filter_map(|t| t.engine.pooling_allocator_metrics())
+            .map(|m| {
+                (m.unused_memory_bytes_resident()
+                    + m.unused_table_bytes_resident()
+                    + m.unused_stack_bytes_resident().unwrap_or(0)) as u64
+            })
+            .sum()
+    }
+}
+
 /// Pre-instantiated code of one tier.
 pub(crate) struct Prepared {
     /// Which compiler made it.
@@ -177,6 +247,11 @@ impl Code {
         }
     }
 
+    /// Moves new requests to `prepared` (requests in flight keep theirs).
+    pub fn replace(&self, prepared: Arc<Prepared>) {
+        self.current.store(prepared);
+    }
+
     /// The code new requests run now.
     pub fn current(&self) -> Arc<Prepared> {
         self.current.load_full()
@@ -196,7 +271,7 @@ const MAX_PENDING: usize = 4096;
 /// CPU priority (serving and first-tier compiles run first), one component at
 /// a time per thread, each component once however many tenants run it.
 pub(crate) struct Optimizer {
-    engine: Arc<TierEngine>,
+    tiers: Arc<ArcSwap<Tiers>>,
     threads: rayon::ThreadPool,
     /// Components queued or compiling, with the code in memory to raise when done.
     pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
@@ -207,7 +282,7 @@ pub(crate) struct Optimizer {
 impl Optimizer {
     /// An optimiser compiling with `engine` on `threads` threads.
     pub fn new(
-        engine: Arc<TierEngine>,
+        tiers: Arc<ArcSwap<Tiers>>,
         threads: usize,
         stats: Arc<RuntimeStats>,
     ) -> anyhow::Result<Self> {
@@ -218,7 +293,7 @@ impl Optimizer {
             .build()
             .context("starting the optimiser threads")?;
         Ok(Self {
-            engine,
+            tiers,
             threads,
             pending: Arc::default(),
             closed: Arc::default(),
@@ -254,7 +329,7 @@ impl Optimizer {
             pending.insert(digest.to_owned(), vec![Arc::downgrade(code)]);
         }
         let job = Job {
-            engine: self.engine.clone(),
+            tiers: self.tiers.clone(),
             pending: self.pending.clone(),
             closed: self.closed.clone(),
             stats: self.stats.clone(),
@@ -273,7 +348,7 @@ impl Optimizer {
 
 /// One optimised compile.
 struct Job {
-    engine: Arc<TierEngine>,
+    tiers: Arc<ArcSwap<Tiers>>,
     pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
     closed: Arc<AtomicBool>,
     stats: Arc<RuntimeStats>,
@@ -295,11 +370,15 @@ impl Job {
     fn compile_and_raise(&self) {
         let digest = &self.digest;
         let started = Instant::now();
+        // The engines in force now (a trim may have replaced them since the queueing).
+        let Some(engine) = self.tiers.load().optimized.clone() else {
+            return;
+        };
         // The artifact may exist: another host sharing the directory, or a
         // restart, compiled it while this was queued.
-        let component = match self.engine.read_artifact(digest) {
+        let component = match engine.read_artifact(digest) {
             Some(component) => component,
-            None => match self.engine.compile(&self.wasm, digest) {
+            None => match engine.compile(&self.wasm, digest) {
                 Ok(component) => {
                     self.stats
                         .record_compile(Tier::Optimized, self.wasm.len(), started.elapsed());
@@ -321,11 +400,11 @@ impl Job {
         if waiting.is_empty() {
             return;
         }
-        match self.engine.prepare(&component) {
+        match engine.prepare(&component) {
             Ok(prepared) => {
                 let prepared = Arc::new(prepared);
                 for code in &waiting {
-                    code.current.store(prepared.clone());
+                    code.replace(prepared.clone());
                 }
                 self.stats.tier_ups.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -369,7 +448,8 @@ mod tests {
         assert!(!TierPolicy::Optimized.uses(Tier::Baseline));
     }
 
-    fn runtime(policy: crate::config::TierPolicy, dir: &Path) -> super::super::Runtime {
+    fn runtime(policy: TierPolicy, dir: &Path) -> super::super::Runtime {
+        use crate::config::HostConfig;
         let config = HostConfig {
             data_dir: dir.to_owned(),
             max_instances: 4,

@@ -251,3 +251,83 @@ async fn fuel_deadline_memory_and_traps_hold_on_baseline_code() {
 async fn fuel_deadline_memory_and_traps_hold_on_optimised_code() {
     limits_hold_on(TierPolicy::Optimized, "optimized").await;
 }
+
+#[tokio::test]
+async fn a_trim_moves_code_to_fresh_pools_while_requests_in_flight_finish_and_keep_their_deadline()
+{
+    let host = TestHost::start_with(|c| c.idle_trim = Duration::from_secs(3600)).await;
+    let spin = Limits {
+        fuel: u64::MAX / 2,
+        timeout: Duration::from_millis(1500),
+        ..Limits::default()
+    };
+    host.app("hostile", guests::HOSTILE, Limits::default())
+        .await;
+    host.app("spin", guests::HOSTILE, spin).await;
+    assert_eq!(host.get("hostile", "/ok").await.status(), 200);
+    let sleeper = {
+        let (client, url) = (
+            host.client.clone(),
+            host.path_url("hostile", "/sleep?ms=800"),
+        );
+        tokio::spawn(async move { client.get(url).send().await.expect("sent") })
+    };
+    let looper = {
+        let (client, url) = (host.client.clone(), host.path_url("spin", "/loop"));
+        tokio::spawn(async move { client.get(url).send().await.expect("sent") })
+    };
+    eventually(Duration::from_secs(10), "both requests running", || async {
+        (host.lodge.runtime.pool().in_use() == 2).then_some(())
+    })
+    .await;
+    let runtime = host.lodge.runtime.clone();
+    let moved = tokio::task::spawn_blocking(move || runtime.trim())
+        .await
+        .expect("joined")
+        .expect("trimmed");
+    assert!(
+        moved >= 1,
+        "the component in memory moved to the new engines"
+    );
+    // In flight on the old engines: the sleeper finishes, the loop still hits
+    // its deadline (the retired engine's epoch keeps ticking).
+    let slept = sleeper.await.expect("joined");
+    assert_eq!(slept.status(), 200);
+    assert_eq!(slept.text().await.expect("body"), "slept\n");
+    assert_error(looper.await.expect("joined"), 504, "deadline_exceeded").await;
+    // New requests run on the new engines, limits and all.
+    assert_eq!(host.get("hostile", "/ok").await.status(), 200);
+    assert_error(host.get("spin", "/loop").await, 504, "deadline_exceeded").await;
+}
+
+#[tokio::test]
+async fn a_quiet_host_gives_idle_instance_memory_back() {
+    let host = TestHost::start_with(|c| c.idle_trim = Duration::from_secs(2)).await;
+    host.app("hello", guests::HELLO, Limits::default()).await;
+    // A burst leaves warm slots: memory kept resident for the next instances.
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url) = (host.client.clone(), host.path_url("hello", "/"));
+            tokio::spawn(async move { client.get(url).send().await.expect("sent").status() })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.expect("joined"), 200);
+    }
+    assert!(
+        host.lodge.runtime.idle_resident_bytes() > 0,
+        "warm slots hold memory after the burst"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "idle memory given back",
+        || async {
+            let metrics = host.metrics().await;
+            (host.lodge.runtime.idle_resident_bytes() == 0
+                && !metrics.contains("lodge_idle_trims_total 0"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(host.get("hello", "/").await.status(), 200);
+}
