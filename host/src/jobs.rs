@@ -132,12 +132,18 @@ async fn watch_config(lodge: std::sync::Weak<ControlPlane>) {
     }
 }
 
-/// Drops the components of tenants idle for `HostConfig::idle_unload`.
-async fn unload_idle_periodically(lodge: std::sync::Weak<ControlPlane>, idle: Duration) {
-    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+/// An interval of `every` whose first tick has passed, delaying missed ticks.
+async fn every_after_first(every: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    tick
+}
+
+/// Drops the components of tenants idle for `HostConfig::idle_unload`.
+async fn unload_idle_periodically(lodge: std::sync::Weak<ControlPlane>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    let mut tick = every_after_first(every).await;
     loop {
         tick.tick().await;
         let Some(lodge) = lodge.upgrade() else { return };
@@ -163,9 +169,7 @@ async fn unload_idle_periodically(lodge: std::sync::Weak<ControlPlane>, idle: Du
 /// fresh pools hold nothing until requests come again).
 async fn trim_when_quiet(lodge: std::sync::Weak<ControlPlane>, quiet: Duration) {
     let every = (quiet / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut tick = every_after_first(every).await;
     loop {
         tick.tick().await;
         let Some(lodge) = lodge.upgrade() else { return };
