@@ -115,7 +115,7 @@ impl Metrics {
     /// The metrics of a host, labelling at most `max_labels` tenants; `figures`
     /// adds what is read at scrape time (the runtime's pool, memory, compiles).
     pub fn new(
-        figures: Box<dyn prometheus_client::collector::Collector>,
+        figures: Vec<Box<dyn prometheus_client::collector::Collector>>,
         max_labels: usize,
     ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("lodge");
@@ -161,7 +161,9 @@ impl Metrics {
             "Client connections closed at once because the host was at --max-connections",
             connections_refused.clone(),
         );
-        registry.register_collector(figures);
+        for collector in figures {
+            registry.register_collector(collector);
+        }
         Arc::new(Self {
             registry,
             requests,

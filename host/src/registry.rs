@@ -413,3 +413,42 @@ impl crate::convergence::tasks::HeldTenants for Registry {
         })
     }
 }
+
+/// Each tenant's code tier, read at scrape time for `/metrics`: a series per
+/// labelled tenant whose active code is in memory; `_other` counts the rest.
+#[derive(Debug)]
+pub struct TierCollector {
+    /// The tenants read.
+    pub registry: Arc<Registry>,
+}
+
+impl prometheus_client::collector::Collector for TierCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        let mut counts: std::collections::BTreeMap<(Arc<str>, &'static str), i64> =
+            std::collections::BTreeMap::new();
+        for tenant in self.registry.all() {
+            if let Some(app) = tenant.active().and_then(|active| active.app()) {
+                let key = (tenant.metrics.label.clone(), app.tier().as_str());
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        let series: Vec<(crate::metrics::Labels, i64)> = counts
+            .into_iter()
+            .map(|((tenant, tier), n)| {
+                (
+                    vec![("tenant", tenant.to_string()), ("tier", tier.to_owned())],
+                    n,
+                )
+            })
+            .collect();
+        crate::metrics::gauges(
+            &mut encoder,
+            "tenant_code_tier",
+            "Tenants whose active code is in memory, by its compile tier (`_other`: how many of the unlabelled tenants)",
+            &series,
+        )
+    }
+}

@@ -123,10 +123,16 @@ impl Lodge {
             None => PlanBook::only_default(config.default_limits.clone()),
         };
         let runtime = Arc::new(Runtime::new(&config)?);
+        let registry = Arc::new(Registry::default());
         let metrics = Metrics::new(
-            Box::new(crate::instance::RuntimeCollector {
-                runtime: runtime.clone(),
-            }),
+            vec![
+                Box::new(crate::instance::RuntimeCollector {
+                    runtime: runtime.clone(),
+                }),
+                Box::new(crate::registry::TierCollector {
+                    registry: registry.clone(),
+                }),
+            ],
             config.metrics_tenant_labels,
         );
         let provider: Arc<dyn Provider> = match &config.llm {
@@ -134,7 +140,6 @@ impl Lodge {
             None => Arc::new(Offline),
         };
         let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
-        let registry = Arc::new(Registry::default());
         let jobs = crate::jobs::Jobs::default();
         let convergence = Arc::new(ConvergenceService::new(ConvergenceParts {
             provider,

@@ -107,6 +107,10 @@ async fn a_deploy_goes_live_on_baseline_code_and_every_tenant_running_it_gets_op
         "{metrics}"
     );
     assert!(metrics.contains("lodge_optimize_queue 0"), "{metrics}");
+    for tenant in [a.as_str(), "second"] {
+        let series = format!(r#"lodge_tenant_code_tier{{tenant="{tenant}",tier="optimized"}} 1"#);
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
 }
 
 #[tokio::test]
