@@ -487,7 +487,14 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &policy in &args.compile_tiers {
         let (tier, results) = measure_lodge(args, policy, &wasm, &limits).await?;
-        rows.push((format!("lodge ({} code)", tier.as_str()), results));
+        rows.push((
+            format!(
+                "lodge, {} policy ({} code)",
+                policy_name(policy),
+                tier.as_str()
+            ),
+            results,
+        ));
     }
     println!();
 
@@ -624,6 +631,14 @@ async fn measure_lodge(
     drop((app, tenant, lodge));
     host_rt.shutdown_background();
     Ok((tier, results))
+}
+
+fn policy_name(policy: TierPolicy) -> &'static str {
+    match policy {
+        TierPolicy::Tiered => "tiered",
+        TierPolicy::Optimized => "optimized",
+        TierPolicy::Baseline => "baseline",
+    }
 }
 
 /// A component built by `cargo test`, or a hint how to build it.

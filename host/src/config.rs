@@ -221,7 +221,8 @@ pub struct EngineTuning {
     pub optimize: bool,
     /// Which compilers serve a deploy (see [`TierPolicy`]).
     pub tiers: TierPolicy,
-    /// Threads compiling optimised code in the background, at the lowest CPU priority.
+    /// Threads compiling optimised code in the background, at the lowest CPU
+    /// priority (default: one per core; one component at a time per thread).
     pub optimizer_threads: usize,
 }
 
@@ -300,7 +301,8 @@ impl Default for EngineTuning {
             single_pass_regalloc: false,
             optimize: true,
             tiers: TierPolicy::default(),
-            optimizer_threads: 1,
+            // At nice 19 they only take CPU nothing else wants.
+            optimizer_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -418,8 +418,8 @@ impl crate::convergence::tasks::HeldTenants for Registry {
 /// labelled tenant whose active code is in memory; `_other` counts the rest.
 #[derive(Debug)]
 pub struct TierCollector {
-    /// The tenants read.
-    pub registry: Arc<Registry>,
+    /// The tenants read. Weak: tenants hold the metrics that hold this collector.
+    pub registry: std::sync::Weak<Registry>,
 }
 
 impl prometheus_client::collector::Collector for TierCollector {
@@ -429,7 +429,12 @@ impl prometheus_client::collector::Collector for TierCollector {
     ) -> std::fmt::Result {
         let mut counts: std::collections::BTreeMap<(Arc<str>, &'static str), i64> =
             std::collections::BTreeMap::new();
-        for tenant in self.registry.all() {
+        let tenants = self
+            .registry
+            .upgrade()
+            .map(|registry| registry.all())
+            .unwrap_or_default();
+        for tenant in tenants {
             if let Some(app) = tenant.active().and_then(|active| active.app()) {
                 let key = (tenant.metrics.label.clone(), app.tier().as_str());
                 *counts.entry(key).or_default() += 1;

@@ -130,7 +130,7 @@ impl Lodge {
                     runtime: runtime.clone(),
                 }),
                 Box::new(crate::registry::TierCollector {
-                    registry: registry.clone(),
+                    registry: Arc::downgrade(&registry),
                 }),
             ],
             config.metrics_tenant_labels,

@@ -262,6 +262,9 @@ impl Runtime {
         // a deploy every request may run baseline code, after it optimised code.
         let instances = config.max_instances;
         pool.total_component_instances(instances)
+            // One async stack per live instance (wasmtime's default is 1,000 whatever the
+            // instance count: each is a mapping plus a guard-page mapping, per engine).
+            .total_stacks(instances)
             .total_core_instances(instances.saturating_mul(4))
             .total_memories(instances.saturating_mul(2))
             .total_tables(instances.saturating_mul(4))

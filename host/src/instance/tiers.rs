@@ -459,6 +459,30 @@ mod tests {
         super::super::Runtime::new(&config).expect("runtime")
     }
 
+    #[test]
+    fn trimmed_engines_are_freed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let runtime = runtime(TierPolicy::Tiered, dir.path());
+        for _ in 0..3 {
+            let old: Vec<wasmtime::EngineWeak> = runtime
+                .tiers
+                .load()
+                .best_first()
+                .map(|t| t.engine.weak())
+                .collect();
+            assert_eq!(old.len(), 2);
+            runtime.trim().expect("trim");
+            // Nothing runs on them: each engine's pools (terabytes of address
+            // space, a mapping per stack slot) go at once.
+            // (The epoch thread may hold one for a moment while it ticks it.)
+            let gone = (0..200).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                old.iter().all(|engine| engine.upgrade().is_none())
+            });
+            assert!(gone, "the replaced engines are still alive");
+        }
+    }
+
     /// A component whose core module uses a tail call, which Winch does not compile.
     fn tail_calling_component() -> Bytes {
         let wat = r#"(component

@@ -113,8 +113,15 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     let t2 = tenant(&org.id, &unique("slug"));
     storage.create_tenant(&t2).await?;
     let listed = storage.list_tenants(Some(&org.id), 10, 0).await?;
+    // By creation time, then id (two tenants made in the same millisecond).
+    let mut expected = [&t, &t2].map(|t| (t.created_at.clone(), t.id.clone()));
+    expected.sort();
     ensure!(
-        listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>() == [t.id.as_str(), t2.id.as_str()]
+        listed
+            .iter()
+            .map(|t| (t.created_at.clone(), t.id.clone()))
+            .collect::<Vec<_>>()
+            == expected
     );
     ensure!(storage.list_tenants(Some(&org.id), 10, 1).await?.len() == 1);
     ensure!(storage.list_tenants(None, 1_000_000, 0).await?.len() >= 2);

@@ -306,7 +306,12 @@ impl TenantStore for SqlStorage {
 
     async fn get_tenant(&self, id_or_slug: &str) -> StorageResult<TenantRecord> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants WHERE (id = $1 OR slug = $1) AND deleted_at IS NULL"
+            // Two index lookups: SQLite answers `id = $1 OR slug = $1` with a
+            // scan of every tenant.
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1 AND deleted_at IS NULL
+             UNION ALL
+             SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1 AND deleted_at IS NULL
+             LIMIT 1"
         ))
         .bind(id_or_slug)
         .fetch_one(&self.pool)
@@ -319,17 +324,24 @@ impl TenantStore for SqlStorage {
         limit: i64,
         offset: i64,
     ) -> StorageResult<Vec<TenantRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE deleted_at IS NULL AND (CAST($1 AS TEXT) IS NULL OR org_id = $1)
-             ORDER BY created_at, id{} LIMIT $2 OFFSET $3",
-            self.dialect.bytewise()
-        ))
-        .bind(org_id)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?)
+        // One statement per case, each walking its index in order
+        // (`tenants_org_created`, `tenants_created`): an `OR` would sort every tenant.
+        let bytewise = self.dialect.bytewise();
+        let sql = match org_id {
+            Some(_) => format!(
+                "SELECT {TENANT_COLUMNS} FROM tenants WHERE org_id = $1 AND deleted_at IS NULL
+                 ORDER BY created_at, id{bytewise} LIMIT $2 OFFSET $3"
+            ),
+            None => format!(
+                "SELECT {TENANT_COLUMNS} FROM tenants WHERE deleted_at IS NULL
+                 ORDER BY created_at, id{bytewise} LIMIT $1 OFFSET $2"
+            ),
+        };
+        let mut query = sqlx::query_as(&sql);
+        if let Some(org) = org_id {
+            query = query.bind(org);
+        }
+        Ok(query.bind(limit).bind(offset).fetch_all(&self.pool).await?)
     }
 
     async fn set_status(
@@ -598,10 +610,11 @@ impl TenantStore for SqlStorage {
         let bytewise = self.dialect.bytewise();
         Ok(sqlx::query_as(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants
-             WHERE deleted_at IS NULL AND (CAST($1 AS TEXT) IS NULL OR id{bytewise} > $1)
+             WHERE deleted_at IS NULL AND id{bytewise} > $1
              ORDER BY id{bytewise} LIMIT $2"
         ))
-        .bind(after)
+        // Every id sorts after the empty string: the first page.
+        .bind(after.unwrap_or(""))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)

@@ -335,3 +335,21 @@ async fn a_quiet_host_gives_idle_instance_memory_back() {
     .await;
     assert_eq!(host.get("hello", "/").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_host_shut_down_lets_go_of_its_engines() {
+    let host = TestHost::start().await;
+    host.app("hello", guests::HELLO, Limits::default()).await;
+    assert_eq!(host.get("hello", "/").await.status(), 200);
+    let _ = host.metrics().await;
+    let runtime = std::sync::Arc::downgrade(&host.lodge.runtime);
+    host.shutdown().await;
+    // Each engine reserves terabytes of address space for its pools: a host
+    // that leaked them (a reference cycle) would exhaust a process's mappings.
+    eventually(
+        Duration::from_secs(30),
+        "the runtime is dropped",
+        || async { runtime.upgrade().is_none().then_some(()) },
+    )
+    .await;
+}

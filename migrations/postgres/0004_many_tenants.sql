@@ -1,0 +1,4 @@
+-- 100,000 tenants on one host: the tenant list pages in index order instead
+-- of sorting every tenant on every call (ids compare bytewise, as listed).
+CREATE INDEX tenants_created ON tenants (created_at, id COLLATE "C");
+CREATE INDEX tenants_org_created ON tenants (org_id, created_at, id COLLATE "C");
