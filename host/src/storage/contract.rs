@@ -602,8 +602,13 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     let rollup = storage
         .org_usage(&org.id, "2024-01-01T00", "2024-01-02T23")
         .await?;
-    ensure!(rollup.len() == 2 && rollup[0].0 == t.id && rollup[1].0 == t2.id);
-    ensure!(rollup[0].2.requests == 6 && rollup[1].2.requests == 2);
+    // By creation, then id: `expected` above.
+    let requests = |id: &str| if id == t.id { 6 } else { 2 };
+    ensure!(
+        rollup.len() == 2 && rollup[0].0 == expected[0].1 && rollup[1].0 == expected[1].1,
+        "{rollup:?}"
+    );
+    ensure!(rollup.iter().all(|r| r.2.requests == requests(&r.0)));
 
     // Limits.
     let patch = crate::plans::LimitsPatch {

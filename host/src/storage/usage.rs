@@ -207,7 +207,8 @@ impl UsageStore for SqlStorage {
              FROM tenants t
              LEFT JOIN usage_hourly u ON u.tenant_id = t.id AND u.hour >= $1 AND u.hour <= $2
              WHERE t.org_id = $3
-             GROUP BY t.id, t.slug, t.created_at ORDER BY t.created_at"
+             GROUP BY t.id, t.slug, t.created_at ORDER BY t.created_at, t.id{}",
+            self.dialect.bytewise()
         ))
         .bind(from)
         .bind(to)
