@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Idle memory back: the host's RSS after a burst of requests, and after it was quiet.
 
-Starts the release `lodge` binary serving the hello component, sends a burst
-from many connections at once (each request a fresh instance, so the pools
-keep warm slots resident), then waits past `--idle-trim` and reads the RSS
-again, with the host's own figure (`lodge_idle_instance_resident_bytes`).
+Starts the release `lodge` binary serving the hostile fixture, sends a burst
+from many connections at once to `/hog?mb=4&ms=0` (each request a fresh
+instance touching 4 MiB, so the pools keep up to 2 MiB of each used slot
+resident), then waits past `--idle-trim` and reads the RSS again, with the
+host's own figure (`lodge_idle_instance_resident_bytes`).
 
     cargo build --release -p lodge-host && cargo test --no-run
     python3 scripts/idle-memory.py [--connections 128] [--seconds 5] [--idle-trim 5]
@@ -42,7 +43,8 @@ def metric(port, name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default="target/release/lodge")
-    parser.add_argument("--component", default="target/guests/wasm32-wasip2/guest/hello.wasm")
+    parser.add_argument("--component", default="target/guests/wasm32-wasip2/guest/hostile.wasm")
+    parser.add_argument("--path", default="/hog?mb=4&ms=0")
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--idle-trim", type=int, default=5)
@@ -53,7 +55,7 @@ def main():
     env = dict(os.environ, LODGE_ADMIN_TOKEN=TOKEN, RUST_LOG="warn")
     host = subprocess.Popen(
         [args.binary, "serve", "--listen", f"127.0.0.1:{args.port}", "--data-dir", data,
-         "--app", f"hello={args.component}", "--max-concurrency", str(args.connections * 2),
+         "--app", f"app={args.component}", "--max-concurrency", str(args.connections * 2),
          "--idle-trim", f"{args.idle_trim}s"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -73,7 +75,7 @@ def main():
             conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=30)
             done = 0
             while time.monotonic() < stop:
-                conn.request("GET", "/", headers={"host": "hello.localhost"})
+                conn.request("GET", args.path, headers={"host": "app.localhost"})
                 response = conn.getresponse()
                 response.read()
                 assert response.status == 200, response.status
@@ -95,7 +97,7 @@ def main():
         host.send_signal(signal.SIGTERM)
         host.wait(timeout=60)
 
-    print(f"| hello, {args.connections} connections for {args.seconds:.0f} s ({sum(counts):,} requests), then quiet | RSS | pools' idle resident memory |")
+    print(f"| `{args.path}`, {args.connections} connections for {args.seconds:.0f} s ({sum(counts):,} requests), then quiet | RSS | pools' idle resident memory |")
     print("|---|---:|---:|")
     print(f"| started, before traffic | {before:.0f} MiB | — |")
     print(f"| right after the burst | {after_burst:.0f} MiB | {held:.0f} MiB |")

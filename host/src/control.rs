@@ -1027,7 +1027,9 @@ impl ControlPlane {
     /// request. Four queries per page of tenants, not per tenant; log history
     /// is read on the first read of each tenant's log.
     pub async fn restore(&self) -> anyhow::Result<usize> {
-        const PAGE: i64 = 1000;
+        // 500: sqlx-sqlite looks up every `$N` by name, so the cost of a page's
+        // `IN (…)` grows with its square (1,000 measured 1.8x slower overall).
+        const PAGE: i64 = 500;
         let mut restored = 0;
         let mut after: Option<String> = None;
         loop {
@@ -1100,6 +1102,8 @@ impl ControlPlane {
 
     /// Every live tenant's stored record, read a page at a time.
     pub(crate) async fn all_tenant_records(&self) -> Result<Vec<TenantRecord>, StorageError> {
+        // 500: sqlx-sqlite looks up every `$N` by name, so the cost of a page's
+        // `IN (…)` grows with its square (1,000 measured 1.8x slower overall).
         const PAGE: i64 = 500;
         let mut all = Vec::new();
         loop {
