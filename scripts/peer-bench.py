@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Lodge against `wasmtime serve`, measured from outside with wrk, alternating.
+
+Each round starts every server in turn on the same component, drives it with
+`wrk` (its own process, on the same cores, as a user would measure) at each
+connection count, stops it, and moves on; rounds alternate the servers so
+drift on a noisy machine hits them alike. Prints requests/s and p50/p99/p99.9
+latency per server (median over rounds) and the ratios to Lodge.
+
+Servers:
+- lodge: the release binary, `lodge serve --app` with its default limits on
+  (fuel, deadline, memory, concurrency, metering);
+- wasmtime-default: `wasmtime serve` with default flags;
+- wasmtime-pooling: the pooling allocator tuned as Lodge's
+  (`pooling-memory-keep-resident=2MiB, table 64KiB, pagemap scan`);
+- wasmtime-reuse: the same + `--max-instance-reuse-count 128` (an instance
+  serves many requests).
+
+    apt-get install -y wrk
+    cargo install wasmtime-cli --version 48.0.8 --locked
+    cargo build --release -p lodge-host && cargo test --no-run
+    python3 scripts/peer-bench.py --wasmtime "$(which wasmtime)" [--rounds 3] [--seconds 10]
+"""
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+POOLING = "pooling-allocator=y,pooling-memory-keep-resident=2097152,pooling-table-keep-resident=65536,pooling-pagemap-scan=y"
+
+
+def wait_up(url, host, within=60):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, headers={"host": host} if host else {})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def servers(args, port):
+    data = tempfile.mkdtemp(prefix="lodge-peer-")
+    lodge = ([args.lodge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+              "--app", f"app={args.component}", "--max-concurrency", "1024"], "app.localhost")
+    result = {"lodge": lodge}
+    if args.wasmtime:
+        base = [args.wasmtime, "serve", f"--addr=127.0.0.1:{port}", "-Scli"]
+        result["wasmtime-default"] = (base + [args.component], None)
+        result["wasmtime-pooling"] = (base + ["-O", POOLING, args.component], None)
+        result["wasmtime-reuse"] = (base + ["-O", POOLING, "--max-instance-reuse-count", "128", args.component], None)
+    return result
+
+
+def run_wrk(port, host, connections, seconds, script):
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}{PATH}"]
+    if host:
+        command[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    requests, duration_us, p50, p99, p999, errors = map(int, line.split()[1:])
+    return {"rps": requests / (duration_us / 1e6), "p50": p50 / 1000, "p99": p99 / 1000, "p999": p999 / 1000, "errors": errors}
+
+
+PATH = "/"
+
+
+def main():
+    global PATH
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lodge", default="target/release/lodge")
+    parser.add_argument("--wasmtime", default=None, help="a wasmtime 48 binary; without it only Lodge runs")
+    parser.add_argument("--component", default="target/guests/wasm32-wasip2/guest/hello.wasm")
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=3919)
+    args = parser.parse_args()
+    PATH = args.path
+    connections = [int(c) for c in args.connections.split(",")]
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(WRK_SCRIPT)
+    script.close()
+
+    samples = {}
+    names = list(servers(args, args.port))
+    for round_ in range(args.rounds):
+        order = names if round_ % 2 == 0 else list(reversed(names))
+        for name in order:
+            command, host = servers(args, args.port)[name]
+            env = dict(os.environ, RUST_LOG="warn", LODGE_ADMIN_TOKEN="sk_admin_peer-bench-0123456789abcdef0123")
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_up(f"http://127.0.0.1:{args.port}{PATH}", host)
+                for c in connections:
+                    run_wrk(args.port, host, c, args.warmup, script.name)
+                    sample = run_wrk(args.port, host, c, args.seconds, script.name)
+                    samples.setdefault((name, c), []).append(sample)
+                    print(f"round {round_ + 1} {name:18} c={c:<3} {sample['rps']:9.0f} req/s  p50 {sample['p50']:.2f} ms  p99 {sample['p99']:.2f} ms  p99.9 {sample['p999']:.2f} ms  errors {sample['errors']}", flush=True)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                time.sleep(0.5)
+
+    print()
+    print(f"| server | connections | requests/s (median of {args.rounds}) | Lodge ratio | p50 | p99 | p99.9 | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c in connections:
+        lodge_rps = statistics.median(s["rps"] for s in samples[("lodge", c)])
+        for name in names:
+            runs = samples[(name, c)]
+            rps = statistics.median(s["rps"] for s in runs)
+            med = lambda key: statistics.median(s[key] for s in runs)
+            ratio = "—" if name == "lodge" else f"{lodge_rps / rps:.2f}×"
+            print(f"| {name} | {c} | {rps:,.0f} | {ratio} | {med('p50'):.2f} ms | {med('p99'):.2f} ms | {med('p999'):.2f} ms | {sum(s['errors'] for s in runs)} |")
+
+
+if __name__ == "__main__":
+    main()
