@@ -543,7 +543,8 @@ impl ControlPlane {
         let key = auth::new_key(&org.id, Some(&tenant.id));
         self.storage.insert_key(&key.record).await?;
         crate::wallet::ensure(self.storage.as_ref(), &self.master, &tenant.id).await?;
-        self.register(&tenant, Vec::new()).await;
+        // New: no log lines yet.
+        self.register_with(&tenant, Vec::new(), None);
         self.announce(&tenant.id).await;
         Ok(Spawned {
             tenant,
@@ -556,15 +557,15 @@ impl ControlPlane {
         &self,
         record: &TenantRecord,
         env: Vec<(String, String)>,
-    ) -> Arc<Tenant> {
+    ) -> Result<Arc<Tenant>, StorageError> {
+        // Not knowing it would number new lines from 1 over the archived ones.
         let last_seq = self
             .storage
             .last_log_seqs(std::slice::from_ref(&record.id))
-            .await
-            .unwrap_or_default()
+            .await?
             .first()
             .map(|(_, seq)| *seq as u64);
-        self.register_with(record, env, last_seq)
+        Ok(self.register_with(record, env, last_seq))
     }
 
     /// [`ControlPlane::register`] with the newest archived log line's seq known.
@@ -1212,7 +1213,7 @@ impl ControlPlane {
             None => match self.storage.get_tenant(id).await {
                 Ok(record) => {
                     let env = self.stored_env(&record.id).await?;
-                    self.register(&record, env.vars).await
+                    self.register(&record, env.vars).await?
                 }
                 Err(StorageError::NotFound) => return Ok(()),
                 Err(e) => return Err(e.into()),

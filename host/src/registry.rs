@@ -361,6 +361,10 @@ impl Registry {
         let mut maps = self.write();
         if let Some(old) = maps.by_slug.insert(tenant.slug.clone(), tenant.clone())
             && old.id != tenant.id
+            && maps
+                .by_id
+                .get(&old.id)
+                .is_some_and(|t| Arc::ptr_eq(t, &old))
         {
             maps.by_id.remove(&old.id);
         }

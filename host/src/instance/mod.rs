@@ -204,6 +204,9 @@ pub struct Runtime {
     policy: TierPolicy,
     /// The engines in force (replaced whole by [`Runtime::trim`]).
     tiers: Arc<ArcSwap<Tiers>>,
+    /// Written by [`Runtime::trim`]; read while code is prepared on the engines
+    /// in force and adopted, so no code is left on replaced engines.
+    swap: Arc<std::sync::RwLock<()>>,
     /// What new engines are built from.
     tuning: crate::config::EngineTuning,
     pool_config: PoolingAllocationConfig,
@@ -290,11 +293,13 @@ impl Runtime {
 
         let (tiers, policy) = Tiers::new(config.engine.tiers, &config.engine, &pool, &artifacts)?;
         let tiers = Arc::new(ArcSwap::from_pointee(tiers));
+        let swap = Arc::<std::sync::RwLock<()>>::default();
         let stats = Arc::<RuntimeStats>::default();
         let optimizer = (policy == TierPolicy::Tiered)
             .then(|| {
                 Optimizer::new(
                     tiers.clone(),
+                    swap.clone(),
                     config.engine.optimizer_threads,
                     stats.clone(),
                 )
@@ -306,6 +311,7 @@ impl Runtime {
             _ticker: EpochTicker::spawn(tiers.clone(), config.epoch_tick)?,
             policy,
             tiers,
+            swap,
             tuning: config.engine.clone(),
             pool_config,
             optimizer,
@@ -379,7 +385,10 @@ impl Runtime {
             &self.artifacts,
         )?;
         let fresh = Arc::new(fresh);
+        let _no_loads = self.swap.write().unwrap_or_else(PoisonError::into_inner);
         let old = self.tiers.swap(fresh.clone());
+        // Requests still starting on the old engines keep their deadlines.
+        self._ticker.retire(&old);
         let loaded: Vec<(String, Arc<Code>)> = self
             .loaded
             .lock()
@@ -401,7 +410,6 @@ impl Runtime {
                 moved += 1;
             }
         }
-        self._ticker.retire(&old);
         self.stats.trims.fetch_add(1, Ordering::Relaxed);
         Ok(moved)
     }
@@ -450,6 +458,7 @@ impl Runtime {
             self.optimize_later(&app, wasm);
             return Ok(app);
         }
+        let engines = self.swap.read().unwrap_or_else(PoisonError::into_inner);
         let (prepared, from_cache) = match self.read_best(&digest)? {
             Some(prepared) => (prepared, true),
             None => {
@@ -458,6 +467,7 @@ impl Runtime {
             }
         };
         let app = self.adopt(prepared, digest, wasm.len(), started, from_cache);
+        drop(engines);
         self.optimize_later(&app, wasm);
         Ok(app)
     }
@@ -473,6 +483,7 @@ impl Runtime {
         if let Some(app) = self.shared(digest, size, started) {
             return Some(app);
         }
+        let _engines = self.swap.read().unwrap_or_else(PoisonError::into_inner);
         let prepared = self.read_best(digest).ok().flatten()?;
         Some(self.adopt(prepared, digest.to_owned(), size, started, true))
     }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -272,6 +272,7 @@ const MAX_PENDING: usize = 4096;
 /// a time per thread, each component once however many tenants run it.
 pub(crate) struct Optimizer {
     tiers: Arc<ArcSwap<Tiers>>,
+    swap: Arc<RwLock<()>>,
     threads: rayon::ThreadPool,
     /// Components queued or compiling, with the code in memory to raise when done.
     pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
@@ -283,6 +284,7 @@ impl Optimizer {
     /// An optimiser compiling with `engine` on `threads` threads.
     pub fn new(
         tiers: Arc<ArcSwap<Tiers>>,
+        swap: Arc<RwLock<()>>,
         threads: usize,
         stats: Arc<RuntimeStats>,
     ) -> anyhow::Result<Self> {
@@ -294,6 +296,7 @@ impl Optimizer {
             .context("starting the optimiser threads")?;
         Ok(Self {
             tiers,
+            swap,
             threads,
             pending: Arc::default(),
             closed: Arc::default(),
@@ -330,6 +333,7 @@ impl Optimizer {
         }
         let job = Job {
             tiers: self.tiers.clone(),
+            swap: self.swap.clone(),
             pending: self.pending.clone(),
             closed: self.closed.clone(),
             stats: self.stats.clone(),
@@ -349,6 +353,9 @@ impl Optimizer {
 /// One optimised compile.
 struct Job {
     tiers: Arc<ArcSwap<Tiers>>,
+    /// Held (read) while code is prepared and swapped in, so a trim (write)
+    /// never interleaves with it.
+    swap: Arc<RwLock<()>>,
     pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
     closed: Arc<AtomicBool>,
     stats: Arc<RuntimeStats>,
@@ -358,21 +365,22 @@ struct Job {
 
 impl Job {
     fn run(self) {
-        if !self.closed.load(Ordering::Relaxed) {
-            self.compile_and_raise();
+        let taken = !self.closed.load(Ordering::Relaxed) && self.compile_and_raise();
+        if !taken {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.digest);
         }
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.digest);
     }
 
-    fn compile_and_raise(&self) {
+    /// Whether the queue entry was taken (then a later `enqueue` starts anew).
+    fn compile_and_raise(&self) -> bool {
         let digest = &self.digest;
         let started = Instant::now();
         // The engines in force now (a trim may have replaced them since the queueing).
         let Some(engine) = self.tiers.load().optimized.clone() else {
-            return;
+            return false;
         };
         // The artifact may exist: another host sharing the directory, or a
         // restart, compiled it while this was queued.
@@ -386,19 +394,32 @@ impl Job {
                 }
                 Err(e) => {
                     tracing::warn!(digest, error = %e, "the optimised compile failed; the component stays on baseline code");
-                    return;
+                    return false;
                 }
             },
+        };
+        let _no_trim = self.swap.read().unwrap_or_else(PoisonError::into_inner);
+        // A trim replaced the engines while this compiled: the same artifact,
+        // mapped by the engine in force.
+        let current = self.tiers.load().optimized.clone();
+        let (engine, component) = match current {
+            Some(current) if !Arc::ptr_eq(&current, &engine) => {
+                match current.read_artifact(digest) {
+                    Some(component) => (current, component),
+                    None => return false,
+                }
+            }
+            _ => (engine, component),
         };
         let waiting: Vec<Arc<Code>> = self
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(digest)
+            .remove(digest)
             .map(|w| w.iter().filter_map(Weak::upgrade).collect())
             .unwrap_or_default();
         if waiting.is_empty() {
-            return;
+            return true;
         }
         match engine.prepare(&component) {
             Ok(prepared) => {
@@ -417,6 +438,7 @@ impl Job {
                 tracing::warn!(digest, error = %e, "the optimised build does not link; the component stays on baseline code");
             }
         }
+        true
     }
 }
 
