@@ -490,7 +490,19 @@ impl Runtime {
 
     /// Whether `app` runs baseline code that the policy will replace.
     pub fn wants_optimized(&self, app: &App) -> bool {
-        self.optimizer.is_some() && app.tier() == Tier::Baseline
+        app.tier() == Tier::Baseline
+            && self
+                .optimizer
+                .as_ref()
+                .is_some_and(|optimizer| optimizer.wanted(&app.digest))
+    }
+
+    /// Whether `app`'s optimised build is queued or compiling now (its bytes
+    /// need not be handed over again).
+    pub fn optimizing_now(&self, app: &App) -> bool {
+        self.optimizer
+            .as_ref()
+            .is_some_and(|optimizer| optimizer.is_pending(&app.digest))
     }
 
     /// Queues the optimised build of `app` (whose bytes are `wasm`) if it runs

@@ -276,6 +276,8 @@ pub(crate) struct Optimizer {
     threads: rayon::ThreadPool,
     /// Components queued or compiling, with the code in memory to raise when done.
     pending: Arc<Mutex<HashMap<String, Vec<Weak<Code>>>>>,
+    /// Components Cranelift refused: not tried again by this process.
+    failed: Arc<Mutex<std::collections::HashSet<String>>>,
     closed: Arc<AtomicBool>,
     stats: Arc<RuntimeStats>,
 }
@@ -299,9 +301,27 @@ impl Optimizer {
             swap,
             threads,
             pending: Arc::default(),
+            failed: Arc::default(),
             closed: Arc::default(),
             stats,
         })
+    }
+
+    /// Whether `digest` may be queued: Cranelift did not refuse it before.
+    pub fn wanted(&self, digest: &str) -> bool {
+        !self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(digest)
+    }
+
+    /// Whether `digest` is queued or compiling now.
+    pub fn is_pending(&self, digest: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(digest)
     }
 
     /// Components queued or compiling now.
@@ -315,6 +335,9 @@ impl Optimizer {
     /// Queues the optimised build of `digest` (whose bytes are `wasm`) and the
     /// raise of `code` to it; a component already queued is compiled once.
     pub fn enqueue(&self, digest: &str, wasm: Bytes, code: &Arc<Code>) {
+        if !self.wanted(digest) {
+            return;
+        }
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(waiting) = pending.get_mut(digest) {
@@ -335,6 +358,7 @@ impl Optimizer {
             tiers: self.tiers.clone(),
             swap: self.swap.clone(),
             pending: self.pending.clone(),
+            failed: self.failed.clone(),
             closed: self.closed.clone(),
             stats: self.stats.clone(),
             digest: digest.to_owned(),
@@ -352,6 +376,7 @@ impl Optimizer {
 
 /// One optimised compile.
 struct Job {
+    failed: Arc<Mutex<std::collections::HashSet<String>>>,
     tiers: Arc<ArcSwap<Tiers>>,
     /// Held (read) while code is prepared and swapped in, so a trim (write)
     /// never interleaves with it.
@@ -394,6 +419,10 @@ impl Job {
                 }
                 Err(e) => {
                     tracing::warn!(digest, error = %e, "the optimised compile failed; the component stays on baseline code");
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(digest.clone());
                     return false;
                 }
             },
