@@ -20,15 +20,9 @@ import tempfile
 import threading
 import time
 
+from benchlib import rss_mib
+
 TOKEN = "sk_admin_idle-memory-0123456789abcdef012"
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def metric(port, name):

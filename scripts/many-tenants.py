@@ -31,15 +31,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from benchlib import rss_mib
+
 TOKEN = "sk_admin_many-tenants-0123456789abcdef01"
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Client:

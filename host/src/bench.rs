@@ -490,7 +490,9 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         rows.push((
             format!(
                 "lodge, {} policy ({} code)",
-                policy_name(policy),
+                clap::ValueEnum::to_possible_value(&policy)
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default(),
                 tier.as_str()
             ),
             results,
@@ -631,14 +633,6 @@ async fn measure_lodge(
     drop((app, tenant, lodge));
     host_rt.shutdown_background();
     Ok((tier, results))
-}
-
-fn policy_name(policy: TierPolicy) -> &'static str {
-    match policy {
-        TierPolicy::Tiered => "tiered",
-        TierPolicy::Optimized => "optimized",
-        TierPolicy::Baseline => "baseline",
-    }
 }
 
 /// A component built by `cargo test`, or a hint how to build it.

@@ -227,7 +227,7 @@ pub struct Runtime {
     /// One load of a component at a time: requests for a component being
     /// loaded wait for it and then share it instead of loading it again.
     gates: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -308,7 +308,7 @@ impl Runtime {
         let pool_config = pool;
         let pool = Pool::new(config.max_instances);
         Ok(Self {
-            _ticker: EpochTicker::spawn(tiers.clone(), config.epoch_tick)?,
+            ticker: EpochTicker::spawn(tiers.clone(), config.epoch_tick)?,
             policy,
             tiers,
             swap,
@@ -329,11 +329,6 @@ impl Runtime {
             loaded: Mutex::default(),
             gates: Mutex::default(),
         })
-    }
-
-    /// How deploys are compiled (after falling back, if Winch is unavailable here).
-    pub fn policy(&self) -> TierPolicy {
-        self.policy
     }
 
     /// Components waiting for, or in, their optimised compile.
@@ -388,7 +383,7 @@ impl Runtime {
         let _no_loads = self.swap.write().unwrap_or_else(PoisonError::into_inner);
         let old = self.tiers.swap(fresh.clone());
         // Requests still starting on the old engines keep their deadlines.
-        self._ticker.retire(&old);
+        self.ticker.retire(&old);
         let loaded: Vec<(String, Arc<Code>)> = self
             .loaded
             .lock()
@@ -510,7 +505,7 @@ impl Runtime {
     /// optimised code when it is ready.
     pub fn optimize_later(&self, app: &App, wasm: Bytes) {
         if let Some(optimizer) = &self.optimizer
-            && app.tier() == Tier::Baseline
+            && self.wants_optimized(app)
         {
             optimizer.enqueue(&app.digest, wasm, &app.code);
         }

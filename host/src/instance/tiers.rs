@@ -335,9 +335,6 @@ impl Optimizer {
     /// Queues the optimised build of `digest` (whose bytes are `wasm`) and the
     /// raise of `code` to it; a component already queued is compiled once.
     pub fn enqueue(&self, digest: &str, wasm: Bytes, code: &Arc<Code>) {
-        if !self.wanted(digest) {
-            return;
-        }
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(waiting) = pending.get_mut(digest) {
