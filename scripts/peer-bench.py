@@ -9,7 +9,9 @@ latency per server (median over rounds) and the ratios to Lodge.
 
 Servers:
 - lodge: the release binary, `lodge serve --app` with its default limits on
-  (fuel, deadline, memory, concurrency, metering);
+  (fuel, deadline, memory, concurrency, metering), a fresh instance per request;
+- lodge-reuse: the same with the default plan's `instance_reuse = 128` (an
+  instance serves up to 128 requests of its tenant, each under fresh limits);
 - wasmtime-default: `wasmtime serve` with default flags;
 - wasmtime-pooling: the pooling allocator tuned as Lodge's
   (`pooling-memory-keep-resident=2MiB, table 64KiB, pagemap scan`);
@@ -58,13 +60,15 @@ def wait_up(url, host, within=60):
 def servers(args, port):
     data = tempfile.mkdtemp(prefix="lodge-peer-")
     lodge = ([args.lodge, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
-              "--app", f"app={args.component}", "--max-concurrency", "1024"], "app.localhost")
+              "--app", f"app={args.component}", "--max-concurrency", "1024"], "app.localhost", {})
     result = {"lodge": lodge}
+    if not args.no_reuse:
+        result["lodge-reuse"] = (lodge[0], lodge[1], {"LODGE__PLANS__DEFAULT__INSTANCE_REUSE": "128"})
     if args.wasmtime:
         base = [args.wasmtime, "serve", f"--addr=127.0.0.1:{port}", "-Scli"]
-        result["wasmtime-default"] = (base + [args.component], None)
-        result["wasmtime-pooling"] = (base + ["-O", POOLING, args.component], None)
-        result["wasmtime-reuse"] = (base + ["-O", POOLING, "--max-instance-reuse-count", "128", args.component], None)
+        result["wasmtime-default"] = (base + [args.component], None, {})
+        result["wasmtime-pooling"] = (base + ["-O", POOLING, args.component], None, {})
+        result["wasmtime-reuse"] = (base + ["-O", POOLING, "--max-instance-reuse-count", "128", args.component], None, {})
     return result
 
 
@@ -93,6 +97,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=3919)
+    parser.add_argument("--no-reuse", action="store_true", help="leave out lodge-reuse")
+    parser.add_argument("--only", default=None, help="comma-separated server names to run")
     args = parser.parse_args()
     PATH = args.path
     connections = [int(c) for c in args.connections.split(",")]
@@ -102,11 +108,13 @@ def main():
 
     samples = {}
     names = list(servers(args, args.port))
+    if args.only:
+        names = [n for n in names if n in args.only.split(",")]
     for round_ in range(args.rounds):
         order = names if round_ % 2 == 0 else list(reversed(names))
         for name in order:
-            command, host = servers(args, args.port)[name]
-            env = dict(os.environ, RUST_LOG="warn", LODGE_ADMIN_TOKEN="sk_admin_peer-bench-0123456789abcdef0123")
+            command, host, extra_env = servers(args, args.port)[name]
+            env = dict(os.environ, RUST_LOG="warn", LODGE_ADMIN_TOKEN="sk_admin_peer-bench-0123456789abcdef0123", **extra_env)
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_up(f"http://127.0.0.1:{args.port}{PATH}", host)
@@ -125,16 +133,18 @@ def main():
                 time.sleep(0.5)
 
     print()
-    print(f"| server | connections | requests/s (median of {args.rounds}) | Lodge ratio | p50 | p99 | p99.9 | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    bases = [b for b in ("lodge", "lodge-reuse") if b in names]
+    print(f"| server | connections | requests/s (median of {args.rounds}) | "
+          + " | ".join(f"{b} ÷ this" for b in bases) + " | p50 | p99 | p99.9 | errors |")
+    print("|---|---:|---:|" + "---:|" * len(bases) + "---:|---:|---:|---:|")
     for c in connections:
-        lodge_rps = statistics.median(s["rps"] for s in samples[("lodge", c)])
+        base_rps = {b: statistics.median(s["rps"] for s in samples[(b, c)]) for b in bases}
         for name in names:
             runs = samples[(name, c)]
             rps = statistics.median(s["rps"] for s in runs)
             med = lambda key: statistics.median(s[key] for s in runs)
-            ratio = "—" if name == "lodge" else f"{lodge_rps / rps:.2f}×"
-            print(f"| {name} | {c} | {rps:,.0f} | {ratio} | {med('p50'):.2f} ms | {med('p99'):.2f} ms | {med('p999'):.2f} ms | {sum(s['errors'] for s in runs)} |")
+            ratios = " | ".join("—" if name == b else f"{base_rps[b] / rps:.2f}×" for b in bases)
+            print(f"| {name} | {c} | {rps:,.0f} | {ratios} | {med('p50'):.2f} ms | {med('p99'):.2f} ms | {med('p999'):.2f} ms | {sum(s['errors'] for s in runs)} |")
 
 
 if __name__ == "__main__":

@@ -254,6 +254,11 @@ pub struct HostArgs {
     #[arg(long, env = "LODGE_IDLE_TRIM", default_value = "30s", value_parser = positive_duration)]
     pub idle_trim: Duration,
 
+    /// Drop an instance kept between a tenant's requests (plan
+    /// `instance_reuse`) after it waited this long for the next one.
+    #[arg(long, env = "LODGE_REUSE_IDLE", default_value = "10s", value_parser = positive_duration)]
+    pub reuse_idle: Duration,
+
     /// With PostgreSQL: how often this host compares its tenants with the
     /// database (the safety net for lost change notices) and requeues tasks
     /// whose lease lapsed.
@@ -342,6 +347,7 @@ impl ServeArgs {
             reconcile_interval: self.host.reconcile_interval,
             idle_unload: self.host.idle_unload,
             idle_trim: self.host.idle_trim,
+            reuse_idle: self.host.reuse_idle,
             max_connections: self.host.max_connections.max(1),
             header_read_timeout: self.host.header_read_timeout,
             idle_timeout: self.host.idle_timeout,

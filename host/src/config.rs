@@ -64,6 +64,10 @@ pub struct Limits {
     pub log_retention_days: u32,
     /// Archived log lines kept per tenant at most (the newest).
     pub log_retention_lines: u32,
+    /// Requests one instance may serve in turn (same tenant, same deployment);
+    /// 0 or 1: a fresh instance for every request. State then persists between
+    /// the tenant's requests; see `instance::warm`.
+    pub instance_reuse: u32,
 }
 
 impl Limits {
@@ -113,6 +117,7 @@ impl Default for Limits {
             kv_batch_max_bytes: 4 * 1024 * 1024,
             log_retention_days: 7,
             log_retention_lines: 10_000,
+            instance_reuse: 0,
         }
     }
 }
@@ -173,6 +178,9 @@ pub struct HostConfig {
     /// After no request ran for this long, the memory pools keep resident in
     /// warm instance slots is given back ([`crate::instance::Runtime::trim`]).
     pub idle_trim: Duration,
+    /// An instance kept between requests (plan `instance_reuse`) is dropped
+    /// after waiting this long for its tenant's next request.
+    pub reuse_idle: Duration,
     /// CPU lanes of a tenant of weight 1 (`None`: one per core). See `limits::Fair`.
     pub cpu_lanes: Option<u32>,
     /// Tenants given their own label in `/metrics`; the rest share `_other`.
@@ -368,6 +376,7 @@ impl Default for HostConfig {
             task_lease: Duration::from_secs(60),
             idle_unload: Duration::from_secs(300),
             idle_trim: Duration::from_secs(30),
+            reuse_idle: Duration::from_secs(10),
             max_uploads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -19,6 +19,7 @@ use crate::counters::TenantCounters;
 use crate::error::DataPlaneError;
 use crate::error::ResponseBody;
 use crate::instance::Invocation;
+use crate::instance::warm::Reuse;
 use crate::limits::{self, CappedBody};
 use crate::logs::LogStream;
 use crate::registry::Tenant;
@@ -166,6 +167,8 @@ async fn run(
     request_id: &Arc<str>,
     mut req: http::Request<Incoming>,
 ) -> Result<http::Response<ResponseBody>, DataPlaneError> {
+    // Before the state: an instance is kept only if nothing changed since.
+    let generation = tenant.warm.generation();
     let state = tenant.state();
     let active = match (state.status, state.active) {
         (TenantStatus::Destroyed, _) => return Err(DataPlaneError::TenantNotFound),
@@ -200,7 +203,7 @@ async fn run(
             retry_after_secs: wait.as_secs_f64().ceil() as u64,
         });
     }
-    let admission = limits::admit(
+    let mut admission = limits::admit_tenant(
         plane.control.runtime.pool(),
         &tenant.load,
         limits.max_concurrency,
@@ -217,6 +220,16 @@ async fn run(
             );
             DataPlaneError::Unloadable
         })?;
+
+    let reuse = (limits.instance_reuse > 1).then(|| Reuse {
+        set: tenant.warm.clone(),
+        generation,
+        max_uses: limits.instance_reuse,
+    });
+    let warm = plane
+        .control
+        .runtime
+        .claim(&app, reuse.as_ref(), &mut admission)?;
 
     let id_header =
         http::HeaderValue::from_str(request_id).map_err(|_| DataPlaneError::Internal)?;
@@ -244,6 +257,8 @@ async fn run(
             .runtime
             .lanes()
             .saturating_mul(limits.weight.max(1)),
+        warm,
+        reuse,
     };
     match plane.control.runtime.invoke(&app, call, request).await {
         Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),

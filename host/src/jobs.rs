@@ -12,6 +12,7 @@
 //! | housekeeping | `housekeeping_interval` (10 min) | prunes archived log lines, sweeps artifacts |
 //! | lapsed leases | `reconcile_interval` | requeues tasks whose host died |
 //! | idle unload | `idle_unload / 4` | drops components of idle tenants |
+//! | kept instances | `reuse_idle / 4` | drops instances kept between requests that waited `reuse_idle` |
 //! | idle trim | `idle_trim / 4` | gives warm instance slots' memory back once the host is quiet |
 //! | precompile | once at start | compiles active components missing from the artifact cache |
 //! | config watch | `config_poll`, SIGHUP | reloads `lodge.toml` |
@@ -49,6 +50,10 @@ pub(crate) fn start(jobs: &Jobs, lodge: &Arc<ControlPlane>, convergence: &Arc<Co
         unload_idle_periodically(weak(), lodge.config.idle_unload),
     );
     jobs.spawn("idle trim", trim_when_quiet(weak(), lodge.config.idle_trim));
+    jobs.spawn(
+        "kept instances",
+        drop_kept_instances(weak(), lodge.config.reuse_idle),
+    );
     if lodge.config.config_file.is_some() {
         jobs.spawn("config watch", watch_config(weak()));
     }
@@ -160,6 +165,20 @@ async fn unload_idle_periodically(lodge: std::sync::Weak<ControlPlane>, idle: Du
                 in_memory = lodge.runtime.components_loaded(),
                 "unloaded idle tenants"
             );
+        }
+    }
+}
+
+/// Drops the instances kept between requests that waited `idle` for one.
+async fn drop_kept_instances(lodge: std::sync::Weak<ControlPlane>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let mut tick = every_after_first(every).await;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        let dropped = lodge.runtime.warm().sweep(idle);
+        if dropped > 0 {
+            tracing::debug!(dropped, "kept instances idle too long dropped");
         }
     }
 }

@@ -22,12 +22,24 @@ use http_body::{Body, Frame, SizeHint};
 /// So a tenant whose instances hoard memory stops at the shared part (or at its
 /// fair share), its own growths are refused, and a neighbour still finds memory
 /// for its requests.
-#[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
     reserve: u64,
     used: AtomicU64,
     pool: Arc<Pool>,
+    /// Frees memory held by no request (drops a kept instance); whether it did.
+    reclaim: std::sync::OnceLock<Reclaim>,
+}
+
+type Reclaim = Box<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBudget")
+            .field("limit", &self.limit)
+            .field("used", &self.used())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryBudget {
@@ -38,7 +50,14 @@ impl MemoryBudget {
             reserve: limit / 4,
             used: AtomicU64::new(0),
             pool,
+            reclaim: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what frees memory no request holds when a growth would be refused
+    /// (once; later calls are ignored).
+    pub fn set_reclaim(&self, reclaim: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.reclaim.set(Box::new(reclaim));
     }
 
     /// Bytes currently charged.
@@ -55,6 +74,17 @@ impl MemoryBudget {
     /// among the active tenants and one more about to arrive.
     pub fn fair_share(&self) -> u64 {
         self.limit / (u64::from(self.pool.active_tenants()) + 1)
+    }
+
+    /// Charges `bytes` to `tenant`, or says why not, after freeing what kept
+    /// instances hold if that is what stands in the way.
+    fn charge(&self, bytes: u64, tenant: &TenantLoad) -> Result<(), GrowthDenied> {
+        loop {
+            match self.try_charge(bytes, tenant) {
+                Err(_) if self.reclaim.get().is_some_and(|reclaim| reclaim()) => {}
+                result => return result,
+            }
+        }
     }
 
     /// Charges `bytes` to `tenant`, or says why not.
@@ -145,9 +175,23 @@ impl GuestLimiter {
 }
 
 impl GuestLimiter {
-    /// The largest linear memory this instance reached, in bytes.
+    /// The largest linear memory this instance reached, in bytes (since its
+    /// current request began, for a kept instance).
     pub fn peak(&self) -> u64 {
         self.peak
+    }
+
+    /// Linear memory this instance holds now, in bytes.
+    pub fn held(&self) -> u64 {
+        self.charged
+    }
+
+    /// Starts a kept instance's next request: no refusal on record, the peak
+    /// from what it holds, the (possibly changed) plan cap.
+    pub fn renew(&mut self, max_memory: usize) {
+        self.denied = None;
+        self.peak = self.charged;
+        self.max_memory = max_memory;
     }
 }
 
@@ -163,7 +207,7 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
             return Ok(false);
         }
         let extra = desired.saturating_sub(current) as u64;
-        if let Err(denied) = self.budget.try_charge(extra, &self.tenant) {
+        if let Err(denied) = self.budget.charge(extra, &self.tenant) {
             self.denied = Some(denied);
             return Ok(false);
         }
@@ -285,6 +329,8 @@ pub struct Pool {
     capacity: u32,
     reserve: u32,
     in_use: AtomicU32,
+    /// Slots held by instances kept between requests (part of `in_use`).
+    parked: AtomicU32,
     active_tenants: AtomicU32,
 }
 
@@ -296,13 +342,24 @@ impl Pool {
             capacity,
             reserve: capacity / 10,
             in_use: AtomicU32::new(0),
+            parked: AtomicU32::new(0),
             active_tenants: AtomicU32::new(0),
         })
     }
 
-    /// Slots in use now.
+    /// Slots in use now (by running instances and kept ones).
     pub fn in_use(&self) -> u32 {
         self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Slots held by instances kept between requests ([`Slot::park`]).
+    pub fn parked(&self) -> u32 {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Slots running a request now.
+    pub fn running(&self) -> u32 {
+        self.in_use().saturating_sub(self.parked())
     }
 
     /// Slots in the pool.
@@ -336,24 +393,99 @@ impl TenantLoad {
     }
 }
 
-/// Permits held for as long as a request's instance lives.
+/// A request's permits: one of its tenant's concurrent requests, and the
+/// host instance slot its instance occupies ([`Admission::take_slot`], or the
+/// slot of a kept instance it reuses, [`Admission::adopt`]).
 #[derive(Debug)]
 pub struct Admission {
     pool: Arc<Pool>,
     tenant: Arc<TenantLoad>,
+    slot: Option<Slot>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.pool.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.slot = None;
         if self.tenant.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.pool.active_tenants.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
-/// Admits a request or says why not, never waiting: overload is an answer, not a queue.
-pub fn admit(
+/// One instance slot of the host pool, held while an instance exists: while
+/// it serves a request, or while it is kept between requests (parked).
+#[derive(Debug)]
+pub struct Slot {
+    pool: Arc<Pool>,
+    parked: bool,
+}
+
+impl Slot {
+    /// Marks the slot as held by an instance kept between requests.
+    pub fn park(mut self) -> Self {
+        if !self.parked {
+            self.parked = true;
+            self.pool.parked.fetch_add(1, Ordering::AcqRel);
+        }
+        self
+    }
+
+    fn unpark(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.pool.parked.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.unpark();
+        self.pool.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    /// Takes a free instance slot for this request, if its tenant may have one.
+    pub fn take_slot(&mut self) -> Result<(), Rejected> {
+        if self.slot.is_some() {
+            return Ok(());
+        }
+        let pool = &self.pool;
+        // This request is counted: its tenant holds `held` others.
+        let held = self.tenant.in_flight().saturating_sub(1);
+        // Fair share as if one more tenant were about to arrive, so one alone
+        // cannot take the reserve either.
+        let fair_share = (pool.capacity / (pool.active_tenants() + 1)).max(1);
+        let shared = pool.capacity - pool.reserve;
+        pool.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let open = used < shared || (used < pool.capacity && held < fair_share);
+                open.then_some(used + 1)
+            })
+            .map_err(|_| Rejected::HostBusy)?;
+        self.slot = Some(Slot {
+            pool: pool.clone(),
+            parked: false,
+        });
+        Ok(())
+    }
+
+    /// Serves this request in a kept instance, which brings its own slot.
+    pub fn adopt(&mut self, mut slot: Slot) {
+        slot.unpark();
+        self.slot = Some(slot);
+    }
+
+    /// The slot, for an instance kept after this request.
+    pub fn release_slot(&mut self) -> Option<Slot> {
+        self.slot.take()
+    }
+}
+
+/// Admits one more concurrent request of `tenant`, without a slot yet; never
+/// waits: overload is an answer, not a queue.
+pub fn admit_tenant(
     pool: &Arc<Pool>,
     tenant: &Arc<TenantLoad>,
     max_concurrency: u32,
@@ -367,27 +499,23 @@ pub fn admit(
     if held == 0 {
         pool.active_tenants.fetch_add(1, Ordering::AcqRel);
     }
-    // Fair share as if one more tenant were about to arrive, so one alone
-    // cannot take the reserve either.
-    let fair_share = (pool.capacity / (pool.active_tenants() + 1)).max(1);
-    let shared = pool.capacity - pool.reserve;
-    let took = pool
-        .in_use
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            let open = used < shared || (used < pool.capacity && held < fair_share);
-            open.then_some(used + 1)
-        });
-    if took.is_err() {
-        // Undo the tenant's count; no slot was taken.
-        if tenant.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            pool.active_tenants.fetch_sub(1, Ordering::AcqRel);
-        }
-        return Err(Rejected::HostBusy);
-    }
     Ok(Admission {
         pool: pool.clone(),
         tenant: tenant.clone(),
+        slot: None,
     })
+}
+
+/// Admits a request and takes its instance slot, or says why not (a refused
+/// request holds nothing).
+pub fn admit(
+    pool: &Arc<Pool>,
+    tenant: &Arc<TenantLoad>,
+    max_concurrency: u32,
+) -> Result<Admission, Rejected> {
+    let mut admission = admit_tenant(pool, tenant, max_concurrency)?;
+    admission.take_slot()?;
+    Ok(admission)
 }
 
 /// Waits of guests for a CPU lane since start (for `/metrics`).

@@ -421,6 +421,16 @@ impl LogSink {
         }
     }
 
+    /// Tags what is written from now on with request `request_id`, charged to
+    /// `budget` (a kept instance serving its next request); a line the last
+    /// request left unfinished is logged under that request first.
+    pub fn retarget(&self, request_id: Arc<str>, budget: Arc<RequestLogBudget>) {
+        let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        state.flush_partial();
+        state.request_id = request_id;
+        state.budget = budget;
+    }
+
     /// Accepts all of `bytes` (the guest never sees a failure), keeping what fits.
     fn write_bytes(&self, bytes: &[u8]) {
         let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

@@ -104,6 +104,9 @@ pub struct LimitsPatch {
     /// Archived log lines kept (the newest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention_lines: Option<u32>,
+    /// Requests one instance serves in turn (0 or 1: a fresh instance each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 /// The slowest request rate a plan may set (above 0, which is unlimited).
@@ -112,6 +115,9 @@ pub const MIN_RATE: f64 = 0.001;
 /// The most keys one key-value batch may name: a batch reads in one statement
 /// with a parameter per key, well under both databases' limits.
 pub const MAX_KV_BATCH_KEYS: u32 = 10_000;
+
+/// The most requests one instance may serve in turn.
+pub const MAX_INSTANCE_REUSE: u32 = 100_000;
 
 /// Reads the JSON a tenant's overrides are stored as.
 impl TryFrom<String> for LimitsPatch {
@@ -201,6 +207,9 @@ impl LimitsPatch {
         if let Some(v) = self.log_retention_lines {
             l.log_retention_lines = v;
         }
+        if let Some(v) = self.instance_reuse {
+            l.instance_reuse = v;
+        }
         l
     }
 
@@ -232,6 +241,7 @@ impl LimitsPatch {
             kv_batch_max_bytes: Some(limits.kv_batch_max_bytes),
             log_retention_days: Some(limits.log_retention_days),
             log_retention_lines: Some(limits.log_retention_lines),
+            instance_reuse: Some(limits.instance_reuse),
         }
     }
 
@@ -274,6 +284,11 @@ impl LimitsPatch {
             return Err(format!(
                 "kv_batch_max_keys may be at most {MAX_KV_BATCH_KEYS}: a batch is one statement, \
                  one parameter per key"
+            ));
+        }
+        if self.instance_reuse.is_some_and(|n| n > MAX_INSTANCE_REUSE) {
+            return Err(format!(
+                "instance_reuse must be 0..={MAX_INSTANCE_REUSE} (0 or 1: a fresh instance per request)"
             ));
         }
         if self.weight.is_some_and(|w| w == 0 || w > 100) {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::config::Limits;
 use crate::instance::App;
+use crate::instance::warm::WarmSet;
 use crate::limits::{RateLimiter, TenantLoad};
 use crate::logs::TenantLogs;
 use crate::metrics::TenantMetrics;
@@ -196,6 +197,9 @@ pub struct Tenant {
     pub metrics: TenantMetrics,
     /// When a flood of refusals was last written to its log (ms since the epoch).
     pub last_limit_log: AtomicU64,
+    /// Instances kept between its requests (plan `instance_reuse`), emptied
+    /// whenever its state or plan changes.
+    pub warm: Arc<WarmSet>,
     governor: ArcSwap<Governor>,
     plan: ArcSwap<(String, LimitsPatch)>,
     synced: ArcSwap<String>,
@@ -237,6 +241,7 @@ impl Tenant {
                 env: Arc::from(Vec::new()),
             }),
             state_writer: Mutex::new(()),
+            warm: Arc::default(),
         }
     }
 
@@ -259,7 +264,17 @@ impl Tenant {
             .unwrap_or_else(PoisonError::into_inner);
         let mut next = self.state();
         change(&mut next);
+        let current = self.state.load();
+        let same = next.status == current.status
+            && next.active.as_ref().map(|a| (a.version, &a.digest))
+                == current.active.as_ref().map(|a| (a.version, &a.digest))
+            && next.env == current.env;
         self.state.store(Arc::new(next));
+        if !same {
+            // After the store: a request that read the old generation cannot
+            // park an instance of the old state.
+            self.warm.invalidate();
+        }
     }
 
     /// The app serving new requests, if any.
@@ -301,6 +316,8 @@ impl Tenant {
             RateLimiter::new(limits.rate_per_second, limits.rate_burst)
         };
         self.governor.store(Arc::new(Governor { limits, rate }));
+        // Kept instances were made under the old plan (memory cap, table cap).
+        self.warm.invalidate();
     }
 
     /// Its plan's name and its own overrides.

@@ -145,6 +145,8 @@ impl Grant {
 /// Everything one request's instance can reach.
 pub struct GuestState {
     wasi: WasiCtx,
+    /// The guest's stdout and stderr (clones of the ones in `wasi`).
+    sinks: [LogSink; 2],
     http: WasiHttpCtx,
     table: ResourceTable,
     grant: Grant,
@@ -172,9 +174,10 @@ impl GuestState {
                 budget.clone(),
             )
         };
+        let sinks = [sink(LogStream::Stdout), sink(LogStream::Stderr)];
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(sink(LogStream::Stdout))
-            .stderr(sink(LogStream::Stderr))
+        wasi.stdout(sinks[0].clone())
+            .stderr(sinks[1].clone())
             .envs(&grant.env)
             .allow_tcp(false)
             .allow_udp(false)
@@ -184,11 +187,52 @@ impl GuestState {
         table.set_max_capacity(grant.max_resources);
         Self {
             wasi: wasi.build(),
+            sinks,
             http: WasiHttpCtx::new(),
             table,
             grant,
             limiter,
         }
+    }
+}
+
+impl GuestState {
+    /// Hands a kept instance to its tenant's next request: that request's
+    /// grant (log tagging, log budget, outbound count, capability contexts)
+    /// and a fresh memory report under `max_memory`. The environment and the
+    /// resource table's cap are the deployment's and stay.
+    pub fn renew(&mut self, grant: Grant, max_memory: usize) {
+        let budget = RequestLogBudget::new(grant.log_bytes);
+        for sink in &self.sinks {
+            sink.retarget(grant.request_id.clone(), budget.clone());
+        }
+        self.grant = grant;
+        self.limiter.renew(max_memory);
+    }
+
+    /// Whether the guest still holds a resource of the request it answered
+    /// (its request, body, response, response out-parameter, or an outbound
+    /// request or response): a kept instance could then hold that response
+    /// open, or reach into the request, during the next one.
+    pub fn holds_request_resources(&mut self) -> bool {
+        use wasmtime_wasi_http::p2::body::{
+            HostFutureTrailers, HostIncomingBody, HostOutgoingBody,
+        };
+        use wasmtime_wasi_http::p2::types::{
+            HostFutureIncomingResponse, HostIncomingRequest, HostIncomingResponse,
+            HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
+        };
+        self.table.iter_mut().any(|entry| {
+            entry.is::<HostIncomingRequest>()
+                || entry.is::<HostIncomingBody>()
+                || entry.is::<HostFutureTrailers>()
+                || entry.is::<HostResponseOutparam>()
+                || entry.is::<HostOutgoingResponse>()
+                || entry.is::<HostOutgoingBody>()
+                || entry.is::<HostOutgoingRequest>()
+                || entry.is::<HostFutureIncomingResponse>()
+                || entry.is::<HostIncomingResponse>()
+        })
     }
 }
 

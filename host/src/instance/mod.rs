@@ -10,6 +10,7 @@
 //! whatever goes wrong.
 
 mod tiers;
+pub mod warm;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -32,10 +33,13 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::capability::{Grant, GuestState};
 use crate::config::{HostConfig, Limits, Tier, TierPolicy};
 use crate::counters::TenantCounters;
-use crate::limits::{Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, TenantLoad};
+use crate::limits::{
+    Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, Rejected, TenantLoad,
+};
 use crate::logs::LogStream;
 use arc_swap::ArcSwap;
 use tiers::{Code, Optimizer, Prepared, TierEngine, Tiers};
+use warm::{Kept, Reuse, WarmInstance, WarmSets};
 
 /// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
 const PROVIDED_PACKAGES: &[(&str, &str)] = &[
@@ -227,6 +231,8 @@ pub struct Runtime {
     /// One load of a component at a time: requests for a component being
     /// loaded wait for it and then share it instead of loading it again.
     gates: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Instances kept between requests of tenants with reuse on.
+    warm: Arc<WarmSets>,
     ticker: EpochTicker,
 }
 
@@ -254,6 +260,10 @@ pub struct Invocation<'a> {
     pub load: Arc<TenantLoad>,
     /// How many CPU lanes the tenant has.
     pub lanes: u32,
+    /// The kept instance to serve the request in ([`Runtime::claim`]).
+    pub warm: Option<Kept>,
+    /// Where to park the instance afterwards, if the plan reuses instances.
+    pub reuse: Option<Reuse>,
 }
 
 impl Runtime {
@@ -307,6 +317,10 @@ impl Runtime {
             .transpose()?;
         let pool_config = pool;
         let pool = Pool::new(config.max_instances);
+        let budget = MemoryBudget::new(config.memory_budget_bytes, pool.clone());
+        let warm = Arc::<WarmSets>::default();
+        let reclaim = Arc::downgrade(&warm);
+        budget.set_reclaim(move || reclaim.upgrade().is_some_and(|warm| warm.evict_one()));
         Ok(Self {
             ticker: EpochTicker::spawn(tiers.clone(), config.epoch_tick)?,
             policy,
@@ -318,7 +332,7 @@ impl Runtime {
             artifacts,
             last_request_end: Arc::default(),
             started: Instant::now(),
-            budget: MemoryBudget::new(config.memory_budget_bytes, pool.clone()),
+            budget,
             pool,
             lanes: config.cpu_lanes.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
@@ -328,6 +342,7 @@ impl Runtime {
             stats,
             loaded: Mutex::default(),
             gates: Mutex::default(),
+            warm,
         })
     }
 
@@ -358,7 +373,7 @@ impl Runtime {
     /// How long no request has run on this host (none in flight now, and the
     /// last one ended that long ago); `None` while one runs.
     pub fn quiet_for(&self) -> Option<Duration> {
-        if self.pool.in_use() > 0 {
+        if self.pool.running() > 0 {
             return None;
         }
         let now = self.started.elapsed().as_millis() as u64;
@@ -380,6 +395,8 @@ impl Runtime {
             &self.artifacts,
         )?;
         let fresh = Arc::new(fresh);
+        // Kept instances live in the old pools.
+        self.warm.clear();
         let _no_loads = self.swap.write().unwrap_or_else(PoisonError::into_inner);
         let old = self.tiers.swap(fresh.clone());
         // Requests still starting on the old engines keep their deadlines.
@@ -412,6 +429,36 @@ impl Runtime {
     /// The host-wide instance slots, taken at admission.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Instances kept between requests, across tenants.
+    pub fn warm(&self) -> &Arc<WarmSets> {
+        &self.warm
+    }
+
+    /// The instance an admitted request of `app` runs in: a kept one of its
+    /// tenant (which brings its slot) if `reuse` has one, else a new slot in
+    /// the host pool, evicting kept instances (of any tenant, longest parked
+    /// first) while the pool is full.
+    pub fn claim(
+        &self,
+        app: &App,
+        reuse: Option<&Reuse>,
+        admission: &mut Admission,
+    ) -> Result<Option<Kept>, Rejected> {
+        if let Some(reuse) = reuse
+            && let Some(warm) = reuse.set.take(reuse.generation, &app.code.current())
+        {
+            admission.adopt(warm.slot);
+            self.warm.reuses.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(warm.kept));
+        }
+        loop {
+            match admission.take_slot() {
+                Err(Rejected::HostBusy) if self.warm.evict_one() => {}
+                result => return result.map(|()| None),
+            }
+        }
     }
 
     /// CPU lanes of a tenant of weight 1: one per core.
@@ -677,7 +724,8 @@ impl Runtime {
         })
     }
 
-    /// Runs one request in a fresh instance of `app` and returns the guest's response.
+    /// Runs one request in a fresh instance of `app` (or in `call.warm`, one its
+    /// tenant kept) and returns the guest's response.
     ///
     /// The instance runs in its own task so the response body can stream while the
     /// guest still writes it; that task keeps `call.admission` until the instance is
@@ -694,19 +742,35 @@ impl Runtime {
     {
         let limits = call.limits;
         let (logs, request_id) = (call.grant.logs.clone(), call.grant.request_id.clone());
-        let limiter =
-            GuestLimiter::new(limits.memory_bytes, self.budget.clone(), call.load.clone());
-        // The code this request runs, on its tier's engine, even if a better
-        // tier is swapped in meanwhile.
-        let code = app.code.current();
-        let mut store = Store::new(code.pre.engine(), GuestState::new(call.grant, limiter));
-        store.limiter(|state| &mut state.limiter);
+        // A kept instance of the tenant, handed this request's grant; or a new
+        // store for the code this request runs, on its tier's engine, even if
+        // a better tier is swapped in meanwhile.
+        let (mut store, warm) = match call.warm {
+            Some(kept) => {
+                let mut store = kept.store;
+                store.data_mut().renew(call.grant, limits.memory_bytes);
+                let warm = (kept.proxy, kept.base_memory, kept.uses);
+                (store, Some((warm, kept.code)))
+            }
+            None => {
+                let limiter =
+                    GuestLimiter::new(limits.memory_bytes, self.budget.clone(), call.load.clone());
+                let code = app.code.current();
+                let mut store = Store::new(code.pre.engine(), GuestState::new(call.grant, limiter));
+                store.limiter(|state| &mut state.limiter);
+                store.epoch_deadline_trap();
+                (store, None)
+            }
+        };
+        let (warm, code) = match warm {
+            Some((warm, code)) => (Some(warm), code),
+            None => (None, app.code.current()),
+        };
         let ticks = limits
             .timeout
             .as_nanos()
             .div_ceil(self.epoch_tick.as_nanos().max(1)) as u64;
         store.set_epoch_deadline(ticks.max(1));
-        store.epoch_deadline_trap();
         let prepared = (|| -> wasmtime::Result<_> {
             store.set_fuel(limits.fuel)?;
             store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
@@ -734,26 +798,35 @@ impl Runtime {
 
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let stats = self.stats.clone();
-        let admission = call.admission;
+        let mut admission = call.admission;
         let (task_logs, task_request_id) = (logs.clone(), request_id.clone());
         let counters = call.counters.clone();
         let fuel = limits.fuel;
         let (load, lanes) = (call.load, call.lanes);
         let (ended, started_at) = (self.last_request_end.clone(), self.started);
+        let (reuse, warm_sets) = (call.reuse, self.warm.clone());
         let task = tokio::spawn(
             async move {
                 let started = Instant::now();
+                let uses = warm.as_ref().map_or(0, |(_, _, uses)| *uses);
                 let run = async {
-                    let started = Instant::now();
-                    let proxy = code.pre.instantiate_async(&mut store).await?;
-                    stats.instantiations.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .instantiate_nanos
-                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let (proxy, base_memory) = match warm {
+                        Some((proxy, base_memory, _)) => (proxy, base_memory),
+                        None => {
+                            let started = Instant::now();
+                            let proxy = code.pre.instantiate_async(&mut store).await?;
+                            stats.instantiations.fetch_add(1, Ordering::Relaxed);
+                            stats
+                                .instantiate_nanos
+                                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                            (proxy, store.data().limiter.held())
+                        }
+                    };
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, req, out)
-                        .await
+                        .await?;
+                    wasmtime::Result::Ok((proxy, base_memory))
                 };
                 let result = tokio::time::timeout_at(deadline, Fair::new(load, lanes, run)).await;
                 let denied = store.data().limiter.denied;
@@ -765,10 +838,34 @@ impl Runtime {
                 counters
                     .wall_us
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                drop(store);
+                let (result, instance) = match result {
+                    Ok(Ok((proxy, base))) => (Ok(Ok(())), Some((proxy, base))),
+                    Ok(Err(e)) => (Ok(Err(e)), None),
+                    Err(elapsed) => (Err(elapsed), None),
+                };
+                let failure = classify(result, denied);
+                // Parked for the tenant's next request only after a clean
+                // answer, within its use count and memory bound, holding
+                // nothing of this request.
+                if let (None, Some((proxy, base_memory)), Some(reuse)) = (&failure, instance, reuse)
+                    && uses + 1 < reuse.max_uses
+                    && store.data().limiter.held() <= warm::memory_bound(base_memory)
+                    && !store.data_mut().holds_request_resources()
+                    && let Some(slot) = admission.release_slot()
+                {
+                    let kept = Kept {
+                        store,
+                        proxy,
+                        code,
+                        uses: uses + 1,
+                        base_memory,
+                    };
+                    warm_sets.park(&reuse.set, WarmInstance::new(kept, slot, reuse.generation));
+                } else {
+                    drop(store);
+                }
                 drop(admission);
                 ended.fetch_max(started_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-                let failure = classify(result, denied);
                 if let Some((_, detail)) = &failure {
                     task_logs.push(&task_request_id, LogStream::Host, detail.clone());
                 }
@@ -950,8 +1047,26 @@ impl prometheus_client::collector::Collector for RuntimeCollector {
         crate::metrics::gauge(
             e,
             "instances_in_use",
-            "Instance slots taken now",
+            "Instance slots taken now (running a request, or kept between requests)",
             i64::from(pool.in_use()),
+        )?;
+        crate::metrics::gauge(
+            e,
+            "instances_kept",
+            "Instances kept between requests of tenants whose plan reuses instances",
+            i64::from(pool.parked()),
+        )?;
+        crate::metrics::counter(
+            e,
+            "instance_reuses",
+            "Requests served by an instance kept from an earlier request of the same tenant",
+            self.runtime.warm().reuses.load(Relaxed),
+        )?;
+        crate::metrics::counter(
+            e,
+            "kept_instance_evictions",
+            "Kept instances dropped to free a slot or memory for another request",
+            self.runtime.warm().evictions.load(Relaxed),
         )?;
         crate::metrics::gauge(
             e,

@@ -12,5 +12,6 @@ mod isolation;
 mod keyvalue;
 mod multi_host;
 mod plans_usage;
+mod reuse;
 mod tiers;
 mod wallet;
