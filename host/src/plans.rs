@@ -380,14 +380,6 @@ pub struct PlanBook {
 }
 
 impl PlanBook {
-    /// Only the `default` plan, with `default` limits.
-    pub fn only_default(default: Limits) -> Self {
-        Self {
-            plans: BTreeMap::from([(DEFAULT_PLAN.to_owned(), default)]),
-            prices: PriceTable::default(),
-        }
-    }
-
     /// Parses `text` (TOML) over `default`, then applies `env` overrides.
     pub fn parse(
         text: &str,

@@ -120,7 +120,14 @@ impl Lodge {
                 PlanBook::load(path, &config.default_limits, config.max_memory_per_instance)
                     .map_err(|e| anyhow::anyhow!(e))?
             }
-            None => PlanBook::only_default(config.default_limits.clone()),
+            // No file: the environment's `LODGE__PLANS__…` still apply.
+            None => PlanBook::parse(
+                "",
+                &config.default_limits,
+                std::env::vars(),
+                config.max_memory_per_instance,
+            )
+            .map_err(|e| anyhow::anyhow!("plans from the environment: {e}"))?,
         };
         let runtime = Arc::new(Runtime::new(&config)?);
         let registry = Arc::new(Registry::default());
