@@ -66,6 +66,11 @@ pub(crate) fn start(jobs: &Jobs, lodge: &Arc<ControlPlane>, convergence: &Arc<Co
     }
 }
 
+/// Lines written to the archive in one transaction at most.
+const ARCHIVE_BATCH: usize = 2048;
+/// How long the archive waits for more lines before it writes a partial batch.
+const ARCHIVE_LINGER: Duration = Duration::from_millis(50);
+
 /// Writes archived log lines in batches; lines are dropped, never blocking
 /// guests, if it falls behind. When the host stops it writes what is queued.
 pub(crate) async fn archive_logs(
@@ -73,12 +78,12 @@ pub(crate) async fn archive_logs(
     mut lines: tokio::sync::mpsc::Receiver<crate::logs::Archived>,
     stopping: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(512);
-    let mut rows = Vec::with_capacity(512);
+    let mut batch = Vec::with_capacity(ARCHIVE_BATCH);
+    let mut rows = Vec::with_capacity(ARCHIVE_BATCH);
     loop {
         let received = if stopping.is_cancelled() {
             // Stopping: write what is queued, a batch at a time, then end.
-            while batch.len() < 512 {
+            while batch.len() < ARCHIVE_BATCH {
                 match lines.try_recv() {
                     Ok(line) => batch.push(line),
                     Err(_) => break,
@@ -86,10 +91,26 @@ pub(crate) async fn archive_logs(
             }
             batch.len()
         } else {
-            tokio::select! {
-                received = lines.recv_many(&mut batch, 512) => received,
+            let first = tokio::select! {
+                received = lines.recv_many(&mut batch, ARCHIVE_BATCH) => received,
                 () = stopping.cancelled() => continue,
+            };
+            if first > 0 && batch.len() < ARCHIVE_BATCH {
+                // Gather what comes in the next moment into the same
+                // transaction: a guest logging on every request otherwise
+                // costs one transaction per line or two.
+                tokio::select! {
+                    () = tokio::time::sleep(ARCHIVE_LINGER) => {}
+                    () = stopping.cancelled() => {}
+                }
+                while batch.len() < ARCHIVE_BATCH {
+                    match lines.try_recv() {
+                        Ok(line) => batch.push(line),
+                        Err(_) => break,
+                    }
+                }
             }
+            batch.len()
         };
         if received == 0 {
             return;

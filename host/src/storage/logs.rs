@@ -44,9 +44,6 @@ impl From<LineRow> for LogLine {
     }
 }
 
-/// Rows per `INSERT`: six parameters each, well under both databases' limits.
-const ROWS_PER_INSERT: usize = 500;
-
 #[async_trait::async_trait]
 impl LogStore for SqlStorage {
     async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()> {
@@ -60,7 +57,7 @@ impl LogStore for SqlStorage {
             .collect();
         kept.reverse();
         let mut tx = self.begin_write().await?;
-        for chunk in kept.chunks(ROWS_PER_INSERT) {
+        for chunk in kept.chunks(self.dialect.rows_per_insert(6)) {
             let rows = (0..chunk.len())
                 .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
                 .collect::<Vec<_>>()
