@@ -800,106 +800,197 @@ impl Runtime {
         let stats = self.stats.clone();
         let mut admission = call.admission;
         let (task_logs, task_request_id) = (logs.clone(), request_id.clone());
-        let counters = call.counters.clone();
-        let fuel = limits.fuel;
+        let mut metered = Metered {
+            store: Some(store),
+            counters: call.counters.clone(),
+            fuel: limits.fuel,
+            started: Instant::now(),
+            ended: self.last_request_end.clone(),
+            host_started: self.started,
+        };
         let (load, lanes) = (call.load, call.lanes);
-        let (ended, started_at) = (self.last_request_end.clone(), self.started);
         let (reuse, warm_sets) = (call.reuse, self.warm.clone());
-        let task = tokio::spawn(
-            async move {
-                let started = Instant::now();
-                let uses = warm.as_ref().map_or(0, |(_, _, uses)| *uses);
-                let run = async {
-                    let (proxy, base_memory) = match warm {
-                        Some((proxy, base_memory, _)) => (proxy, base_memory),
-                        None => {
-                            let started = Instant::now();
-                            let proxy = code.pre.instantiate_async(&mut store).await?;
-                            stats.instantiations.fetch_add(1, Ordering::Relaxed);
-                            stats
-                                .instantiate_nanos
-                                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                            (proxy, store.data().limiter.held())
-                        }
-                    };
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, req, out)
-                        .await?;
-                    wasmtime::Result::Ok((proxy, base_memory))
+        let guest = async move {
+            let uses = warm.as_ref().map_or(0, |(_, _, uses)| *uses);
+            let store = metered.store();
+            let run = async {
+                let (proxy, base_memory) = match warm {
+                    Some((proxy, base_memory, _)) => (proxy, base_memory),
+                    None => {
+                        let started = Instant::now();
+                        let proxy = code.pre.instantiate_async(&mut *store).await?;
+                        stats.instantiations.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .instantiate_nanos
+                            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        (proxy, store.data().limiter.held())
+                    }
                 };
-                let result = tokio::time::timeout_at(deadline, Fair::new(load, lanes, run)).await;
-                let denied = store.data().limiter.denied;
-                let burnt = fuel.saturating_sub(store.get_fuel().unwrap_or(fuel));
-                counters.fuel.fetch_add(burnt, Ordering::Relaxed);
-                counters
-                    .peak_memory
-                    .fetch_max(store.data().limiter.peak(), Ordering::Relaxed);
-                counters
-                    .wall_us
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                let (result, instance) = match result {
-                    Ok(Ok((proxy, base))) => (Ok(Ok(())), Some((proxy, base))),
-                    Ok(Err(e)) => (Ok(Err(e)), None),
-                    Err(elapsed) => (Err(elapsed), None),
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut *store, req, out)
+                    .await?;
+                wasmtime::Result::Ok((proxy, base_memory))
+            };
+            let result = tokio::time::timeout_at(deadline, Fair::new(load, lanes, run)).await;
+            let Some(mut store) = metered.finish() else {
+                return Some(GuestFailure::Internal);
+            };
+            let denied = store.data().limiter.denied;
+            let (result, instance) = match result {
+                Ok(Ok((proxy, base))) => (Ok(Ok(())), Some((proxy, base))),
+                Ok(Err(e)) => (Ok(Err(e)), None),
+                Err(elapsed) => (Err(elapsed), None),
+            };
+            let failure = classify(result, denied);
+            // Parked for the tenant's next request only after a clean
+            // answer, within its use count and memory bound, holding
+            // nothing of this request.
+            if let (None, Some((proxy, base_memory)), Some(reuse)) = (&failure, instance, reuse)
+                && uses + 1 < reuse.max_uses
+                && store.data().limiter.held() <= warm::memory_bound(base_memory)
+                && !store.data_mut().holds_request_resources()
+                && let Some(slot) = admission.release_slot()
+            {
+                let kept = Kept {
+                    store,
+                    proxy,
+                    code,
+                    uses: uses + 1,
+                    base_memory,
                 };
-                let failure = classify(result, denied);
-                // Parked for the tenant's next request only after a clean
-                // answer, within its use count and memory bound, holding
-                // nothing of this request.
-                if let (None, Some((proxy, base_memory)), Some(reuse)) = (&failure, instance, reuse)
-                    && uses + 1 < reuse.max_uses
-                    && store.data().limiter.held() <= warm::memory_bound(base_memory)
-                    && !store.data_mut().holds_request_resources()
-                    && let Some(slot) = admission.release_slot()
-                {
-                    let kept = Kept {
-                        store,
-                        proxy,
-                        code,
-                        uses: uses + 1,
-                        base_memory,
-                    };
-                    warm_sets.park(&reuse.set, WarmInstance::new(kept, slot, reuse.generation));
-                } else {
-                    drop(store);
-                }
-                drop(admission);
-                ended.fetch_max(started_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-                if let Some((_, detail)) = &failure {
-                    task_logs.push(&task_request_id, LogStream::Host, detail.clone());
-                }
-                failure.map(|(kind, _)| kind)
+                warm_sets.park(&reuse.set, WarmInstance::new(kept, slot, reuse.generation));
+            } else {
+                drop(store);
             }
-            .instrument(tracing::Span::current()),
-        );
-
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => {
-                logs.push(
-                    &request_id,
-                    LogStream::Host,
-                    format!("the app answered with an error instead of a response: {code:?}"),
-                );
-                Err(GuestFailure::GuestError)
+            drop(admission);
+            metered.mark_ended();
+            if let Some((_, detail)) = &failure {
+                task_logs.push(&task_request_id, LogStream::Host, detail.clone());
             }
-            Err(_) => match task.await {
-                Ok(Some(kind)) => Err(kind),
-                Ok(None) => {
-                    logs.push(
-                        &request_id,
-                        LogStream::Host,
-                        "the app returned without setting a response".to_owned(),
-                    );
-                    Err(GuestFailure::NoResponse)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "guest task failed");
-                    Err(GuestFailure::Internal)
-                }
-            },
+            failure.map(|(kind, _)| kind)
         }
+        .instrument(tracing::Span::current());
+
+        // The guest runs here, in the request's own task, until it either
+        // finishes (most requests: no hand-off to another task) or sets its
+        // response while it still has work to do (a body still being
+        // written): then the rest of it moves to a task of its own, so the
+        // response streams while the guest writes it.
+        let mut guest = Box::pin(guest);
+        let mut receiver = receiver;
+        let head = tokio::select! {
+            biased;
+            failure = &mut guest => {
+                // Done: the response, if the guest set one, is waiting.
+                return answer(receiver.await, async { Ok::<_, std::convert::Infallible>(failure) }, &logs, &request_id).await;
+            }
+            head = &mut receiver => head,
+        };
+        let task = tokio::spawn(guest);
+        answer(head, task, &logs, &request_id).await
+    }
+}
+
+/// A request's guest outcome as the data plane sees it: its response, or why
+/// there is none (`finished` tells how the guest ended, awaited only then).
+async fn answer<E: std::fmt::Display>(
+    head: Result<
+        Result<
+            hyper::Response<HyperOutgoingBody>,
+            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+        >,
+        oneshot::error::RecvError,
+    >,
+    finished: impl Future<Output = Result<Option<GuestFailure>, E>>,
+    logs: &crate::logs::TenantLogs,
+    request_id: &str,
+) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure> {
+    match head {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => {
+            logs.push(
+                request_id,
+                LogStream::Host,
+                format!("the app answered with an error instead of a response: {code:?}"),
+            );
+            Err(GuestFailure::GuestError)
+        }
+        Err(_) => match finished.await {
+            Ok(Some(kind)) => Err(kind),
+            Ok(None) => {
+                logs.push(
+                    request_id,
+                    LogStream::Host,
+                    "the app returned without setting a response".to_owned(),
+                );
+                Err(GuestFailure::NoResponse)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "guest task failed");
+                Err(GuestFailure::Internal)
+            }
+        },
+    }
+}
+
+/// A request's store while its guest runs. What the request used (fuel,
+/// memory peak, wall time) is counted when it ends — also when it is
+/// cancelled midway (its client hung up): a request cannot burn CPU unbilled.
+struct Metered {
+    store: Option<Store<GuestState>>,
+    counters: Arc<TenantCounters>,
+    fuel: u64,
+    started: Instant,
+    /// The runtime's `last_request_end`, and the instant it counts from.
+    ended: Arc<AtomicU64>,
+    host_started: Instant,
+}
+
+impl Metered {
+    /// The store, until [`Metered::finish`] takes it.
+    fn store(&mut self) -> &mut Store<GuestState> {
+        self.store
+            .as_mut()
+            .expect("the store stays until the request is metered")
+    }
+
+    /// Counts what the request used and hands the store back.
+    fn finish(&mut self) -> Option<Store<GuestState>> {
+        let store = self.store.take()?;
+        let burnt = self
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(self.fuel));
+        self.counters.fuel.fetch_add(burnt, Ordering::Relaxed);
+        self.counters
+            .peak_memory
+            .fetch_max(store.data().limiter.peak(), Ordering::Relaxed);
+        self.counters
+            .wall_us
+            .fetch_add(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Some(store)
+    }
+
+    /// Records that a request ended now (for [`Runtime::quiet_for`]).
+    fn mark_ended(&self) {
+        self.ended.fetch_max(
+            self.host_started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // Cancelled: meter, drop the instance, then say the request ended.
+        drop(self.finish());
+        self.mark_ended();
+    }
+}
+
+impl std::fmt::Debug for Metered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metered").finish_non_exhaustive()
     }
 }
 

@@ -752,3 +752,43 @@ async fn a_version_that_cannot_load_answers_503_and_says_why() {
     // Nobody else is affected.
     assert_eq!(host.get("sturdy", "/status?code=200").await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_its_request_and_still_pays_for_it() {
+    let host = TestHost::start().await;
+    host.app("spinner", guests::HOSTILE, limits()).await;
+    let tenant = host.lodge.registry.get("spinner").expect("tenant");
+    // The client gives up after 200 ms of a request that spins for 5 s.
+    let gave_up = host
+        .client
+        .get(host.path_url("spinner", "/spin?ms=5000"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out");
+    // The guest stops with it (its slot is free long before 5 s) and what it
+    // burnt until then is metered.
+    eventually(
+        Duration::from_secs(3),
+        "the cancelled request's instance is gone",
+        || async { (host.lodge.runtime.pool().in_use() == 0).then_some(()) },
+    )
+    .await;
+    let fuel = tenant
+        .counters
+        .fuel
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let wall = tenant
+        .counters
+        .wall_us
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fuel > 1_000_000,
+        "fuel burnt before the hang-up is counted: {fuel}"
+    );
+    assert!(
+        wall >= 150_000,
+        "wall time until the hang-up is counted: {wall} µs"
+    );
+    assert_eq!(host.get("spinner", "/ok").await.status(), 200);
+}
