@@ -36,6 +36,10 @@ pub struct DataPlane<'a> {
     pub capabilities: &'a CapabilityHost,
 }
 
+/// How long a refused request (over the tenant's concurrency or rate, or no
+/// instance slot on the host) waits before its 503/429 is sent.
+pub const REFUSAL_PACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Serves `req`, addressed to `route`, with request id `request_id`.
 pub async fn handle(
     plane: DataPlane<'_>,
@@ -50,6 +54,13 @@ pub async fn handle(
         None => Err(DataPlaneError::TenantNotFound),
     };
     let failure = result.as_ref().err().copied();
+    if failure.is_some_and(DataPlaneError::is_refusal) {
+        // A client flooding a tenant past its limits re-sends the moment it
+        // is refused: each refusal is a full HTTP exchange on the host's
+        // cores. Pacing refusals bounds what such a client costs everyone
+        // else (a well-behaved client waits for `Retry-After` anyway).
+        tokio::time::sleep(REFUSAL_PACE).await;
+    }
     let response = result.unwrap_or_else(DataPlaneError::into_response);
     let status = response.status().as_u16();
     let elapsed = started.elapsed();

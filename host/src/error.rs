@@ -87,6 +87,14 @@ impl DataPlaneError {
         }
     }
 
+    /// Whether the request was refused before it ran (a limit, not a failure).
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::OverConcurrency | Self::RateLimited { .. } | Self::HostBusy
+        )
+    }
+
     /// The stable machine-readable code.
     pub fn code(self) -> &'static str {
         match self {
