@@ -817,7 +817,7 @@ impl ControlPlane {
             .flatten();
         if let Some(app) = cached {
             let app = Arc::new(app);
-            if self.runtime.wants_optimized(&app) && !self.runtime.optimizing_now(&app) {
+            if self.runtime.wants_optimized(&app) && !self.runtime.join_optimizing(&app) {
                 // Its baseline artifact was cached, the optimised one not (yet):
                 // the optimiser needs the component's bytes.
                 let (storage, runtime, queued) =

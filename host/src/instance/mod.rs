@@ -539,12 +539,14 @@ impl Runtime {
                 .is_some_and(|optimizer| optimizer.wanted(&app.digest))
     }
 
-    /// Whether `app`'s optimised build is queued or compiling now (its bytes
-    /// need not be handed over again).
-    pub fn optimizing_now(&self, app: &App) -> bool {
+    /// If `app`'s optimised build is queued or compiling now, has it raise
+    /// `app`'s code too, and answers true (its bytes need not be handed over
+    /// again). An app whose code is not the one queued (loaded again after
+    /// the queued one was dropped) would otherwise stay on baseline code.
+    pub fn join_optimizing(&self, app: &App) -> bool {
         self.optimizer
             .as_ref()
-            .is_some_and(|optimizer| optimizer.is_pending(&app.digest))
+            .is_some_and(|optimizer| optimizer.join(&app.digest, &app.code))
     }
 
     /// Queues the optimised build of `app` (whose bytes are `wasm`) if it runs

@@ -316,12 +316,18 @@ impl Optimizer {
             .contains(digest)
     }
 
-    /// Whether `digest` is queued or compiling now.
-    pub fn is_pending(&self, digest: &str) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(digest)
+    /// If `digest` is queued or compiling now, adds `code` to what its build
+    /// raises, and answers true.
+    pub fn join(&self, digest: &str, code: &Arc<Code>) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.get_mut(digest) {
+            Some(waiting) => {
+                waiting.retain(|c| c.strong_count() > 0);
+                waiting.push(Arc::downgrade(code));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Components queued or compiling now.
