@@ -299,6 +299,20 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     ensure!(page == ["k1"] && next.as_deref() == Some("k1"));
     let (page, next) = storage.kv_list(&t.id, "b", Some("k1"), 5).await?;
     ensure!(page == ["k2"] && next.is_none());
+    // More keys than one SQLite statement carries: every chunk, in the asked order.
+    let wide: Vec<(String, Vec<u8>)> = (0..150)
+        .map(|i| (format!("w{i}"), i.to_string().into_bytes()))
+        .collect();
+    storage.kv_set_many(&t.id, "wide", &wide, QUOTA).await?;
+    let asked: Vec<String> = (0..300).rev().map(|i| format!("w{i}")).collect();
+    let many = storage.kv_get_many(&t.id, "wide", &asked).await?;
+    ensure!(many.len() == 300);
+    ensure!(many.iter().enumerate().all(|(at, value)| {
+        let i = 299 - at;
+        *value == (i < 150).then(|| i.to_string().into_bytes())
+    }));
+    let wide_keys: Vec<String> = wide.into_iter().map(|(k, _)| k).collect();
+    storage.kv_delete_many(&t.id, "wide", &wide_keys).await?;
 
     let increments = (0..50).map(|_| {
         let storage = storage.clone();

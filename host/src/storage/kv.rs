@@ -245,17 +245,25 @@ impl KvStore for SqlStorage {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // One query (one snapshot) for all keys, answered in the asked order.
-        let sql = format!(
-            "SELECT key, value FROM kv WHERE tenant_id = $1 AND bucket = $2 AND key IN ({})",
-            placeholders(3, keys.len())
-        );
-        let mut query = sqlx::query_as(&sql).bind(tenant_id).bind(bucket);
-        for key in keys {
-            query = query.bind(key);
+        // One snapshot for all keys, answered in the asked order: one query
+        // on PostgreSQL; on SQLite queries of at most `rows_per_insert(1)`
+        // keys (sqlx-sqlite's binding is quadratic in the parameters) in one
+        // read transaction.
+        let mut tx = self.pool.begin().await?;
+        let mut found = std::collections::HashMap::<String, Vec<u8>>::new();
+        for chunk in keys.chunks(self.dialect.rows_per_insert(1)) {
+            let sql = format!(
+                "SELECT key, value FROM kv WHERE tenant_id = $1 AND bucket = $2 AND key IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query_as(&sql).bind(tenant_id).bind(bucket);
+            for key in chunk {
+                query = query.bind(key);
+            }
+            let rows: Vec<(String, Vec<u8>)> = query.fetch_all(&mut *tx).await?;
+            found.extend(rows);
         }
-        let found: std::collections::HashMap<String, Vec<u8>> =
-            query.fetch_all(&self.pool).await?.into_iter().collect();
+        tx.commit().await?;
         Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
