@@ -21,15 +21,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-WRK_SCRIPT = """
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
+from benchlib import wait_up, wrk_result, wrk_script
 
 
 def wrk(port, host, threads, connections, seconds, path, script):
@@ -39,23 +32,7 @@ def wrk(port, host, threads, connections, seconds, path, script):
 
 
 def result(process):
-    out = process.communicate()[0]
-    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
-    requests, duration_us, p50, p99, p999, non_2xx, socket_errors = map(int, line.split()[1:])
-    return {"rps": requests / (duration_us / 1e6), "p50": p50 / 1000, "p99": p99 / 1000,
-            "p999": p999 / 1000, "non_2xx": non_2xx, "socket_errors": socket_errors, "requests": requests}
-
-
-def wait_up(port, host, within=60):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"host": host})
-            with urllib.request.urlopen(request, timeout=2):
-                return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError("lodge did not answer")
+    return wrk_result(process.communicate()[0])
 
 
 def main():
@@ -68,9 +45,7 @@ def main():
     parser.add_argument("--port", type=int, default=3921)
     parser.add_argument("--extra", default="", help="more `lodge serve` flags, space-separated")
     args = parser.parse_args()
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(WRK_SCRIPT)
-    script.close()
+    script = wrk_script()
 
     data = tempfile.mkdtemp(prefix="lodge-noisy-")
     command = [args.lodge, "serve", "--listen", f"127.0.0.1:{args.port}", "--data-dir", data,
@@ -81,15 +56,15 @@ def main():
     samples = {"alone": [], "flooded": []}
     flood_stats = []
     try:
-        wait_up(args.port, "b.localhost")
-        result(wrk(args.port, "b.localhost", 1, 4, 2, "/", script.name))  # warm-up
+        wait_up(f"http://127.0.0.1:{args.port}/", "b.localhost")
+        result(wrk(args.port, "b.localhost", 1, 4, 2, "/", script))  # warm-up
         for round_ in range(args.rounds):
             for case in (["alone", "flooded"] if round_ % 2 == 0 else ["flooded", "alone"]):
                 flood = None
                 if case == "flooded":
-                    flood = wrk(args.port, "a.localhost", 1, 16, args.seconds + 2, "/spin?ms=20", script.name)
+                    flood = wrk(args.port, "a.localhost", 1, 16, args.seconds + 2, "/spin?ms=20", script)
                     time.sleep(1)
-                b = result(wrk(args.port, "b.localhost", 1, 4, args.seconds, "/", script.name))
+                b = result(wrk(args.port, "b.localhost", 1, 4, args.seconds, "/", script))
                 samples[case].append(b)
                 if flood:
                     a = result(flood)

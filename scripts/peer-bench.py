@@ -31,30 +31,10 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-WRK_SCRIPT = """
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
+from benchlib import wait_up, wrk_result, wrk_script
 
 POOLING = "pooling-allocator=y,pooling-memory-keep-resident=2097152,pooling-table-keep-resident=65536,pooling-pagemap-scan=y"
-
-
-def wait_up(url, host, within=60):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, headers={"host": host} if host else {})
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status < 500:
-                    return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def servers(args, port):
@@ -76,10 +56,7 @@ def run_wrk(port, host, connections, seconds, script):
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}{PATH}"]
     if host:
         command[1:1] = ["-H", f"Host: {host}"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
-    requests, duration_us, p50, p99, p999, errors = map(int, line.split()[1:])
-    return {"rps": requests / (duration_us / 1e6), "p50": p50 / 1000, "p99": p99 / 1000, "p999": p999 / 1000, "errors": errors}
+    return wrk_result(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 PATH = "/"
@@ -102,9 +79,7 @@ def main():
     args = parser.parse_args()
     PATH = args.path
     connections = [int(c) for c in args.connections.split(",")]
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(WRK_SCRIPT)
-    script.close()
+    script = wrk_script()
 
     samples = {}
     names = list(servers(args, args.port))
@@ -119,8 +94,8 @@ def main():
             try:
                 wait_up(f"http://127.0.0.1:{args.port}{PATH}", host)
                 for c in connections:
-                    run_wrk(args.port, host, c, args.warmup, script.name)
-                    sample = run_wrk(args.port, host, c, args.seconds, script.name)
+                    run_wrk(args.port, host, c, args.warmup, script)
+                    sample = run_wrk(args.port, host, c, args.seconds, script)
                     samples.setdefault((name, c), []).append(sample)
                     print(f"round {round_ + 1} {name:18} c={c:<3} {sample['rps']:9.0f} req/s  p50 {sample['p50']:.2f} ms  p99 {sample['p99']:.2f} ms  p99.9 {sample['p999']:.2f} ms  errors {sample['errors']}", flush=True)
             finally:
