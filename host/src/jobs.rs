@@ -83,12 +83,7 @@ pub(crate) async fn archive_logs(
     loop {
         let received = if stopping.is_cancelled() {
             // Stopping: write what is queued, a batch at a time, then end.
-            while batch.len() < ARCHIVE_BATCH {
-                match lines.try_recv() {
-                    Ok(line) => batch.push(line),
-                    Err(_) => break,
-                }
-            }
+            take_queued(&mut lines, &mut batch);
             batch.len()
         } else {
             let first = tokio::select! {
@@ -103,12 +98,7 @@ pub(crate) async fn archive_logs(
                     () = tokio::time::sleep(ARCHIVE_LINGER) => {}
                     () = stopping.cancelled() => {}
                 }
-                while batch.len() < ARCHIVE_BATCH {
-                    match lines.try_recv() {
-                        Ok(line) => batch.push(line),
-                        Err(_) => break,
-                    }
-                }
+                take_queued(&mut lines, &mut batch);
             }
             batch.len()
         };
@@ -121,6 +111,19 @@ pub(crate) async fn archive_logs(
         }
         rows.clear();
         batch.drain(..).for_each(crate::logs::Archived::done);
+    }
+}
+
+/// Moves the lines queued now into `batch`, up to [`ARCHIVE_BATCH`].
+fn take_queued(
+    lines: &mut tokio::sync::mpsc::Receiver<crate::logs::Archived>,
+    batch: &mut Vec<crate::logs::Archived>,
+) {
+    while batch.len() < ARCHIVE_BATCH {
+        match lines.try_recv() {
+            Ok(line) => batch.push(line),
+            Err(_) => break,
+        }
     }
 }
 

@@ -729,9 +729,10 @@ impl Runtime {
     /// Runs one request in a fresh instance of `app` (or in `call.warm`, one its
     /// tenant kept) and returns the guest's response.
     ///
-    /// The instance runs in its own task so the response body can stream while the
-    /// guest still writes it; that task keeps `call.admission` until the instance is
-    /// gone and writes any failure's detail to the tenant's log.
+    /// The guest runs in the caller's task, and moves to a task of its own if it
+    /// sets its response with work left, so the body streams while the guest
+    /// still writes it; either way it keeps `call.admission` until the instance
+    /// is gone (or parked) and writes any failure's detail to the tenant's log.
     pub async fn invoke<B>(
         &self,
         app: &Arc<App>,
@@ -747,12 +748,12 @@ impl Runtime {
         // A kept instance of the tenant, handed this request's grant; or a new
         // store for the code this request runs, on its tier's engine, even if
         // a better tier is swapped in meanwhile.
-        let (mut store, warm) = match call.warm {
+        let (mut store, code, warm) = match call.warm {
             Some(kept) => {
                 let mut store = kept.store;
                 store.data_mut().renew(call.grant, limits.memory_bytes);
                 let warm = (kept.proxy, kept.base_memory, kept.uses);
-                (store, Some((warm, kept.code)))
+                (store, kept.code, Some(warm))
             }
             None => {
                 let limiter =
@@ -761,12 +762,8 @@ impl Runtime {
                 let mut store = Store::new(code.pre.engine(), GuestState::new(call.grant, limiter));
                 store.limiter(|state| &mut state.limiter);
                 store.epoch_deadline_trap();
-                (store, None)
+                (store, code, None)
             }
-        };
-        let (warm, code) = match warm {
-            Some((warm, code)) => (Some(warm), code),
-            None => (None, app.code.current()),
         };
         let ticks = limits
             .timeout

@@ -140,6 +140,11 @@ impl WarmSet {
     /// before (a deploy, rollback, env or plan change).
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.drop_all();
+    }
+
+    /// Drops every parked instance (outside the lock).
+    fn drop_all(&self) {
         let dropped = std::mem::take(&mut self.lock().idle);
         drop(dropped);
     }
@@ -175,16 +180,12 @@ impl WarmSet {
     /// Drops the instances parked for longer than `idle`; how many.
     fn drop_idle(&self, idle: Duration) -> usize {
         let mut inner = self.lock();
-        let before = inner.idle.len();
         let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.idle)
             .into_iter()
             .partition(|i| i.parked_at.elapsed() >= idle);
         inner.idle = kept;
         drop(inner);
-        let dropped = old.len();
-        debug_assert!(dropped <= before);
-        drop(old);
-        dropped
+        old.len()
     }
 
     /// Drops the instance parked longest; whether there was one.
@@ -244,7 +245,7 @@ impl WarmSets {
     /// Drops every parked instance (before the engines are replaced).
     pub fn clear(&self) {
         for set in self.live() {
-            drop(std::mem::take(&mut set.lock().idle));
+            set.drop_all();
         }
     }
 
@@ -264,10 +265,5 @@ impl WarmSets {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
         evicted
-    }
-
-    /// Instances parked now, across tenants.
-    pub fn parked(&self) -> usize {
-        self.live().iter().map(|set| set.len()).sum()
     }
 }
