@@ -124,7 +124,12 @@ pub mod bindings {
     });
 }
 
+// `lodge_sdk::…` paths in generated code resolve inside this crate too.
+extern crate self as lodge_sdk;
+
 pub mod convergence;
 pub mod kv;
+#[cfg(feature = "p3")]
+pub mod p3;
 pub mod router;
 pub mod wallet;

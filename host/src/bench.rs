@@ -647,11 +647,10 @@ fn read_component(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 
 /// The host's own runtime, so its threads are not the load generator's.
 fn host_runtime(args: &BenchArgs) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.host_threads.max(1))
-        .thread_name("lodge-host")
-        .enable_all()
-        .build()?)
+    Ok(crate::server::runtime(
+        Some(args.host_threads),
+        "lodge-host",
+    )?)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -272,7 +272,7 @@ async fn run(
         reuse,
     };
     match plane.control.runtime.invoke(&app, call, request).await {
-        Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+        Ok(response) => Ok(response),
         Err(_) if tripped.load(Ordering::Acquire) => Err(DataPlaneError::BodyTooLarge),
         Err(failure) => Err(failure.into()),
     }

@@ -18,6 +18,8 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+pub mod polyglot;
+
 /// The admin token every in-process test host uses.
 pub const ADMIN_TOKEN: &str = "sk_admin_test-token-0123456789abcdef";
 
@@ -234,6 +236,40 @@ impl TestHost {
             .map(|t| t.logs.snapshot().into_iter().map(|l| l.message).collect())
             .unwrap_or_default()
     }
+}
+
+/// POSTs `{}` to `url` `n` times, `at_once` at a time, each answered 200 with
+/// `{"value": N}` (an atomic counter); returns the values, sorted.
+pub async fn concurrent_increments(
+    client: &reqwest::Client,
+    url: &str,
+    n: usize,
+    at_once: usize,
+) -> Vec<i64> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(at_once));
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, gate) = (client.clone(), url.to_owned(), gate.clone());
+            tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.expect("open");
+                let response = client
+                    .post(url)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await
+                    .expect("sent");
+                assert_eq!(response.status(), 200);
+                let body: serde_json::Value = response.json().await.expect("json");
+                body["value"].as_i64().expect("value")
+            })
+        })
+        .collect();
+    let mut values = Vec::with_capacity(n);
+    for request in requests {
+        values.push(request.await.expect("joined"));
+    }
+    values.sort_unstable();
+    values
 }
 
 /// Polls `check` every 50 ms until it answers `Some`, for at most `within`,

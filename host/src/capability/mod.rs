@@ -263,6 +263,10 @@ impl WasiHttpView for GuestState {
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    // WASI 0.3 (`wasi:http/service`): the same contexts (stdout to the tenant's
+    // log, outbound policy, no sockets or files) behind the 0.3 interfaces.
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
     keyvalue::add_to_linker(linker, |state: &mut GuestState| {
         keyvalue::KeyValue::new(&state.grant.keyvalue, &mut state.table)
     })?;

@@ -11,9 +11,13 @@
 
 mod tiers;
 pub mod warm;
+mod world;
+
+pub use world::World;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body::Body;
+use http_body_util::BodyExt as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
@@ -29,10 +34,12 @@ use wasmtime::{Engine, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use world::Handler;
 
 use crate::capability::{Grant, GuestState};
 use crate::config::{HostConfig, Limits, Tier, TierPolicy};
 use crate::counters::TenantCounters;
+use crate::error::ResponseBody;
 use crate::limits::{
     Admission, Fair, GrowthDenied, GuestLimiter, MemoryBudget, Pool, Rejected, TenantLoad,
 };
@@ -41,7 +48,9 @@ use arc_swap::ArcSwap;
 use tiers::{Code, Optimizer, Prepared, TierEngine, Tiers};
 use warm::{Kept, Reuse, WarmInstance, WarmSets};
 
-/// Interface packages the host links, with the version prefix it implements; anything else is a missing import.
+/// Interface packages the host links, with the version prefix it implements
+/// (a pre-release after the prefix, such as `0.3.0-rc-…`, is not it); anything
+/// else is a missing import.
 const PROVIDED_PACKAGES: &[(&str, &str)] = &[
     ("wasi:cli", "0.2."),
     ("wasi:clocks", "0.2."),
@@ -50,6 +59,12 @@ const PROVIDED_PACKAGES: &[(&str, &str)] = &[
     ("wasi:io", "0.2."),
     ("wasi:random", "0.2."),
     ("wasi:sockets", "0.2."),
+    ("wasi:cli", "0.3."),
+    ("wasi:clocks", "0.3."),
+    ("wasi:filesystem", "0.3."),
+    ("wasi:http", "0.3."),
+    ("wasi:random", "0.3."),
+    ("wasi:sockets", "0.3."),
     ("wasi:keyvalue", "0.2.0-draft2"),
     ("lodge:platform", "0.1."),
 ];
@@ -72,8 +87,15 @@ pub enum LoadError {
     /// The component imports interfaces this host does not provide.
     #[error("the component imports interfaces this host does not provide: {}", .0.join(", "))]
     MissingImports(Vec<String>),
-    /// It does not export `wasi:http/incoming-handler`.
-    #[error("the component does not export `wasi:http/incoming-handler@0.2.x`: {0}")]
+    /// It exports neither HTTP handler Lodge serves.
+    #[error(
+        "the component exports {0}, but no HTTP handler Lodge serves: Lodge accepts \
+         `wasi:http/incoming-handler@0.2.x` (world `wasi:http/proxy`, WASI 0.2) or \
+         `wasi:http/handler@0.3.x` (world `wasi:http/service`, WASI 0.3)"
+    )]
+    UnsupportedWorld(String),
+    /// It exports the handler of a world, but not with that world's type.
+    #[error("the component's HTTP handler export does not have the type its world defines: {0}")]
     NotAnHttpHandler(String),
     /// The host could not store or read the compiled artifact.
     #[error("internal error while compiling")]
@@ -738,7 +760,7 @@ impl Runtime {
         app: &Arc<App>,
         call: Invocation<'_>,
         request: hyper::Request<B>,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
+    ) -> Result<http::Response<ResponseBody>, GuestFailure>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
@@ -780,18 +802,33 @@ impl Runtime {
             return Err(GuestFailure::Internal);
         }
 
-        let (sender, receiver) = oneshot::channel();
-        let resources = (|| -> wasmtime::Result<_> {
-            let mut http = store.data_mut().http();
-            let req = http.new_incoming_request(Scheme::Http, request)?;
-            let out = http.new_response_outparam(sender)?;
-            Ok((req, out))
-        })();
-        let (req, out) = match resources {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::error!(error = %e, "creating the request resources");
-                return Err(GuestFailure::Internal);
+        // The request as the guest's world takes it, and where its response head arrives.
+        let (call_args, mut head) = match &code.pre.world() {
+            World::Proxy => {
+                let (sender, receiver) = oneshot::channel();
+                let resources = (|| -> wasmtime::Result<_> {
+                    let mut http = store.data_mut().http();
+                    let req = http.new_incoming_request(Scheme::Http, request)?;
+                    let out = http.new_response_outparam(sender)?;
+                    Ok((req, out))
+                })();
+                match resources {
+                    Ok((req, out)) => (CallArgs::Proxy(req, out), Head::Proxy(receiver)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "creating the request resources");
+                        return Err(GuestFailure::Internal);
+                    }
+                }
+            }
+            World::Service => {
+                let (sender, receiver) = oneshot::channel();
+                let request = with_authority(request);
+                let http = store.data_mut().http();
+                let (req, io) = wasmtime_wasi_http::p3::Request::from_http(http.hooks, request);
+                (
+                    CallArgs::Service(req, Box::pin(io), sender),
+                    Head::Service(receiver),
+                )
             }
         };
 
@@ -813,23 +850,31 @@ impl Runtime {
             let uses = warm.as_ref().map_or(0, |(_, _, uses)| *uses);
             let store = metered.store();
             let run = async {
-                let (proxy, base_memory) = match warm {
-                    Some((proxy, base_memory, _)) => (proxy, base_memory),
+                let (handler, base_memory) = match warm {
+                    Some((proxy, base_memory, _)) => (Handler::Proxy(proxy), base_memory),
                     None => {
                         let started = Instant::now();
-                        let proxy = code.pre.instantiate_async(&mut *store).await?;
+                        let handler = code.pre.instantiate(&mut *store).await?;
                         stats.instantiations.fetch_add(1, Ordering::Relaxed);
                         stats
                             .instantiate_nanos
                             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        (proxy, store.data().limiter.held())
+                        (handler, store.data().limiter.held())
                     }
                 };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut *store, req, out)
-                    .await?;
-                wasmtime::Result::Ok((proxy, base_memory))
+                match (&handler, call_args) {
+                    (Handler::Proxy(proxy), CallArgs::Proxy(req, out)) => {
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut *store, req, out)
+                            .await?;
+                    }
+                    (Handler::Service(service), CallArgs::Service(req, io, head)) => {
+                        serve_p3(store, service, req, io, head).await?;
+                    }
+                    _ => wasmtime::bail!("the instance's world is not the request's"),
+                }
+                wasmtime::Result::Ok((handler, base_memory))
             };
             let result = tokio::time::timeout_at(deadline, Fair::new(load, lanes, run)).await;
             let Some(mut store) = metered.finish() else {
@@ -837,7 +882,10 @@ impl Runtime {
             };
             let denied = store.data().limiter.denied;
             let (result, instance) = match result {
-                Ok(Ok((proxy, base))) => (Ok(Ok(())), Some((proxy, base))),
+                // Only WASI 0.2 instances are kept: a 0.3 guest's tasks and
+                // streams can outlive its answer in ways the host cannot check.
+                Ok(Ok((Handler::Proxy(proxy), base))) => (Ok(Ok(())), Some((proxy, base))),
+                Ok(Ok((Handler::Service(_), _))) => (Ok(Ok(())), None),
                 Ok(Err(e)) => (Ok(Err(e)), None),
                 Err(elapsed) => (Err(elapsed), None),
             };
@@ -877,14 +925,13 @@ impl Runtime {
         // written): then the rest of it moves to a task of its own, so the
         // response streams while the guest writes it.
         let mut guest = Box::pin(guest);
-        let mut receiver = receiver;
         let head = tokio::select! {
             biased;
             failure = &mut guest => {
                 // Done: the response, if the guest set one, is waiting.
-                return answer(receiver.await, async { Ok::<_, std::convert::Infallible>(failure) }, &logs, &request_id).await;
+                return answer(head.await, async { Ok::<_, std::convert::Infallible>(failure) }, &logs, &request_id).await;
             }
-            head = &mut receiver => head,
+            head = &mut head => head,
         };
         let task = tokio::spawn(guest);
         answer(head, task, &logs, &request_id).await
@@ -894,24 +941,18 @@ impl Runtime {
 /// A request's guest outcome as the data plane sees it: its response, or why
 /// there is none (`finished` tells how the guest ended, awaited only then).
 async fn answer<E: std::fmt::Display>(
-    head: Result<
-        Result<
-            hyper::Response<HyperOutgoingBody>,
-            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
-        >,
-        oneshot::error::RecvError,
-    >,
+    head: Result<HeadResult, oneshot::error::RecvError>,
     finished: impl Future<Output = Result<Option<GuestFailure>, E>>,
     logs: &crate::logs::TenantLogs,
     request_id: &str,
-) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure> {
+) -> Result<http::Response<ResponseBody>, GuestFailure> {
     match head {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(code)) => {
             logs.push(
                 request_id,
                 LogStream::Host,
-                format!("the app answered with an error instead of a response: {code:?}"),
+                format!("the app answered with an error instead of a response: {code}"),
             );
             Err(GuestFailure::GuestError)
         }
@@ -931,6 +972,112 @@ async fn answer<E: std::fmt::Display>(
             }
         },
     }
+}
+
+/// A response head, or the error code the guest answered instead (as text).
+type HeadResult = Result<http::Response<ResponseBody>, String>;
+
+/// The request handed to the guest, in its world's shape.
+enum CallArgs {
+    /// WASI 0.2: the request and the out-param for the response.
+    Proxy(
+        wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+        wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    ),
+    /// WASI 0.3: the request, the future of its body's transfer, and where the head goes.
+    Service(
+        wasmtime_wasi_http::p3::Request,
+        Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+        oneshot::Sender<HeadResult>,
+    ),
+}
+
+/// Where a request's response head arrives, either world.
+enum Head {
+    Proxy(
+        oneshot::Receiver<
+            Result<
+                hyper::Response<HyperOutgoingBody>,
+                wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+            >,
+        >,
+    ),
+    Service(oneshot::Receiver<HeadResult>),
+}
+
+impl Future for Head {
+    type Output = Result<HeadResult, oneshot::error::RecvError>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Head::Proxy(rx) => Pin::new(rx).poll(cx).map(|head| {
+                head.map(|head| {
+                    head.map(|response| {
+                        response.map(|body| body.map_err(Into::into).boxed_unsync())
+                    })
+                    .map_err(|code| format!("{code:?}"))
+                })
+            }),
+            Head::Service(rx) => Pin::new(rx).poll(cx),
+        }
+    }
+}
+
+/// A WASI 0.2 request's URI carries only the path on a server; a 0.3 guest
+/// reads scheme and authority from it, so they are set as a 0.2 guest sees
+/// them (`http`, the `Host` header).
+fn with_authority<B>(request: http::Request<B>) -> http::Request<B> {
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.authority().is_none() {
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority =
+            Some(host.unwrap_or_else(|| http::uri::Authority::from_static("localhost")));
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+    }
+    http::Request::from_parts(parts, body)
+}
+
+/// Runs a WASI 0.3 guest's `handle` in the store's event loop: sends the
+/// response head (or the error code) as soon as the guest returns, then keeps
+/// the loop running until the guest's tasks are done — its response body is
+/// written by them, after `handle` returned.
+async fn serve_p3(
+    store: &mut Store<GuestState>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    request: wasmtime_wasi_http::p3::Request,
+    io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+    head: oneshot::Sender<HeadResult>,
+) -> wasmtime::Result<()> {
+    store
+        .run_concurrent(async move |accessor| -> wasmtime::Result<()> {
+            match service.handle(accessor, request).await? {
+                Ok(response) => {
+                    let response =
+                        accessor.with(|mut access| response.into_http(&mut access, io))?;
+                    let _ = head.send(Ok(
+                        response.map(|body| body.map_err(Into::into).boxed_unsync())
+                    ));
+                }
+                Err(code) => {
+                    let _ = head.send(Err(format!("{code:?}")));
+                }
+            }
+            std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+            Ok(())
+        })
+        .await?
 }
 
 /// A request's store while its guest runs. What the request used (fuel,
@@ -1051,9 +1198,12 @@ fn missing_imports(engine: &Engine, component: &Component) -> Vec<String> {
             Some((path, version)) => (path.split('/').next().unwrap_or(path), Some(version)),
             None => (name.split('/').next().unwrap_or(name), None),
         };
-        let provided = PROVIDED_PACKAGES
-            .iter()
-            .any(|(p, v)| *p == package && version.is_some_and(|version| version.starts_with(v)));
+        let provided = PROVIDED_PACKAGES.iter().any(|(p, v)| {
+            *p == package
+                && version
+                    .and_then(|version| version.strip_prefix(v))
+                    .is_some_and(|rest| !rest.contains('-'))
+        });
         if !provided {
             missing.insert(name.to_owned());
         }

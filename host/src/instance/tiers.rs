@@ -23,8 +23,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use super::world::{self, HandlerPre};
 use super::{LoadError, RuntimeStats, missing_imports};
 use crate::capability::{self, GuestState};
 use crate::config::{EngineTuning, Tier, TierPolicy};
@@ -51,6 +51,7 @@ impl TierEngine {
     ) -> anyhow::Result<Self> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
+            .wasm_component_model_async(true)
             .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -143,11 +144,12 @@ impl TierEngine {
         if !missing.is_empty() {
             return Err(LoadError::MissingImports(missing));
         }
+        let world = world::classify(&self.engine, component)?;
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::MissingImports(vec![format!("{e:#}")]))?;
-        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NotAnHttpHandler(format!("{e:#}")))?;
+        let pre = HandlerPre::new(world, pre)?;
         Ok(Prepared {
             tier: self.tier,
             pre,
@@ -230,8 +232,8 @@ impl Tiers {
 pub(crate) struct Prepared {
     /// Which compiler made it.
     pub tier: Tier,
-    /// Ready to instantiate (in a `Store` of `pre.engine()`).
-    pub pre: ProxyPre<GuestState>,
+    /// Ready to instantiate (in a `Store` of `pre.engine()`), either world.
+    pub pre: HandlerPre,
 }
 
 /// A component in memory, shared by every tenant running it; the optimiser

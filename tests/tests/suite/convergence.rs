@@ -19,7 +19,7 @@ use lodge_tests::{ADMIN_TOKEN, TestHost, guests};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn post_app(host: &TestHost, slug: &str, path: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn post_app(host: &TestHost, slug: &str, path: &str, body: Value) -> (u16, Value) {
     let response = host
         .client
         .post(host.path_url(slug, path))
@@ -31,7 +31,7 @@ async fn post_app(host: &TestHost, slug: &str, path: &str, body: Value) -> (u16,
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn get_app(host: &TestHost, slug: &str, path: &str) -> Value {
+pub(crate) async fn get_app(host: &TestHost, slug: &str, path: &str) -> Value {
     host.client
         .get(host.path_url(slug, path))
         .send()
@@ -87,11 +87,16 @@ async fn wait_done(host: &TestHost, key: &str, task_id: &str) -> Value {
 
 #[tokio::test]
 async fn a_guest_converges_through_presets_and_tasks() {
+    presets_and_tasks(guests::CONVERGENCE_APP).await;
+}
+
+/// The convergence starter (`wasm`: the Rust one or its JavaScript port) as
+/// tenants `conv` and `other`: presets, custom roles, bad input, an async task
+/// another tenant cannot see. Returns the host for more checks.
+pub(crate) async fn presets_and_tasks(wasm: &str) -> TestHost {
     let host = TestHost::start().await;
-    host.app("conv", guests::CONVERGENCE_APP, Limits::default())
-        .await;
-    host.app("other", guests::CONVERGENCE_APP, Limits::default())
-        .await;
+    host.app("conv", wasm, Limits::default()).await;
+    host.app("other", wasm, Limits::default()).await;
     assert_eq!(get_app(&host, "conv", "/health").await["status"], "ok");
 
     let (status, design) = post_app(
@@ -153,6 +158,7 @@ async fn a_guest_converges_through_presets_and_tasks() {
     // Another tenant cannot see the task.
     let theirs = get_app(&host, "other", &format!("/api/converge/{task_id}")).await;
     assert_eq!(theirs["error"], "not-found", "{theirs}");
+    host
 }
 
 #[tokio::test]
@@ -265,10 +271,15 @@ async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
 
 #[tokio::test]
 async fn the_daily_token_budget_answers_quota_exceeded() {
+    daily_token_budget(guests::CONVERGENCE_APP).await;
+}
+
+/// The starter (`wasm`) on a plan of 50 tokens a day: the second call is 429.
+pub(crate) async fn daily_token_budget(wasm: &str) {
     let host = TestHost::start().await;
     host.app(
         "thrifty",
-        guests::CONVERGENCE_APP,
+        wasm,
         Limits {
             convergence_tokens_per_day: 50,
             ..Limits::default()
@@ -484,9 +495,17 @@ async fn the_openai_compatible_provider_speaks_chat_completions() {
 
 #[tokio::test]
 async fn the_agent_bot_remembers_converses_and_pays() {
+    agent_bot(guests::AGENT_BOT).await;
+}
+
+/// The chat bot (`wasm`: the Rust one or its Python port) as tenants `bot`
+/// (funded with 100) and `shop`: it answers through convergence, tells its
+/// balance and address, pays 5 to `shop`, and keeps each tenant's history
+/// apart. Returns the host and `shop`'s address.
+pub(crate) async fn agent_bot(wasm: &str) -> (TestHost, String) {
     let host = TestHost::start().await;
-    host.app("bot", guests::AGENT_BOT, Limits::default()).await;
-    host.app("shop", guests::AGENT_BOT, Limits::default()).await;
+    host.app("bot", wasm, Limits::default()).await;
+    host.app("shop", wasm, Limits::default()).await;
     let fund = host
         .api(Method::POST, "/tenant/bot/wallet/fund", Some(ADMIN_TOKEN))
         .json(&json!({ "amount": 100 }))
@@ -562,4 +581,5 @@ async fn the_agent_bot_remembers_converses_and_pays() {
     assert_eq!(history[0]["content"], "how should we cache sessions?");
     // Another tenant's bot has its own storage.
     assert_eq!(get_app(&host, "shop", "/chat/c1").await, json!([]));
+    (host, shop_address)
 }

@@ -183,24 +183,13 @@ async fn increments_are_atomic_under_concurrency() {
         },
     )
     .await;
-    let requests: Vec<_> = (0..100)
-        .map(|_| {
-            let client = host.client.clone();
-            let url = host.path_url("counter", "/incr/hits");
-            tokio::spawn(async move {
-                let response = client.post(url).send().await.expect("sent");
-                assert_eq!(response.status(), 200);
-                let body: serde_json::Value = response.json().await.expect("json");
-                body["value"].as_i64().expect("value")
-            })
-        })
-        .collect();
-    let mut values: Vec<i64> = futures::future::join_all(requests)
-        .await
-        .into_iter()
-        .map(|r| r.expect("joined"))
-        .collect();
-    values.sort_unstable();
+    let values = lodge_tests::concurrent_increments(
+        &host.client,
+        &host.path_url("counter", "/incr/hits"),
+        100,
+        100,
+    )
+    .await;
     assert_eq!(
         values,
         (1..=100).collect::<Vec<_>>(),

@@ -560,6 +560,7 @@ async fn metrics_parse_and_count_with_bounded_tenant_labels() {
         .client
         .get(&url)
         .bearer_auth(ADMIN_TOKEN)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
         .send()
         .await
         .expect("metrics");
@@ -568,6 +569,13 @@ async fn metrics_parse_and_count_with_bounded_tenant_labels() {
     assert!(
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics ends with # EOF"
+    );
+    // Without asking for OpenMetrics: the classic format, counters named as their samples.
+    let classic = host.metrics().await;
+    assert!(!classic.contains("# EOF"), "{classic}");
+    assert!(
+        classic.contains("# TYPE lodge_requests_total counter\n"),
+        "{classic}"
     );
     let m = parse_metrics(&text);
     assert_eq!(
