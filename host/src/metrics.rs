@@ -205,7 +205,7 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text exposition (see [`classic_text`] for the older format).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -257,4 +257,72 @@ pub fn gauges(
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// `openmetrics` (as [`Metrics::render`] writes it) in Prometheus' classic text
+/// format (0.0.4), for the readers that do not ask for OpenMetrics
+/// (`promtool check metrics` among them). The two differ here: a counter's
+/// `# HELP` and `# TYPE` lines name the family as its samples do (`x_total`,
+/// not `x`), `unknown` is `untyped`, and there are no `# UNIT` and `# EOF` lines.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                match text {
+                    "" => {}
+                    "unknown" if prefix == "# TYPE " => out.push_str(" untyped"),
+                    text => {
+                        out.push(' ');
+                        out.push_str(text);
+                    }
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_as_their_samples() {
+        let openmetrics = "# HELP lodge_requests Requests.\n\
+                           # TYPE lodge_requests counter\n\
+                           lodge_requests_total{tenant=\"a\"} 1\n\
+                           # HELP lodge_open Open now.\n\
+                           # TYPE lodge_open gauge\n\
+                           # UNIT lodge_open connections\n\
+                           lodge_open 2\n\
+                           # EOF\n";
+        assert_eq!(
+            classic_text(openmetrics),
+            "# HELP lodge_requests_total Requests.\n\
+             # TYPE lodge_requests_total counter\n\
+             lodge_requests_total{tenant=\"a\"} 1\n\
+             # HELP lodge_open Open now.\n\
+             # TYPE lodge_open gauge\n\
+             lodge_open 2\n"
+        );
+    }
 }

@@ -74,6 +74,52 @@ impl From<crate::convergence::tasks::ConvergenceFailure> for ApiError {
     }
 }
 
+/// What `POST /converge` and its presets answer besides failures common to all calls.
+pub struct ConvergeAnswers;
+
+impl utoipa::IntoResponses for ConvergeAnswers {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let json = |name: std::borrow::Cow<'static, str>| {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(name)))
+                .build()
+        };
+        BTreeMap::from([
+            (
+                "200".to_owned(),
+                ResponseBuilder::new()
+                    .description("the outcome of the dialogue")
+                    .content(
+                        "application/json",
+                        json(crate::convergence::Outcome::name()),
+                    )
+                    .build()
+                    .into(),
+            ),
+            (
+                "202".to_owned(),
+                ResponseBuilder::new()
+                    .description("with `\"async\": true`: the task, queued; follow `taskId`")
+                    .content("application/json", json(TaskView::name()))
+                    .build()
+                    .into(),
+            ),
+            ("403".to_owned(), error_response("not a tenant key")),
+            (
+                "429".to_owned(),
+                error_response(
+                    "the tenant's token budget is spent, or it has too many tasks pending",
+                ),
+            ),
+            (
+                "503".to_owned(),
+                error_response("the model provider is unavailable; retry later"),
+            ),
+        ])
+    }
+}
+
 /// The tenant a convergence call is metered to: tenant keys only.
 pub(super) fn converging_tenant(caller: &Principal) -> Result<String, ApiError> {
     match caller {
@@ -132,9 +178,7 @@ pub(super) async fn run_converge(
 
 #[utoipa::path(post, path = "/api/v1/converge", tag = "convergence", request_body = ConvergeBody,
     security(("bearer" = [])),
-    responses((status = 200, body = crate::convergence::Outcome), (status = 202, body = TaskView),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses(ConvergeAnswers, Authenticated, JsonBody))]
 pub(super) async fn converge(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -144,10 +188,10 @@ pub(super) async fn converge(
 }
 
 #[utoipa::path(post, path = "/api/v1/{preset}", tag = "convergence", request_body = ConvergeBody,
-    params(("preset" = String, Path, description = "design, review, decide, plan, analyze or generate")),
+    params(("preset" = crate::convergence::Preset, Path, description = "the roles to converge with")),
     security(("bearer" = [])),
-    responses((status = 200, body = crate::convergence::Outcome), (status = 202, body = TaskView),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses(ConvergeAnswers, Authenticated, JsonBody,
+        (status = 404, description = "no such preset", body = ErrorBody)))]
 pub(super) async fn converge_preset(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -163,11 +207,13 @@ pub(super) async fn converge_preset(
 
 #[utoipa::path(get, path = "/api/v1/converge/{taskId}", tag = "convergence",
     params(("taskId" = String, Path, description = "the task id")), security(("bearer" = [])),
-    responses((status = 200, body = TaskView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the task's state, and its outcome once done", body = TaskView), Authenticated,
+        (status = 403, description = "not a tenant key", body = ErrorBody),
+        (status = 404, description = "no such task of this tenant", body = ErrorBody)))]
 pub(super) async fn converge_task(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(task_id): Path<String>,
+    ApiPath(task_id): ApiPath<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     use crate::convergence::tasks::TaskState;
     let tenant_id = converging_tenant(&caller)?;
@@ -196,11 +242,12 @@ pub struct WebhookSecret {
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/webhook-secret", tag = "convergence",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = WebhookSecret), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant's webhook signing key", body = WebhookSecret), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn webhook_secret(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     Ok(Json(WebhookSecret {
@@ -211,11 +258,11 @@ pub(super) async fn webhook_secret(
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/webhook-secret/rotate", tag = "convergence",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
     responses((status = 200, body = WebhookSecret, description = "the new secret; the old one signs nothing from now on"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        Authenticated, (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn rotate_webhook_secret(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     Ok(Json(WebhookSecret {

@@ -65,15 +65,20 @@ impl DeploymentView {
 
 #[utoipa::path(put, path = "/api/v1/tenant/{id}/component", tag = "deployments",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "the component"),
-    responses((status = 201, body = DeploymentCreated), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+    request_body(description = "the component (`.wasm`); `application/octet-stream` is accepted too",
+        content((inline(WasmComponent) = "application/wasm"), (inline(WasmComponent) = "application/octet-stream"))),
+    responses((status = 201, description = "the new version, active now", body = DeploymentCreated), Authenticated,
+        (status = 400, description = "not a valid component, or an empty or interrupted upload", body = ErrorBody),
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody),
+        (status = 413, description = "larger than the host or the plan allows", body = ErrorBody),
+        (status = 415, description = "a Content-Type other than application/wasm or application/octet-stream", body = ErrorBody),
+        (status = 422, description = "compiling took longer than the plan's compile_timeout_ms", body = ErrorBody),
+        (status = 429, description = "another upload of this tenant is in progress (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "the host is at its limit of uploads in progress (see Retry-After)", body = ErrorBody)))]
 pub(super) async fn deploy_component(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<DeploymentCreated>), ApiError> {
@@ -137,6 +142,11 @@ pub(super) async fn deploy_component(
     Ok((StatusCode::CREATED, Json(deployed.into())))
 }
 
+/// A WebAssembly component, the raw bytes of a `.wasm` file (the upload's body).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmComponent(pub Vec<u8>);
+
 /// `GET /tenant/{id}/deployments` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -149,11 +159,12 @@ pub struct DeploymentList {
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/deployments", tag = "deployments",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = DeploymentList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant's kept versions", body = DeploymentList), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn list_deployments(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     let deployments = lodge.storage.list_deployments(&record.id).await?;
@@ -179,12 +190,13 @@ pub struct Rollback {
 
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/rollback", tag = "deployments", request_body = Rollback,
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = DeploymentCreated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 410, body = ErrorBody)))]
+    responses((status = 200, description = "that version, active again", body = DeploymentCreated), Authenticated, JsonBody,
+        (status = 404, description = "no such tenant visible to this key, or no such version", body = ErrorBody),
+        (status = 410, description = "the version was pruned (past the plan's max_versions)", body = ErrorBody)))]
 pub(super) async fn rollback(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Rollback>,
 ) -> Result<Json<DeploymentCreated>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;

@@ -4,6 +4,7 @@ use super::*;
 
 /// `GET /tenant/{id}/logs` parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Only lines with `seq` above this.
@@ -23,12 +24,15 @@ pub struct LogPage {
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/logs", tag = "tenants",
     params(("id" = String, Path, description = "tenant id or slug"), LogQuery), security(("bearer" = [])),
-    responses((status = 200, body = LogPage, description = "JSON, or `text/event-stream` of `log` events with `follow=true`"),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the lines; with `follow=true` a `text/event-stream` of `log` events \
+            (each a `LogLine`), ended by an `end` event when the key or the tenant is gone",
+            content((LogPage = "application/json"), (String = "text/event-stream"))),
+        Authenticated, (status = 400, description = "an unknown or malformed query parameter", body = ErrorBody),
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn tenant_logs(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {

@@ -16,8 +16,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -282,6 +282,14 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    /// The only rejection of this API's `String` path segments: one that is
+    /// not UTF-8 after percent-decoding, and so names nothing.
+    fn from(e: PathRejection) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", e.body_text())
+    }
+}
+
 /// JSON body whose rejections use the API's error shape. Text with a NUL
 /// character anywhere is refused (400) before any handler sees it: no backend
 /// stores it the same way (PostgreSQL's text cannot hold it at all).
@@ -338,6 +346,11 @@ fn nul_in(value: &serde_json::Value) -> Option<String> {
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(T);
 
+/// Path segments whose rejections use the API's error shape.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(T);
+
 /// The caller, from `Authorization: Bearer …`.
 #[derive(Debug)]
 pub struct Caller(Principal);
@@ -382,22 +395,46 @@ async fn tenant_for(
 }
 
 /// `GET /metrics`: Prometheus text format, for the admin token only.
-async fn metrics(State(lodge): State<AppState>, Caller(caller): Caller) -> Response {
+async fn metrics(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+) -> Response {
     if caller != Principal::Admin {
         return ApiError::forbidden("metrics are for the operator's admin token").into_response();
     }
-    render_metrics(&lodge)
+    render_metrics(&lodge, &headers)
 }
 
-fn render_metrics(lodge: &ApiServices) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        lodge.metrics.render(),
-    )
-        .into_response()
+/// OpenMetrics to a client that asks for it (`Accept: application/openmetrics-text`,
+/// as Prometheus does), else the classic text format (0.0.4) that every
+/// other reader (`promtool check metrics`, older scrapers, a plain `curl`) parses.
+fn render_metrics(lodge: &ApiServices, headers: &HeaderMap) -> Response {
+    let openmetrics = lodge.metrics.render();
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            openmetrics,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::classic_text(&openmetrics),
+        )
+            .into_response()
+    }
 }
 
 /// The scrape port (`serve --metrics-listen`): `GET /metrics` without a token,
@@ -406,7 +443,11 @@ pub fn metrics_router(lodge: AppState) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(lodge): State<AppState>| async move { render_metrics(&lodge) }),
+            get(
+                |State(lodge): State<AppState>, headers: HeaderMap| async move {
+                    render_metrics(&lodge, &headers)
+                },
+            ),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(lodge)
@@ -421,9 +462,157 @@ pub fn metrics_router(lodge: AppState) -> Router {
         org_usage, get_limits, set_limits, list_plans,
         get_wallet, fund_wallet, converge, converge_preset, converge_task, webhook_secret,
         rotate_webhook_secret, update_org, rotate_org_keys, revoke_org_keys),
-    modifiers(&BearerAuth),
+    components(schemas(ErrorBody, crate::convergence::Preset, crate::convergence::Outcome, TaskView)),
+    modifiers(&BearerAuth, &Links),
 )]
 pub struct ApiDoc;
+
+/// An error answer (`{"error":{"code","message"}}`) in the OpenAPI document.
+fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// The answers every call with a key may give besides its own (for `responses(…)`).
+pub struct Authenticated;
+
+impl utoipa::IntoResponses for Authenticated {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            (
+                "401".to_owned(),
+                error_response("no key, or one that is unknown, rotated or revoked"),
+            ),
+            (
+                "500".to_owned(),
+                error_response(
+                    "the host failed (its log has the cause under this response's x-request-id)",
+                ),
+            ),
+        ])
+    }
+}
+
+/// The answers of a call with a JSON body ([`ApiJson`]) to a body it cannot read.
+pub struct JsonBody;
+
+impl utoipa::IntoResponses for JsonBody {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        BTreeMap::from([
+            (
+                "400".to_owned(),
+                error_response(
+                    "the body is not JSON of the documented shape, or a value is refused",
+                ),
+            ),
+            ("413".to_owned(), error_response("the body is too large")),
+            (
+                "415".to_owned(),
+                error_response("the body is not sent as Content-Type: application/json"),
+            ),
+        ])
+    }
+}
+
+/// OpenAPI links, so that a client can follow an answer to the calls it
+/// enables: a new organization's id to every `/orgs/{id}…` and
+/// `/org/{id}/usage` call, a new tenant's id to every `/tenant/{id}…` call, an
+/// async convergence's task id to `GET /converge/{taskId}`. Each link is named
+/// after the operation it leads to.
+struct Links;
+
+/// An answer (of the POST to `path`, with `status`) holding at `value` what
+/// the operations under `targets` take as their path parameter `parameter`.
+struct LinkSource {
+    path: &'static str,
+    operation_id: &'static str,
+    status: &'static str,
+    parameter: &'static str,
+    value: &'static str,
+    targets: &'static [&'static str],
+}
+
+const LINK_SOURCES: [LinkSource; 4] = [
+    LinkSource {
+        path: "/api/v1/orgs",
+        operation_id: "create_org",
+        status: "201",
+        parameter: "id",
+        value: "$response.body#/org/id",
+        targets: &["/api/v1/orgs/{id}", "/api/v1/org/{id}/"],
+    },
+    LinkSource {
+        path: "/api/v1/tenant/spawn",
+        operation_id: "spawn_tenant",
+        status: "201",
+        parameter: "id",
+        value: "$response.body#/tenant/id",
+        targets: &["/api/v1/tenant/{id}"],
+    },
+    LinkSource {
+        path: "/api/v1/converge",
+        operation_id: "converge",
+        status: "202",
+        parameter: "taskId",
+        value: "$response.body#/taskId",
+        targets: &["/api/v1/converge/{taskId}"],
+    },
+    LinkSource {
+        path: "/api/v1/{preset}",
+        operation_id: "converge_preset",
+        status: "202",
+        parameter: "taskId",
+        value: "$response.body#/taskId",
+        targets: &["/api/v1/converge/{taskId}"],
+    },
+];
+
+impl utoipa::Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::link::Link;
+        for source in &LINK_SOURCES {
+            let targets: Vec<String> = openapi
+                .paths
+                .paths
+                .iter()
+                .filter(|(path, _)| source.targets.iter().any(|t| path.starts_with(t)))
+                .flat_map(|(_, item)| {
+                    [&item.get, &item.put, &item.post, &item.delete, &item.patch]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|operation| operation.operation_id.clone())
+                })
+                .collect();
+            let response = openapi
+                .paths
+                .paths
+                .get_mut(source.path)
+                .and_then(|item| item.post.as_mut())
+                .filter(|operation| operation.operation_id.as_deref() == Some(source.operation_id))
+                .and_then(|operation| operation.responses.responses.get_mut(source.status));
+            let Some(RefOr::T(response)) = response else {
+                continue;
+            };
+            for target in targets {
+                let link = Link::builder()
+                    .operation_id(target.clone())
+                    .parameter(source.parameter, source.value)
+                    .build();
+                response.links.insert(target, RefOr::T(link));
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -518,4 +707,39 @@ pub fn router(lodge: AppState) -> Router {
         })
         .layer(axum::middleware::map_response(log_failures))
         .with_state(lodge)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_says_where_each_parameter_goes_and_links_the_answers() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    let name = parameter["name"].as_str().expect("name");
+                    let in_path = path.contains(&format!("{{{name}}}"));
+                    assert_eq!(
+                        parameter["in"] == "path",
+                        in_path,
+                        "{method} {path}: {name}"
+                    );
+                }
+                let responses = operation["responses"].as_object().expect("responses");
+                for status in ["401", "500"] {
+                    assert!(responses.contains_key(status), "{method} {path}: {status}");
+                }
+            }
+        }
+        let spawned = &doc["paths"]["/api/v1/tenant/spawn"]["post"]["responses"]["201"];
+        assert_eq!(
+            spawned["links"]["deploy_component"]["parameters"]["id"],
+            "$response.body#/tenant/id"
+        );
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["Usage"]["properties"]["requests"].is_object());
+        assert!(schemas["TokenUsage"]["properties"]["promptTokens"].is_object());
+    }
 }

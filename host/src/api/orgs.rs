@@ -24,7 +24,8 @@ pub struct OrgCreated {
 
 #[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs", request_body = CreateOrg,
     security(("bearer" = [])),
-    responses((status = 201, body = OrgCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, description = "the organization and its key", body = OrgCreated), Authenticated, JsonBody,
+        (status = 403, description = "not the admin token", body = ErrorBody)))]
 pub(super) async fn create_org(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -56,12 +57,13 @@ pub struct OrgEnvelope {
 
 #[utoipa::path(patch, path = "/api/v1/orgs/{id}", tag = "orgs", request_body = UpdateOrg,
     params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
-    responses((status = 200, body = OrgEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the organization on its new plan", body = OrgEnvelope), Authenticated, JsonBody,
+        (status = 403, description = "not the admin token", body = ErrorBody),
+        (status = 404, description = "no such organization", body = ErrorBody)))]
 pub(super) async fn update_org(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateOrg>,
 ) -> Result<Json<OrgEnvelope>, ApiError> {
     if caller != Principal::Admin {
@@ -88,11 +90,12 @@ pub(super) fn own_org(caller: &Principal, id: &str) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/api/v1/orgs/{id}/keys/rotate", tag = "orgs",
     params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
     responses((status = 200, body = KeyRotated, description = "the new organization key; the old ones no longer work"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        Authenticated, (status = 403, description = "a tenant key", body = ErrorBody),
+        (status = 404, description = "no such organization, or another organization's", body = ErrorBody)))]
 pub(super) async fn rotate_org_keys(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyRotated>, ApiError> {
     own_org(&caller, &id)?;
     let api_key = lodge.rotate_org_keys(&id, true).await?.unwrap_or_default();
@@ -102,11 +105,12 @@ pub(super) async fn rotate_org_keys(
 #[utoipa::path(post, path = "/api/v1/orgs/{id}/keys/revoke", tag = "orgs",
     params(("id" = String, Path, description = "organization id")), security(("bearer" = [])),
     responses((status = 204, description = "every key of the organization (not its tenants') revoked"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        Authenticated, (status = 403, description = "a tenant key", body = ErrorBody),
+        (status = 404, description = "no such organization, or another organization's", body = ErrorBody)))]
 pub(super) async fn revoke_org_keys(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     own_org(&caller, &id)?;
     lodge.rotate_org_keys(&id, false).await?;

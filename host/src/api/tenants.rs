@@ -70,8 +70,11 @@ pub struct TenantEnvelope {
 
 #[utoipa::path(post, path = "/api/v1/tenant/spawn", tag = "tenants", request_body = SpawnTenant,
     security(("bearer" = [])),
-    responses((status = 201, body = TenantEnvelope), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, description = "the tenant, with its key (`apiKey`, shown only here)", body = TenantEnvelope),
+        Authenticated, JsonBody,
+        (status = 403, description = "a tenant key; another organization; or a plan other than the organization's without the admin token", body = ErrorBody),
+        (status = 404, description = "no such organization", body = ErrorBody),
+        (status = 409, description = "the slug derived from the name is taken", body = ErrorBody)))]
 pub(super) async fn spawn_tenant(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -108,6 +111,7 @@ pub(super) async fn spawn_tenant(
 
 /// Pagination of `GET /tenant`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// At most this many (1-500, default 50).
@@ -128,7 +132,9 @@ pub struct TenantList {
 
 #[utoipa::path(get, path = "/api/v1/tenant", tag = "tenants", params(Page),
     security(("bearer" = [])),
-    responses((status = 200, body = TenantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "a page of tenants", body = TenantList), Authenticated,
+        (status = 400, description = "an unknown or malformed query parameter", body = ErrorBody),
+        (status = 403, description = "a tenant key", body = ErrorBody)))]
 pub(super) async fn list_tenants(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
@@ -211,11 +217,12 @@ pub struct TenantStatusView {
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/status", tag = "tenants",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = TenantStatusView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant, its code and its counts", body = TenantStatusView), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn tenant_status(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantStatusView>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     let live = lodge.live(&record).await?;
@@ -254,22 +261,24 @@ pub(super) async fn tenant_status(
 
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/stop", tag = "tenants",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = TenantEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant, stopped: its address answers 503", body = TenantEnvelope), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn stop_tenant(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantEnvelope>, ApiError> {
     set_running(&lodge, &caller, &id, false).await
 }
 
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/start", tag = "tenants",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = TenantEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant, running (or provisioning until a first deploy)", body = TenantEnvelope),
+        Authenticated, (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn start_tenant(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantEnvelope>, ApiError> {
     set_running(&lodge, &caller, &id, true).await
 }
@@ -305,12 +314,12 @@ pub struct EnvNames {
 
 #[utoipa::path(put, path = "/api/v1/tenant/{id}/env", tag = "tenants", request_body = EnvUpdate,
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = EnvNames), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the names of the variables now set", body = EnvNames), Authenticated, JsonBody,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn update_env(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<EnvUpdate>,
 ) -> Result<Json<EnvNames>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
@@ -330,11 +339,12 @@ pub struct KeyRotated {
 
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/keys/rotate", tag = "tenants",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = KeyRotated), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant's new key; its old ones no longer work", body = KeyRotated), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn rotate_key(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyRotated>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     let api_key = lodge.rotate_key(&record).await?;
@@ -343,11 +353,12 @@ pub(super) async fn rotate_key(
 
 #[utoipa::path(delete, path = "/api/v1/tenant/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = TenantEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant, destroyed (its logs and usage are kept)", body = TenantEnvelope),
+        Authenticated, (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn delete_tenant(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TenantEnvelope>, ApiError> {
     let mut record = tenant_for(&lodge, &caller, &id).await?;
     lodge.delete_tenant(&record).await?;

@@ -15,6 +15,7 @@ pub enum Granularity {
 
 /// `GET …/usage` parameters.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// First day or hour included: `YYYY-MM-DD` or `YYYY-MM-DDTHH` (UTC). Default: 30 days ago.
@@ -179,11 +180,13 @@ pub struct UsageView {
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/usage", tag = "usage",
     params(("id" = String, Path, description = "tenant id or slug"), UsageQuery), security(("bearer" = [])),
-    responses((status = 200, body = UsageView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "usage per period, its total and its cost", body = UsageView), Authenticated,
+        (status = 400, description = "an unknown or malformed query parameter, or `from` after `to`", body = ErrorBody),
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn tenant_usage(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<UsageView>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
@@ -251,12 +254,14 @@ pub struct OrgUsageView {
 
 #[utoipa::path(get, path = "/api/v1/org/{id}/usage", tag = "usage",
     params(("id" = String, Path, description = "organization id"), UsageQuery), security(("bearer" = [])),
-    responses((status = 200, body = OrgUsageView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "usage per tenant, the total and its cost", body = OrgUsageView), Authenticated,
+        (status = 400, description = "an unknown or malformed query parameter, or `from` after `to`", body = ErrorBody),
+        (status = 403, description = "a tenant key", body = ErrorBody),
+        (status = 404, description = "no such organization, or another organization's", body = ErrorBody)))]
 pub(super) async fn org_usage(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<OrgUsageView>, ApiError> {
     match &caller {
@@ -325,11 +330,12 @@ pub(super) fn limits_envelope(tenant: &Tenant) -> LimitsEnvelope {
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/limits", tag = "plans",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = LimitsEnvelope), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the tenant's plan, overrides and limits in force", body = LimitsEnvelope), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn get_limits(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<LimitsEnvelope>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     let live = lodge.live(&record).await?;
@@ -348,12 +354,13 @@ pub struct SetLimits {
 
 #[utoipa::path(patch, path = "/api/v1/tenant/{id}/limits", tag = "plans", request_body = SetLimits,
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = LimitsEnvelope), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the limits now in force", body = LimitsEnvelope), Authenticated, JsonBody,
+        (status = 403, description = "not the admin token", body = ErrorBody),
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn set_limits(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<SetLimits>,
 ) -> Result<Json<LimitsEnvelope>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
@@ -380,7 +387,7 @@ pub struct PlansView {
 }
 
 #[utoipa::path(get, path = "/api/v1/plans", tag = "plans", security(("bearer" = [])),
-    responses((status = 200, body = PlansView), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "the host's plans and price table", body = PlansView), Authenticated))]
 pub(super) async fn list_plans(
     State(lodge): State<AppState>,
     Caller(_caller): Caller,

@@ -31,11 +31,12 @@ pub(super) async fn wallet_view(
 
 #[utoipa::path(get, path = "/api/v1/tenant/{id}/wallet", tag = "wallet",
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = WalletView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the wallet, created on first use", body = WalletView), Authenticated,
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn get_wallet(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WalletView>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;
     Ok(Json(wallet_view(&lodge, &record).await?))
@@ -53,12 +54,13 @@ pub struct Fund {
 
 #[utoipa::path(post, path = "/api/v1/tenant/{id}/wallet/fund", tag = "wallet", request_body = Fund,
     params(("id" = String, Path, description = "tenant id or slug")), security(("bearer" = [])),
-    responses((status = 200, body = WalletView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "the wallet after the funding", body = WalletView), Authenticated, JsonBody,
+        (status = 403, description = "not the admin token", body = ErrorBody),
+        (status = 404, description = "no such tenant, or not one this key may see", body = ErrorBody)))]
 pub(super) async fn fund_wallet(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Fund>,
 ) -> Result<Json<WalletView>, ApiError> {
     let record = tenant_for(&lodge, &caller, &id).await?;

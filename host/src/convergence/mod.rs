@@ -54,6 +54,8 @@ pub struct Turn {
 /// Tokens used.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+// Named apart from the host's `storage::Usage` in the OpenAPI document.
+#[schema(as = TokenUsage)]
 pub struct Usage {
     /// Tokens sent.
     pub prompt_tokens: u32,

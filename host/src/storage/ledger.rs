@@ -229,6 +229,20 @@ async fn post_transfer(
     .fetch_one(&mut *tx)
     .await?;
     for (account, delta) in [(from, -amount), (to, amount)] {
+        // SQLite turns an overflowing `balance + delta` into a REAL, which no
+        // later read decodes (PostgreSQL fails the statement): refuse it here.
+        let balance: i64 =
+            sqlx::query_scalar("SELECT balance FROM ledger_balances WHERE account = $1")
+                .bind(account)
+                .fetch_one(&mut *tx)
+                .await?;
+        if balance.checked_add(delta).is_none() {
+            return Err(LedgerError::Invalid(format!(
+                "the amount {amount} would take a balance past what the ledger holds \
+                 ({} at most)",
+                i64::MAX
+            )));
+        }
         sqlx::query(
             "INSERT INTO ledger_entries (transfer_seq, account, amount) VALUES ($1, $2, $3)",
         )
