@@ -1186,7 +1186,9 @@ fn classify(
         GuestFailure::MemoryBusy => "app stopped for lack of host memory",
         _ => "app trapped",
     };
-    Some((kind, format!("{label}{why}: {error:?}")))
+    // `{:#}`: the chain of causes (with the guest's wasm backtrace), never the
+    // host's own Rust backtrace, which `{:?}` adds when RUST_BACKTRACE is set.
+    Some((kind, format!("{label}{why}: {error:#}")))
 }
 
 /// Lists the imports of `component` outside [`PROVIDED_PACKAGES`].

@@ -526,3 +526,34 @@ async fn https_model_endpoints_are_reached_over_verified_tls() {
     );
     assert!(wary.stderr().contains("certificate"), "{}", wary.stderr());
 }
+
+#[test]
+fn a_trap_logs_the_guest_backtrace_but_never_the_hosts() {
+    // With RUST_BACKTRACE set, the host's own errors carry a Rust backtrace
+    // (file paths of the host's build); none of it may reach the tenant's log.
+    let hostile = format!("hostile={}", guests::HOSTILE);
+    let lodge = LodgeProcess::serve_with_env(
+        &["--app", &hostile],
+        &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")],
+    );
+    let (status, body) = get(lodge.addr, "127.0.0.1", "/tenants/hostile/panic");
+    assert_eq!(status, 500, "{body}");
+    let (code, out, err) = lodge.cli(ADMIN_TOKEN, &["logs", "hostile", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("app trapped"), "{out}");
+    assert!(
+        out.contains("wasm backtrace"),
+        "the guest's frames stay: {out}"
+    );
+    for host_detail in [
+        "stack backtrace",
+        ".cargo/registry",
+        "wasmtime::runtime",
+        "lodge_host::",
+    ] {
+        assert!(
+            !out.contains(host_detail),
+            "{host_detail} in the tenant's log: {out}"
+        );
+    }
+}
