@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod convergence;
 pub mod counters;

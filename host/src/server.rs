@@ -326,7 +326,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let control = crate::api::router(lodge.api_services());
+    let control = crate::api::router(lodge.api_services()).merge(crate::console::router());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -75,6 +75,7 @@ impl From<crate::convergence::tasks::ConvergenceFailure> for ApiError {
 }
 
 /// What `POST /converge` and its presets answer besides failures common to all calls.
+#[derive(Debug)]
 pub struct ConvergeAnswers;
 
 impl utoipa::IntoResponses for ConvergeAnswers {

@@ -483,6 +483,7 @@ fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::
 }
 
 /// The answers every call with a key may give besides its own (for `responses(…)`).
+#[derive(Debug)]
 pub struct Authenticated;
 
 impl utoipa::IntoResponses for Authenticated {
@@ -503,6 +504,7 @@ impl utoipa::IntoResponses for Authenticated {
 }
 
 /// The answers of a call with a JSON body ([`ApiJson`]) to a body it cannot read.
+#[derive(Debug)]
 pub struct JsonBody;
 
 impl utoipa::IntoResponses for JsonBody {
@@ -614,6 +616,41 @@ impl utoipa::Modify for Links {
     }
 }
 
+/// The OpenAPI document as `/api-docs/openapi.json` serves it. utoipa 5.5
+/// writes a link's `operationId`, `operationRef` and `requestBody` in snake
+/// case, which no OpenAPI tool reads: they are renamed here.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let responses = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let links = response
+            .get_mut("links")
+            .and_then(|links| links.as_object_mut());
+        for link in links.into_iter().flat_map(|links| links.values_mut()) {
+            let Some(link) = link.as_object_mut() else {
+                continue;
+            };
+            for (from, to) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(from) {
+                    link.insert(to.to_owned(), value);
+                }
+            }
+        }
+    }
+    doc
+}
+
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -679,7 +716,7 @@ pub fn router(lodge: AppState) -> Router {
         .nest("/api/v1", api)
         .route(
             "/api-docs/openapi.json",
-            get(|| async { Json(ApiDoc::openapi()) }),
+            get(|| async { Json(openapi_document()) }),
         )
         .route("/api-docs", get(|| async { Html(API_DOCS_PAGE) }))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -715,7 +752,7 @@ mod tests {
 
     #[test]
     fn the_document_says_where_each_parameter_goes_and_links_the_answers() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let doc = openapi_document();
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, operation) in item.as_object().expect("path item") {
                 for parameter in operation["parameters"].as_array().into_iter().flatten() {
@@ -734,10 +771,9 @@ mod tests {
             }
         }
         let spawned = &doc["paths"]["/api/v1/tenant/spawn"]["post"]["responses"]["201"];
-        assert_eq!(
-            spawned["links"]["deploy_component"]["parameters"]["id"],
-            "$response.body#/tenant/id"
-        );
+        let deploy = &spawned["links"]["deploy_component"];
+        assert_eq!(deploy["operationId"], "deploy_component");
+        assert_eq!(deploy["parameters"]["id"], "$response.body#/tenant/id");
         let schemas = &doc["components"]["schemas"];
         assert!(schemas["Usage"]["properties"]["requests"].is_object());
         assert!(schemas["TokenUsage"]["properties"]["promptTokens"].is_object());

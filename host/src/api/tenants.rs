@@ -158,7 +158,7 @@ pub(super) async fn list_tenants(
         .collect();
     Ok(Json(TenantList {
         tenants,
-        next_offset: more.then_some(offset + limit),
+        next_offset: more.then_some(offset.saturating_add(limit)),
     }))
 }
 

@@ -557,7 +557,7 @@ mod tests {
             .load(tail_calling_component())
             .expect_err("no handler");
         assert!(
-            matches!(refused, LoadError::NotAnHttpHandler(_)),
+            matches!(refused, LoadError::UnsupportedWorld(_)),
             "{refused:?}"
         );
         // Baseline only: Winch's refusal is the answer.
