@@ -272,7 +272,15 @@ async fn run(
         reuse,
     };
     match plane.control.runtime.invoke(&app, call, request).await {
-        Ok(response) => Ok(response),
+        Ok(mut response) => {
+            if route.prefix.is_some() {
+                // Path-routed apps share the host's origin with /console and
+                // the API: a service worker there may not claim scope outside
+                // the app's own prefix.
+                response.headers_mut().remove("service-worker-allowed");
+            }
+            Ok(response)
+        }
         Err(_) if tripped.load(Ordering::Acquire) => Err(DataPlaneError::BodyTooLarge),
         Err(failure) => Err(failure.into()),
     }

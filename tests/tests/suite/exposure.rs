@@ -587,3 +587,33 @@ async fn lodge_logs_follow_ends_when_its_key_is_rotated() {
         .expect("read");
     assert!(stderr.contains("log stream ended"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_path_routed_app_cannot_put_a_service_worker_over_the_console() {
+    // /tenants/SLUG/… shares the host's origin with /console and /api/v1: a
+    // service worker registered from there could see every key typed into
+    // the console if the app could widen its scope to `/`.
+    let host = TestHost::start().await;
+    host.app(
+        "sw",
+        lodge_tests::guests::HOSTILE,
+        lodge_host::Limits::default(),
+    )
+    .await;
+    let by_path = host.get("sw", "/sw").await;
+    assert_eq!(by_path.status(), 200);
+    assert!(
+        !by_path.headers().contains_key("service-worker-allowed"),
+        "{:?}",
+        by_path.headers()
+    );
+    // On its own origin (host routing) the app's headers are its own business.
+    let by_host = host
+        .client
+        .get(format!("http://{}/sw", host.addr))
+        .header("host", "sw.localhost")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(by_host.headers()["service-worker-allowed"], "/");
+}
