@@ -156,6 +156,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LODGE_COMPILE_TIERS", value_enum, default_value_t = TierPolicy::Tiered)]
     pub compile_tiers: TierPolicy,
 
+    /// Serve WASI 0.3 components (`wasi:http/service@0.3.0`) beside WASI 0.2
+    /// ones. It makes every store ready for concurrent execution, which costs
+    /// WASI 0.2 requests throughput (docs/benchmarks.md); `false` refuses 0.3
+    /// components at deploy, saying why.
+    #[arg(long, env = "LODGE_WASI_P3", default_value_t = true, action = clap::ArgAction::Set)]
+    pub wasi_p3: bool,
+
     /// Optimised tier only, for compile speed: single-pass register allocation, no optimisation
     /// (about twice as fast to deploy, slower guest code).
     #[arg(long, env = "LODGE_FAST_COMPILE")]
@@ -358,6 +365,7 @@ impl ServeArgs {
                 c.max_uploads = uploads.max(1);
             }
             c.engine.tiers = self.compile_tiers;
+            c.engine.wasi_p3 = self.wasi_p3;
             if self.fast_compile {
                 c.engine.single_pass_regalloc = true;
                 c.engine.optimize = false;

@@ -232,6 +232,10 @@ pub struct EngineTuning {
     /// Threads compiling optimised code in the background, at the lowest CPU
     /// priority (default: one per core; one component at a time per thread).
     pub optimizer_threads: usize,
+    /// Serve WASI 0.3 components (`wasi:http/service`): the engines are made
+    /// ready for concurrent execution, which every request's store then pays
+    /// for (see docs/benchmarks.md); off, 0.3 components are refused at deploy.
+    pub wasi_p3: bool,
 }
 
 /// Which compiler produced a component's code.
@@ -311,6 +315,7 @@ impl Default for EngineTuning {
             tiers: TierPolicy::default(),
             // At nice 19 they only take CPU nothing else wants.
             optimizer_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            wasi_p3: true,
         }
     }
 }

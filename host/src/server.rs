@@ -35,28 +35,14 @@ use crate::routing::{self, REQUEST_ID};
 use crate::storage::{Dialect, SqlStorage, Storage};
 use crate::wallet::MasterKey;
 
-/// How many tasks a worker thread polls between two looks at the sockets and
-/// timers (tokio's default is 61).
-///
-/// While guests keep every worker busy, a new request on another connection is
-/// seen only at a worker's next look: each poll of a CPU-bound guest is one
-/// fuel slice, so with the default the sockets wait for up to ~61 slices (a few
-/// milliseconds) and a quiet tenant's request waits behind a flooding tenant's
-/// guests. A lower interval costs a non-blocking `epoll_wait` more often.
-pub const EVENT_INTERVAL: u32 = 61;
-
 /// The multi-threaded tokio runtime the host runs on (`threads`: worker
 /// threads, default one per core).
 pub fn runtime(threads: Option<usize>, name: &str) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    let interval = std::env::var("LODGE_EVENT_INTERVAL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(EVENT_INTERVAL);
-    builder
-        .enable_all()
-        .thread_name(name)
-        .event_interval(interval);
+    // tokio's default `event_interval` (61 tasks polled between two looks at
+    // the sockets) was measured against 4, 8 and 16 with a CPU-bound tenant
+    // flooding the host: a quiet tenant's p99 did not move (docs/benchmarks.md).
+    builder.enable_all().thread_name(name);
     if let Some(threads) = threads {
         builder.worker_threads(threads.max(1));
     }

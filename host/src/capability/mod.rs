@@ -260,13 +260,15 @@ impl WasiHttpView for GuestState {
 /// All of WASI 0.2 is linked so components built by ordinary toolchains (whose
 /// standard library imports `wasi:cli`, `wasi:filesystem` …) instantiate; the
 /// context above grants none of them anything.
-pub fn add_to_linker(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+pub fn add_to_linker(linker: &mut Linker<GuestState>, wasi_p3: bool) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     // WASI 0.3 (`wasi:http/service`): the same contexts (stdout to the tenant's
     // log, outbound policy, no sockets or files) behind the 0.3 interfaces.
-    wasmtime_wasi::p3::add_to_linker(linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    if wasi_p3 {
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
     keyvalue::add_to_linker(linker, |state: &mut GuestState| {
         keyvalue::KeyValue::new(&state.grant.keyvalue, &mut state.table)
     })?;

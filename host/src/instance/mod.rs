@@ -94,6 +94,13 @@ pub enum LoadError {
          `wasi:http/handler@0.3.x` (world `wasi:http/service`, WASI 0.3)"
     )]
     UnsupportedWorld(String),
+    /// A WASI 0.3 component on a host that serves only WASI 0.2.
+    #[error(
+        "the component exports `wasi:http/handler@0.3.x` (WASI 0.3), and this host serves \
+         only WASI 0.2 (`wasi:http/incoming-handler@0.2.x`): its operator turned WASI 0.3 \
+         off (`--wasi-p3 false`)"
+    )]
+    WasiP3Off,
     /// It exports the handler of a world, but not with that world's type.
     #[error("the component's HTTP handler export does not have the type its world defines: {0}")]
     NotAnHttpHandler(String),
@@ -245,6 +252,8 @@ pub struct Runtime {
     pool: Arc<Pool>,
     lanes: u32,
     fuel_yield_interval: u64,
+    /// Whether WASI 0.3 components are served.
+    wasi_p3: bool,
     epoch_tick: Duration,
     stats: Arc<RuntimeStats>,
     /// Loaded components by digest, while some tenant uses them: tenants that
@@ -360,6 +369,7 @@ impl Runtime {
                 std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
             }),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
+            wasi_p3: config.engine.wasi_p3,
             epoch_tick: config.epoch_tick,
             stats,
             loaded: Mutex::default(),
@@ -513,6 +523,9 @@ impl Runtime {
             return Err(LoadError::Invalid(
                 "unknown WebAssembly binary version".into(),
             ));
+        }
+        if !self.wasi_p3 && world::exports_p3_handler(&wasm) {
+            return Err(LoadError::WasiP3Off);
         }
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(&wasm));

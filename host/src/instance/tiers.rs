@@ -51,7 +51,8 @@ impl TierEngine {
     ) -> anyhow::Result<Self> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
-            .wasm_component_model_async(true)
+            .concurrency_support(tuning.wasi_p3)
+            .wasm_component_model_async(tuning.wasi_p3)
             .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -78,7 +79,7 @@ impl TierEngine {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("creating the {} engine", tier.as_str()))?;
         let mut linker = Linker::new(&engine);
-        capability::add_to_linker(&mut linker)?;
+        capability::add_to_linker(&mut linker, tuning.wasi_p3)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {

@@ -88,6 +88,31 @@ pub(crate) fn classify(engine: &Engine, component: &Component) -> Result<World, 
     Err(LoadError::UnsupportedWorld(format!("{found}{hint}")))
 }
 
+/// Whether the component in `wasm` exports a WASI 0.3 handler, read from its
+/// top-level export section without compiling it (a host with WASI 0.3 off
+/// cannot even validate such a component, and says why instead).
+pub(crate) fn exports_p3_handler(wasm: &[u8]) -> bool {
+    let mut depth = 0u32;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(wasmparser::Payload::Version { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 1 => {
+                if exports
+                    .into_iter()
+                    .flatten()
+                    .any(|export| export.name.name.starts_with(P3_EXPORT))
+                {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// A component's handler, ready to instantiate.
 pub(crate) enum HandlerPre {
     /// WASI 0.2.

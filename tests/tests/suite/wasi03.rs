@@ -286,3 +286,14 @@ async fn components_of_no_world_lodge_serves_are_refused_naming_what_they_export
     let refused = refusal(host.lodge.load(hollow).await);
     assert!(refused.contains("does not have the type"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_host_with_wasi_0_3_off_refuses_0_3_components_saying_why() {
+    let host = TestHost::start_with(|c| c.engine.wasi_p3 = false).await;
+    let refused = refusal(host.lodge.load(lodge_tests::wasm(guests::P3_HELLO)).await);
+    assert!(refused.contains("--wasi-p3 false"), "{refused}");
+    assert!(refused.contains("wasi:http/handler@0.3.x"), "{refused}");
+    // WASI 0.2 components are served as ever.
+    host.app("p2", guests::HELLO, limits()).await;
+    assert_eq!(host.get("p2", "/").await.status(), 200);
+}
