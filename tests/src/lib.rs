@@ -238,6 +238,34 @@ impl TestHost {
     }
 }
 
+/// Sends the `n` requests `request(i)` builds, at most `at_once` in flight,
+/// and returns each one's index, status and JSON body (`null` if not JSON), in
+/// order.
+pub async fn fan_out(
+    n: usize,
+    at_once: usize,
+    request: impl Fn(usize) -> reqwest::RequestBuilder,
+) -> Vec<(usize, u16, serde_json::Value)> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(at_once));
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            let (request, gate) = (request(i), gate.clone());
+            tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.expect("open");
+                let response = request.send().await.expect("sent");
+                let status = response.status().as_u16();
+                let body = response.json().await.unwrap_or(serde_json::Value::Null);
+                (i, status, body)
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for request in requests {
+        results.push(request.await.expect("joined"));
+    }
+    results
+}
+
 /// POSTs `{}` to `url` `n` times, `at_once` at a time, each answered 200 with
 /// `{"value": N}` (an atomic counter); returns the values, sorted.
 pub async fn concurrent_increments(
@@ -246,28 +274,17 @@ pub async fn concurrent_increments(
     n: usize,
     at_once: usize,
 ) -> Vec<i64> {
-    let gate = Arc::new(tokio::sync::Semaphore::new(at_once));
-    let requests: Vec<_> = (0..n)
-        .map(|_| {
-            let (client, url, gate) = (client.clone(), url.to_owned(), gate.clone());
-            tokio::spawn(async move {
-                let _turn = gate.acquire_owned().await.expect("open");
-                let response = client
-                    .post(url)
-                    .json(&serde_json::json!({}))
-                    .send()
-                    .await
-                    .expect("sent");
-                assert_eq!(response.status(), 200);
-                let body: serde_json::Value = response.json().await.expect("json");
-                body["value"].as_i64().expect("value")
-            })
+    let results = fan_out(n, at_once, |_| {
+        client.post(url).json(&serde_json::json!({}))
+    })
+    .await;
+    let mut values: Vec<i64> = results
+        .into_iter()
+        .map(|(i, status, body)| {
+            assert_eq!(status, 200, "request {i}: {body}");
+            body["value"].as_i64().expect("value")
         })
         .collect();
-    let mut values = Vec::with_capacity(n);
-    for request in requests {
-        values.push(request.await.expect("joined"));
-    }
     values.sort_unstable();
     values
 }

@@ -816,7 +816,7 @@ impl Runtime {
         }
 
         // The request as the guest's world takes it, and where its response head arrives.
-        let (call_args, mut head) = match &code.pre.world() {
+        let (call_args, mut head) = match code.pre.world() {
             World::Proxy => {
                 let (sender, receiver) = oneshot::channel();
                 let resources = (|| -> wasmtime::Result<_> {

@@ -22,7 +22,7 @@ its subclasses, one per WIT error variant. Whatever the app prints to stdout or
 stderr becomes a line of the tenant's log.
 """
 
-from . import convergence, http, kv, wallet
+from . import convergence, errors, http, kv, wallet
 from .errors import (
     AccessDeniedError,
     CasFailedError,
@@ -43,14 +43,5 @@ __all__ = [
     "http",
     "kv",
     "wallet",
-    "LodgeError",
-    "NotFoundError",
-    "AccessDeniedError",
-    "QuotaExceededError",
-    "LimitError",
-    "InvalidInputError",
-    "UnavailableError",
-    "NoSuchStoreError",
-    "StoreError",
-    "CasFailedError",
+    *errors.__all__,
 ]

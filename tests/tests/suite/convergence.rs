@@ -498,11 +498,8 @@ async fn the_agent_bot_remembers_converses_and_pays() {
     agent_bot(guests::AGENT_BOT).await;
 }
 
-/// The chat bot (`wasm`: the Rust one or its Python port) as tenants `bot`
-/// (funded with 100) and `shop`: it answers through convergence, tells its
-/// balance and address, pays 5 to `shop`, and keeps each tenant's history
-/// apart. Returns the host and `shop`'s address.
-pub(crate) async fn agent_bot(wasm: &str) -> (TestHost, String) {
+/// A host serving the chat bot `wasm` as `bot` and as `shop`, `bot` funded with 100.
+pub(crate) async fn two_bots(wasm: &str) -> TestHost {
     let host = TestHost::start().await;
     host.app("bot", wasm, Limits::default()).await;
     host.app("shop", wasm, Limits::default()).await;
@@ -513,6 +510,15 @@ pub(crate) async fn agent_bot(wasm: &str) -> (TestHost, String) {
         .await
         .expect("sent");
     assert_eq!(fund.status(), 200);
+    host
+}
+
+/// The chat bot (`wasm`: the Rust one or its Python port) as tenants `bot`
+/// (funded with 100) and `shop`: it answers through convergence, tells its
+/// balance and address, pays 5 to `shop`, and keeps each tenant's history
+/// apart. Returns the host and `shop`'s address.
+pub(crate) async fn agent_bot(wasm: &str) -> (TestHost, String) {
+    let host = two_bots(wasm).await;
 
     let (status, first) = post_app(
         &host,

@@ -437,32 +437,20 @@ async fn the_js_app_answers_200_requests_50_at_a_time() {
     let host = js_apps(&["busy"]).await;
     let address = get_app(&host, "busy", "/api/wallet").await["address"].clone();
 
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
-    let requests: Vec<_> = (0..200)
-        .map(|i| {
-            let client = host.client.clone();
-            let semaphore = semaphore.clone();
-            let (counter, wallet) = (
-                host.path_url("busy", "/api/counter/load"),
-                host.path_url("busy", "/api/wallet"),
-            );
-            tokio::spawn(async move {
-                let _permit = semaphore.acquire().await.expect("permit");
-                let response = if i % 2 == 0 {
-                    client.post(counter).json(&json!({})).send().await
-                } else {
-                    client.get(wallet).send().await
-                }
-                .expect("sent");
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                (i, status, body)
-            })
-        })
-        .collect();
+    let (counter, wallet) = (
+        host.path_url("busy", "/api/counter/load"),
+        host.path_url("busy", "/api/wallet"),
+    );
+    let results = lodge_tests::fan_out(200, 50, |i| {
+        if i % 2 == 0 {
+            host.client.post(&counter).json(&json!({}))
+        } else {
+            host.client.get(&wallet)
+        }
+    })
+    .await;
     let mut counts = Vec::new();
-    for result in futures::future::join_all(requests).await {
-        let (i, status, body) = result.expect("joined");
+    for (i, status, body) in results {
         assert_eq!(status, 200, "request {i}: {body}");
         if i % 2 == 0 {
             counts.push(body["value"].as_i64().expect("value"));

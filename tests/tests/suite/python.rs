@@ -9,28 +9,14 @@
 
 use std::time::Duration;
 
-use lodge_host::Limits;
-use lodge_tests::{ADMIN_TOKEN, TestHost, polyglot};
-use reqwest::Method;
-use serde_json::{Value, json};
+use lodge_tests::{TestHost, polyglot};
+use serde_json::json;
 
 use crate::convergence::{get_app, post_app};
 
 /// A host serving the Python bot as `bot` and as `shop`, `bot` funded with 100.
 async fn two_bots() -> TestHost {
-    let host = TestHost::start().await;
-    host.app("bot", polyglot::py_example(), Limits::default())
-        .await;
-    host.app("shop", polyglot::py_example(), Limits::default())
-        .await;
-    let fund = host
-        .api(Method::POST, "/tenant/bot/wallet/fund", Some(ADMIN_TOKEN))
-        .json(&json!({ "amount": 100 }))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(fund.status(), 200);
-    host
+    crate::convergence::two_bots(polyglot::py_example()).await
 }
 
 #[tokio::test]
@@ -184,36 +170,21 @@ async fn the_python_bot_answers_200_requests_50_at_a_time() {
     .await;
     assert_eq!(status, 200);
 
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
-    let requests: Vec<_> = (0..200)
-        .map(|i| {
-            let client = host.client.clone();
-            let semaphore = semaphore.clone();
-            let (chat, history) = (
-                host.path_url("bot", "/chat"),
-                host.path_url("bot", "/chat/load"),
-            );
-            tokio::spawn(async move {
-                let _permit = semaphore.acquire().await.expect("permit");
-                let response = if i % 2 == 0 {
-                    client
-                        .post(chat)
-                        .json(&json!({ "message": format!("question {i}"), "conversationId": format!("c{}", i % 10) }))
-                        .send()
-                        .await
-                } else {
-                    client.get(history).send().await
-                }
-                .expect("sent");
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                (i, status, body)
-            })
-        })
-        .collect();
-    let results = futures::future::join_all(requests).await;
-    for result in results {
-        let (i, status, body) = result.expect("joined");
+    let (chat, history) = (
+        host.path_url("bot", "/chat"),
+        host.path_url("bot", "/chat/load"),
+    );
+    let results = lodge_tests::fan_out(200, 50, |i| {
+        if i % 2 == 0 {
+            host.client.post(&chat).json(
+                &json!({ "message": format!("question {i}"), "conversationId": format!("c{}", i % 10) }),
+            )
+        } else {
+            host.client.get(&history)
+        }
+    })
+    .await;
+    for (i, status, body) in results {
         assert_eq!(status, 200, "request {i}: {body}");
         if i % 2 == 0 {
             assert!(body["reply"].is_string(), "request {i}: {body}");
