@@ -717,7 +717,17 @@ impl Runtime {
             .load()
             .best_first()
             .next()
-            .is_some_and(|engine| engine.artifact_path(digest).exists())
+            .is_some_and(|engine| engine.has_artifact(digest))
+    }
+
+    /// wasmtime engines made so far: one per tier for WASI 0.2 components,
+    /// and one more per tier once a WASI 0.3 component has loaded.
+    pub fn engines_made(&self) -> usize {
+        self.tiers
+            .load()
+            .best_first()
+            .flat_map(|t| t.engines())
+            .count()
     }
 
     /// Distinct components in memory now.
@@ -1251,8 +1261,8 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(tick);
-                    for engine in tiers.load().best_first() {
-                        engine.engine.increment_epoch();
+                    for engine in tiers.load().best_first().flat_map(|t| t.engines()) {
+                        engine.increment_epoch();
                     }
                     let mut old = old.lock().unwrap_or_else(PoisonError::into_inner);
                     old.retain(|weak| match weak.upgrade() {
@@ -1273,7 +1283,12 @@ impl EpochTicker {
         self.retired
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend(tiers.best_first().map(|t| t.engine.weak()));
+            .extend(
+                tiers
+                    .best_first()
+                    .flat_map(|t| t.engines())
+                    .map(Engine::weak),
+            );
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! wasmtime shares nothing across compiler strategies: an artifact, a `Linker`,
 //! an `InstancePre` and a `Store` all belong to one `Engine`. So each tier is a
-//! [`TierEngine`] — engine, linker with every capability, artifacts named by
-//! digest, tier and the engine's compatibility hash — and a request's `Store`
-//! is made on the engine of the code it runs ([`Prepared`]). A component in
+//! [`TierEngine`] — an engine and linker with every capability per world
+//! (WASI 0.2 without concurrency support, WASI 0.3 with it, made on first
+//! use), artifacts named by digest, tier, the engine's compatibility hash and
+//! world — and a request's `Store` is made on the engine of the code it runs
+//! ([`Prepared`]). A component in
 //! memory is one [`Code`], shared by every tenant running that digest; the
 //! optimiser swaps its [`Prepared`] when the optimised build is ready, so new
 //! requests of all those tenants get it while requests in flight finish on the
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -29,30 +31,28 @@ use super::{LoadError, RuntimeStats, missing_imports};
 use crate::capability::{self, GuestState};
 use crate::config::{EngineTuning, Tier, TierPolicy};
 
-/// One compiler's engine, linker and artifacts.
-pub(crate) struct TierEngine {
-    /// Which compiler this is.
-    pub tier: Tier,
-    /// The engine (its own pooling allocator).
-    pub engine: Engine,
+/// One world's engine and linker within a tier.
+struct WorldEngine {
+    engine: Engine,
     linker: Linker<GuestState>,
-    compat: String,
-    artifacts: PathBuf,
+    /// Whether it is the WASI 0.3 engine.
+    concurrent: bool,
 }
 
-impl TierEngine {
-    /// The engine of `tier`: fuel, epoch interruption and a pool of `pool`'s
-    /// shape, whichever compiler.
-    pub fn new(
+impl WorldEngine {
+    /// `concurrent` turns on the component model's async ABI and the
+    /// concurrent-execution state every `Store` then carries (WASI 0.3 needs
+    /// both; a WASI 0.2 request pays for them without using them).
+    fn new(
         tuning: &EngineTuning,
         tier: Tier,
         pool: PoolingAllocationConfig,
-        artifacts: &Path,
+        concurrent: bool,
     ) -> anyhow::Result<Self> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
-            .concurrency_support(tuning.wasi_p3)
-            .wasm_component_model_async(tuning.wasi_p3)
+            .concurrency_support(concurrent)
+            .wasm_component_model_async(concurrent)
             .consume_fuel(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -79,30 +79,118 @@ impl TierEngine {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("creating the {} engine", tier.as_str()))?;
         let mut linker = Linker::new(&engine);
-        capability::add_to_linker(&mut linker, tuning.wasi_p3)?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
+        capability::add_to_linker(&mut linker, concurrent)?;
         Ok(Self {
-            tier,
             engine,
             linker,
+            concurrent,
+        })
+    }
+}
+
+/// One compiler's engines, linkers and artifacts.
+///
+/// A tier has an engine per world: WASI 0.2 components run on one without
+/// concurrency support (its stores carry no async state, which costs a 0.2
+/// request a quarter of its throughput, measured in docs/benchmarks.md), WASI
+/// 0.3 components on one with it, made when the first such component loads.
+pub(crate) struct TierEngine {
+    /// Which compiler this is.
+    pub tier: Tier,
+    /// WASI 0.2 components' engine (its own pooling allocator).
+    sync: WorldEngine,
+    /// WASI 0.3 components' engine, once one is loaded (if WASI 0.3 is on).
+    concurrent: OnceLock<WorldEngine>,
+    /// Serialises making `concurrent`.
+    making: Mutex<()>,
+    /// The WASI 0.2 engine's compatibility hash, naming the artifacts.
+    compat: String,
+    tuning: EngineTuning,
+    pool: PoolingAllocationConfig,
+    artifacts: PathBuf,
+}
+
+impl TierEngine {
+    /// The engines of `tier`: fuel, epoch interruption and a pool of `pool`'s
+    /// shape, whichever compiler.
+    pub fn new(
+        tuning: &EngineTuning,
+        tier: Tier,
+        pool: PoolingAllocationConfig,
+        artifacts: &Path,
+    ) -> anyhow::Result<Self> {
+        let sync = WorldEngine::new(tuning, tier, pool.clone(), false)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        sync.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        Ok(Self {
+            tier,
+            sync,
+            concurrent: OnceLock::new(),
+            making: Mutex::new(()),
             compat: format!("{:016x}", hasher.finish()),
+            tuning: tuning.clone(),
+            pool,
             artifacts: artifacts.to_owned(),
         })
     }
 
-    /// Where this tier's artifact of component `digest` lives.
-    pub fn artifact_path(&self, digest: &str) -> PathBuf {
+    /// The WASI 0.3 engine, made now if it is not yet (`None` with WASI 0.3 off).
+    fn concurrent(&self) -> Result<Option<&WorldEngine>, LoadError> {
+        if !self.tuning.wasi_p3 {
+            return Ok(None);
+        }
+        if let Some(engine) = self.concurrent.get() {
+            return Ok(Some(engine));
+        }
+        let _one = self.making.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(engine) = self.concurrent.get() {
+            return Ok(Some(engine));
+        }
+        let engine = WorldEngine::new(&self.tuning, self.tier, self.pool.clone(), true)
+            .map_err(LoadError::Internal)?;
+        Ok(Some(self.concurrent.get_or_init(|| engine)))
+    }
+
+    /// The engines made so far.
+    pub fn engines(&self) -> impl Iterator<Item = &Engine> {
+        std::iter::once(&self.sync.engine).chain(self.concurrent.get().map(|w| &w.engine))
+    }
+
+    /// Where the artifact of component `digest` for the WASI 0.2 engine, or
+    /// the 0.3 one, lives (the 0.3 engine differs from the 0.2 one only in
+    /// its concurrency support; wasmtime checks the rest when it loads one).
+    fn artifact_path(&self, concurrent: bool, digest: &str) -> PathBuf {
+        let world = if concurrent { "-async" } else { "" };
         self.artifacts.join(format!(
-            "{digest}-{}-{}.cwasm",
+            "{digest}-{}-{}{world}.cwasm",
             self.tier.as_str(),
             self.compat
         ))
     }
 
-    /// This tier's cached artifact of `digest`; a missing or unreadable one is `None`.
+    /// Whether this tier has an artifact of `digest`, either world.
+    pub fn has_artifact(&self, digest: &str) -> bool {
+        self.artifact_path(false, digest).exists()
+            || (self.tuning.wasi_p3 && self.artifact_path(true, digest).exists())
+    }
+
+    /// This tier's cached artifact of `digest` (either world); a missing or
+    /// unreadable one is `None`.
     pub fn read_artifact(&self, digest: &str) -> Option<Component> {
-        let path = self.artifact_path(digest);
+        if let Some(component) = self.read_world(&self.sync, digest) {
+            return Some(component);
+        }
+        if !self.tuning.wasi_p3 || !self.artifact_path(true, digest).exists() {
+            return None;
+        }
+        let world = self.concurrent().ok().flatten()?;
+        self.read_world(world, digest)
+    }
+
+    fn read_world(&self, world: &WorldEngine, digest: &str) -> Option<Component> {
+        let path = self.artifact_path(world.concurrent, digest);
         if !path.exists() {
             return None;
         }
@@ -110,7 +198,7 @@ impl TierEngine {
         // tier and compatibility hash in its name, in a directory only this host
         // writes; wasmtime still checks its header and rejects incompatible artifacts.
         #[expect(unsafe_code, reason = "loading our own precompiled artifact")]
-        let loaded = unsafe { Component::deserialize_file(&self.engine, &path) };
+        let loaded = unsafe { Component::deserialize_file(&world.engine, &path) };
         match loaded {
             Ok(component) => Some(component),
             Err(e) => {
@@ -121,36 +209,69 @@ impl TierEngine {
         }
     }
 
-    /// Compiles `wasm` with this tier's compiler into the artifact cache.
+    /// Compiles `wasm` with this tier's compiler into the artifact cache, on
+    /// the engine of the world it exports (a 0.2 component using the async
+    /// ABI of the component model goes to the WASI 0.3 engine too).
     pub fn compile(&self, wasm: &[u8], digest: &str) -> Result<Component, LoadError> {
-        let bytes = self
+        if world::exports_p3_handler(wasm)
+            && let Some(world) = self.concurrent()?
+        {
+            return self.compile_on(world, wasm, digest);
+        }
+        match self.compile_on(&self.sync, wasm, digest) {
+            // wasmparser's refusal of every part of the async ABI says this.
+            Err(LoadError::Invalid(why)) if why.contains("component model async") => {
+                match self.concurrent()? {
+                    Some(world) => self.compile_on(world, wasm, digest),
+                    None => Err(LoadError::Invalid(why)),
+                }
+            }
+            result => result,
+        }
+    }
+
+    fn compile_on(
+        &self,
+        world: &WorldEngine,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<Component, LoadError> {
+        let bytes = world
             .engine
             .precompile_component(wasm)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let path = self.artifact_path(world.concurrent, digest);
         let write = || -> anyhow::Result<()> {
             let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
             std::io::Write::write_all(&mut tmp, &bytes)?;
             tmp.as_file().sync_all()?;
-            tmp.persist(self.artifact_path(digest))?;
+            tmp.persist(&path)?;
             Ok(())
         };
         write().map_err(LoadError::Internal)?;
-        self.read_artifact(digest)
+        self.read_world(world, digest)
             .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("artifact vanished after writing")))
     }
 
-    /// Checks imports and exports and pre-instantiates.
+    /// Checks imports and exports and pre-instantiates, with the linker of the
+    /// engine `component` was loaded on.
     pub fn prepare(&self, component: &Component) -> Result<Prepared, LoadError> {
-        let missing = missing_imports(&self.engine, component);
+        let world = std::iter::once(&self.sync)
+            .chain(self.concurrent.get())
+            .find(|w| Engine::same(&w.engine, component.engine()))
+            .ok_or_else(|| {
+                LoadError::Internal(anyhow::anyhow!("component loaded on another tier's engine"))
+            })?;
+        let missing = missing_imports(&world.engine, component);
         if !missing.is_empty() {
             return Err(LoadError::MissingImports(missing));
         }
-        let world = world::classify(&self.engine, component)?;
-        let pre = self
+        let kind = world::classify(&world.engine, component)?;
+        let pre = world
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::MissingImports(vec![format!("{e:#}")]))?;
-        let pre = HandlerPre::new(world, pre)?;
+        let pre = HandlerPre::new(kind, pre)?;
         Ok(Prepared {
             tier: self.tier,
             pre,
@@ -219,7 +340,8 @@ impl Tiers {
     /// Bytes the pools keep resident in slots no instance uses now.
     pub fn idle_resident_bytes(&self) -> u64 {
         self.best_first()
-            .filter_map(|t| t.engine.pooling_allocator_metrics())
+            .flat_map(|t| t.engines())
+            .filter_map(Engine::pooling_allocator_metrics)
             .map(|m| {
                 (m.unused_memory_bytes_resident()
                     + m.unused_table_bytes_resident()
@@ -525,9 +647,10 @@ mod tests {
                 .tiers
                 .load()
                 .best_first()
-                .map(|t| t.engine.weak())
+                .flat_map(|t| t.engines())
+                .map(Engine::weak)
                 .collect();
-            assert_eq!(old.len(), 2);
+            assert_eq!(old.len(), 2, "no WASI 0.3 engine before a 0.3 component");
             runtime.trim().expect("trim");
             // Nothing runs on them: each engine's pools (terabytes of address
             // space, a mapping per stack slot) go at once.

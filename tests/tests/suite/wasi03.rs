@@ -77,6 +77,48 @@ async fn a_wasi_0_3_component_is_served_beside_a_0_2_one() {
 }
 
 #[tokio::test]
+async fn wasi_0_2_components_never_run_on_the_engine_with_concurrency_support() {
+    // Concurrency support makes every store carry async state, which costs a
+    // 0.2 request a quarter of its throughput: 0.2 components get an engine
+    // without it, and the 0.3 engine is made only when a 0.3 component comes.
+    let host = TestHost::start().await;
+    host.app("p2", guests::HELLO, limits()).await;
+    let runtime = host.lodge.runtime.clone();
+    let tiers = runtime.engines_made();
+    assert!(tiers >= 1);
+    assert_eq!(host.get("p2", "/").await.status(), 200);
+    assert_eq!(
+        runtime.engines_made(),
+        tiers,
+        "a 0.2 request made no engine"
+    );
+
+    host.app("p3", guests::P3_HELLO, limits()).await;
+    // The tier it loaded on (the optimised one follows when its build is done).
+    let made = runtime.engines_made();
+    assert!(
+        made > tiers && made <= 2 * tiers,
+        "{made} engines: a WASI 0.3 engine per tier that has 0.3 code"
+    );
+    assert_eq!(host.get("p3", "/").await.status(), 200);
+    assert_eq!(host.get("p2", "/").await.status(), 200);
+
+    // A trim replaces the engines: both worlds move and serve on.
+    let trimmer = runtime.clone();
+    let moved = tokio::task::spawn_blocking(move || trimmer.trim())
+        .await
+        .expect("joined")
+        .expect("trimmed");
+    assert!(moved >= 2, "{moved}");
+    assert_eq!(
+        host.get("p3", "/").await.text().await.expect("body"),
+        "hello from p3"
+    );
+    assert_eq!(host.get("p2", "/").await.status(), 200);
+    assert_eq!(host.get("p3", "/count").await.status(), 200);
+}
+
+#[tokio::test]
 async fn wasi_0_3_output_lands_in_the_tenant_log_with_the_request_id() {
     let host = TestHost::start().await;
     host.app("p3", guests::P3_HELLO, limits()).await;
