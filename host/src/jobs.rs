@@ -7,6 +7,7 @@
 //! | job | every | does |
 //! |---|---|---|
 //! | log archive | as lines come | batches tenants' log lines into storage |
+//! | database check | 15 s | `SELECT 1` (5 s to answer): `lodge_database_up` |
 //! | task workers (`convergence_workers`) | as tasks come | run queued convergence tasks |
 //! | usage flush | 5 s | adds usage counters to `usage_hourly` |
 //! | housekeeping | `housekeeping_interval` (10 min) | prunes archived log lines, sweeps artifacts |
@@ -39,6 +40,7 @@ pub(crate) fn start(jobs: &Jobs, lodge: &Arc<ControlPlane>, convergence: &Arc<Co
         );
     }
     jobs.spawn("precompile", warm_missing_artifacts(weak()));
+    jobs.spawn("database check", check_database_periodically(weak()));
     jobs.spawn("usage flush", flush_usage_periodically(weak()));
     jobs.spawn("housekeeping", housekeeping_periodically(weak()));
     jobs.spawn(
@@ -72,10 +74,13 @@ const ARCHIVE_BATCH: usize = 2048;
 const ARCHIVE_LINGER: Duration = Duration::from_millis(50);
 
 /// Writes archived log lines in batches; lines are dropped, never blocking
-/// guests, if it falls behind. When the host stops it writes what is queued.
+/// guests, if it falls behind (`lodge_log_lines_dropped_total`, counted where
+/// they are queued). Lines of a batch whose write fails are counted in `lost`.
+/// When the host stops it writes what is queued.
 pub(crate) async fn archive_logs(
     storage: Arc<dyn Storage>,
     mut lines: tokio::sync::mpsc::Receiver<crate::logs::Archived>,
+    lost: prometheus_client::metrics::counter::Counter,
     stopping: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(ARCHIVE_BATCH);
@@ -108,6 +113,7 @@ pub(crate) async fn archive_logs(
         rows.extend(batch.iter().map(|a| (a.tenant_id.clone(), a.line.clone())));
         if let Err(e) = storage.append_logs(&rows).await {
             tracing::warn!(error = %e, lines = rows.len(), "log lines not archived");
+            lost.inc_by(rows.len() as u64);
         }
         rows.clear();
         batch.drain(..).for_each(crate::logs::Archived::done);
@@ -123,6 +129,44 @@ fn take_queued(
         match lines.try_recv() {
             Ok(line) => batch.push(line),
             Err(_) => break,
+        }
+    }
+}
+
+/// How often the database check runs.
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(15);
+/// How long the database has to answer a check.
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends the database one `SELECT 1` every [`DATABASE_CHECK_EVERY`] and sets
+/// `lodge_database_up` by the answer (none within [`DATABASE_CHECK_TIMEOUT`]
+/// is a failure); logs when the database goes away and when it is back.
+async fn check_database_periodically(lodge: std::sync::Weak<ControlPlane>) {
+    let mut tick = every_after_first(DATABASE_CHECK_EVERY).await;
+    let mut was_up = true;
+    loop {
+        tick.tick().await;
+        let Some(lodge) = lodge.upgrade() else { return };
+        let failure = match tokio::time::timeout(DATABASE_CHECK_TIMEOUT, lodge.storage.ping()).await
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{:#}", anyhow::Error::new(e))),
+            Err(_) => Some(format!(
+                "no answer within {}",
+                humantime::format_duration(DATABASE_CHECK_TIMEOUT)
+            )),
+        };
+        lodge.metrics.database_up.set(i64::from(failure.is_none()));
+        match (was_up, failure) {
+            (true, Some(error)) => {
+                tracing::error!(error = %error, "the database check failed: the database is unreachable");
+                was_up = false;
+            }
+            (false, None) => {
+                tracing::info!("the database answers again");
+                was_up = true;
+            }
+            _ => {}
         }
     }
 }

@@ -118,6 +118,45 @@ impl ArchiveSender {
         });
         (Self { tx, queue }, rx)
     }
+
+    /// The queue's depth and capacity for `/metrics`, read at scrape time.
+    pub fn collector(&self) -> ArchiveCollector {
+        ArchiveCollector {
+            tx: self.tx.downgrade(),
+        }
+    }
+}
+
+/// `lodge_log_archive_queue` and `lodge_log_archive_queue_capacity`, read at
+/// scrape time. It holds the queue weakly, so it never keeps the archive open.
+#[derive(Debug)]
+pub struct ArchiveCollector {
+    tx: tokio::sync::mpsc::WeakSender<Archived>,
+}
+
+impl prometheus_client::collector::Collector for ArchiveCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        let (queued, capacity) = self.tx.upgrade().map_or((0, 0), |tx| {
+            let capacity = tx.max_capacity();
+            (capacity.saturating_sub(tx.capacity()), capacity)
+        });
+        let e = &mut encoder;
+        crate::metrics::gauge(
+            e,
+            "log_archive_queue",
+            "Tenant log lines in the archive queue, waiting for the writer to take them",
+            i64::try_from(queued).unwrap_or(i64::MAX),
+        )?;
+        crate::metrics::gauge(
+            e,
+            "log_archive_queue_capacity",
+            "Lines the archive queue holds at most (log_archive_queue, 10 000 by default); each tenant may fill a fair share",
+            i64::try_from(capacity).unwrap_or(i64::MAX),
+        )
+    }
 }
 
 /// One tenant's places in the archive queue.

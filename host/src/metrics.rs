@@ -107,6 +107,10 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Client connections closed at once because the host was at `--max-connections`.
     pub connections_refused: Counter,
+    /// 1 when the host's last database check succeeded, 0 when it failed.
+    pub database_up: Gauge,
+    /// Log lines the archive took but could not write (their batch's write failed).
+    pub log_archive_lost: Counter,
     labelled: Mutex<HashSet<String>>,
     max_labels: usize,
 }
@@ -161,6 +165,18 @@ impl Metrics {
             "Client connections closed at once because the host was at --max-connections",
             connections_refused.clone(),
         );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "1 when the host's last database check (a SELECT 1 every 15 s, 5 s to answer) succeeded, 0 when it failed",
+            database_up.clone(),
+        );
+        let log_archive_lost = Counter::default();
+        registry.register(
+            "log_archive_lines_lost",
+            "Tenant log lines the archive could not write to the database (the write of their batch failed); they stay in the live log",
+            log_archive_lost.clone(),
+        );
         for collector in figures {
             registry.register_collector(collector);
         }
@@ -173,6 +189,8 @@ impl Metrics {
             log_dropped,
             connections_open,
             connections_refused,
+            database_up,
+            log_archive_lost,
             labelled: Mutex::default(),
             max_labels,
         })

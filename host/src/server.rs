@@ -145,6 +145,7 @@ impl Lodge {
         };
         let runtime = Arc::new(Runtime::new(&config)?);
         let registry = Arc::new(Registry::default());
+        let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
         let metrics = Metrics::new(
             vec![
                 Box::new(crate::instance::RuntimeCollector {
@@ -153,14 +154,17 @@ impl Lodge {
                 Box::new(crate::registry::TierCollector {
                     registry: Arc::downgrade(&registry),
                 }),
+                Box::new(log_archive.collector()),
             ],
             config.metrics_tenant_labels,
         );
+        // The database answered just now (it was opened and read); the
+        // database check job keeps this up to date from here on.
+        metrics.database_up.set(1);
         let provider: Arc<dyn Provider> = match &config.llm {
             Some(llm) => Arc::new(OpenAiCompatible::new(llm.clone())),
             None => Arc::new(Offline),
         };
-        let (log_archive, archive_rx) = ArchiveSender::channel(config.log_archive_queue);
         let jobs = crate::jobs::Jobs::default();
         let convergence = Arc::new(ConvergenceService::new(ConvergenceParts {
             provider,
@@ -202,6 +206,7 @@ impl Lodge {
         lodge.jobs.spawn_finishing(crate::jobs::archive_logs(
             lodge.storage.clone(),
             archive_rx,
+            lodge.metrics.log_archive_lost.clone(),
             lodge.jobs.stopping(),
         ));
         // One host owns every task on SQLite; with several hosts only lapsed leases.

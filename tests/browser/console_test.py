@@ -88,6 +88,14 @@ def setup():
     mallory = ok("POST", "/api/v1/orgs", ADMIN, {"name": "Mallory"})
     evil = ok("POST", "/api/v1/tenant/spawn", mallory["apiKey"], {"name": HOSTILE_NAME})["tenant"]
     s["evil"], s["evil_id"], s["evil_org"] = evil["slug"], evil["id"], mallory["org"]["id"]
+    # An organization without tenants: only GET /orgs can list it.
+    s["empty_org"] = ok("POST", "/api/v1/orgs", ADMIN, {"name": "Empty Org"})["org"]["id"]
+    # Convergence tasks (the offline provider): one of the shop's, and one of
+    # the hostile tenant's whose prompt is markup.
+    s["shop_task"] = ok("POST", "/api/v1/converge", s["shop_key"],
+                        {"prompt": "pick a queue for the shop", "async": True})["taskId"]
+    s["evil_task"] = ok("POST", "/api/v1/converge", evil["apiKey"],
+                        {"prompt": SCRIPT, "async": True})["taskId"]
     ok("PUT", f"/api/v1/tenant/{s['evil']}/component", mallory["apiKey"], evil_component(), ctype="application/wasm")
     status, _ = call("GET", f"/tenants/{s['evil']}/panic", None)
     assert status == 500, status
@@ -129,12 +137,10 @@ class Console:
     def js(self, script, *args):
         return self.d.execute_script(script, *args)
 
-    def sign_in(self, key, scope="", expect_role=True):
+    def sign_in(self, key, expect_role=True):
         self.d.get(URL + "/console")  # a fresh page: signed out
         self.wait(lambda: self.js("return document.body.dataset.ready === 'true'"), "console loaded")
         self.one("#key").send_keys(key)
-        if scope:
-            self.one("#scope").send_keys(scope)
         self.one("#signin-button").click()
         if expect_role:
             return self.wait(lambda: self.js("return document.body.dataset.role || null"), "signed in")
@@ -188,18 +194,20 @@ def main():
 
 def run(c, s):
     d = c.d
-    # A wrong key, a tenant key without its tenant, a tenant key with another tenant.
+    # A wrong key, and a well-formed key the host does not know.
     check("refused" in c.sign_in("sk_tenant_nope_0000", expect_role=False), "a bad key is refused")
-    check("tenant key" in c.sign_in(s["shop_key"], expect_role=False), "a tenant key asks for its tenant")
-    check("not found" in c.sign_in(s["shop_key"], s["other"], expect_role=False).lower(), "a tenant key cannot open another tenant")
+    unknown = "sk_tenant_" + "0" * 12 + "_" + "0" * 64
+    check("refused" in c.sign_in(unknown, expect_role=False), "an unknown key is refused")
+    check(not c.q("#scope"), "the sign-in form asks for the key only")
 
     # ---- Operator
     check(c.sign_in(ADMIN) == "admin", "the admin token signs in as the operator")
     c.key_hygiene(ADMIN, "admin")
     c.wait(lambda: c.q("[data-testid=metric-rps] .metric-value") and c.q("[data-testid=metric-rps] .metric-value")[0].text != "…", "requests/s from two /metrics readings")
     health = c.one("[data-testid=health]").text
-    for label in ("REQUESTS / S", "INSTANCES IN USE", "MEMORY BUDGET", "COMPILE QUEUE", "TIERS"):
+    for label in ("REQUESTS / S", "INSTANCES IN USE", "MEMORY BUDGET", "COMPILE QUEUE", "TIERS", "DATABASE", "LOG ARCHIVE QUEUE"):
         check(label in health.upper(), f"host health shows {label.lower()}")
+    check(c.one("[data-testid=metric-database] .metric-value").text == "up", "the database is up (lodge_database_up)")
     c.wait(lambda: c.q("[data-testid=rps-chart] canvas"), "requests/s chart drawn")
     c.shot("operator-health")
     c.tab("tenants")
@@ -211,7 +219,18 @@ def run(c, s):
     c.shot("operator-tenants")
     c.tab("orgs")
     c.one("[data-testid=org-table]")
-    check(c.q(f"tr[data-org='{s['org_id']}']") and c.q(f"tr[data-org='{s['evil_org']}']"), "organizations listed (from their tenants)")
+    c.wait(lambda: c.q(f"tr[data-org='{s['empty_org']}']"), "the organization without tenants listed")
+    counts = {o: c.one(f"tr[data-org='{o}'] [data-testid=org-tenants]").text
+              for o in (s["org_id"], s["evil_org"], s["empty_org"])}
+    check(counts == {s["org_id"]: "2", s["evil_org"]: "1", s["empty_org"]: "0"},
+          f"every organization listed from GET /orgs, with its tenant count ({counts})")
+    check(c.one(f"tr[data-org='{s['org_id']}'] [data-testid=open-org]").text == "Acme", "organizations listed by name")
+    c.shot("operator-orgs")
+    c.one(f"tr[data-org='{s['empty_org']}'] [data-testid=open-org]").click()
+    c.wait(lambda: c.q("[data-testid=org-name]"), "organization opened from the list")
+    check(c.one("[data-testid=org-name]").text == "Empty Org", "an organization opens from the list")
+    c.one("button.back").click()
+    c.wait(lambda: c.q("button.tab[data-tab='plans']"), "back to the operator view")
     c.tab("plans")
     check("fuel" in c.one("[data-testid=plans-table]").text, "plans and limits listed")
     c.tab("limits")
@@ -222,6 +241,7 @@ def run(c, s):
 
     # ---- Organization
     check(c.sign_in(s["org_key"]) == "org", "an org key signs in as its organization")
+    check(c.one("#whoami").text == "Organization Acme", "the org key is named by GET /whoami")
     c.key_hygiene(s["org_key"], "org")
     c.one("[data-testid=tenant-table]")
     c.wait(lambda: c.q(f"tr[data-tenant='{s['other']}']"), "org tenants listed")
@@ -235,7 +255,8 @@ def run(c, s):
     check(c.q("[data-testid=rotate-org-key]"), "org key rotation offered")
 
     # ---- Tenant
-    check(c.sign_in(s["shop_key"], s["shop"]) == "tenant", "a tenant key signs in as its tenant")
+    check(c.sign_in(s["shop_key"]) == "tenant", "a tenant key signs in as its tenant, without its slug")
+    check(c.one("#whoami").text == f"Tenant {s['shop']}", "the tenant key is named by GET /whoami")
     c.key_hygiene(s["shop_key"], "tenant")
     check(s["other"] not in c.text() and not c.q("[data-tab=health]") and not c.q("[data-tab=orgs]"),
           "the tenant sees no other tenant and no operator panel")
@@ -322,7 +343,15 @@ def run(c, s):
     c.tab("wallet")
     c.one("[data-testid=wallet-balance]")
     c.tab("tasks")
-    check("no API" in c.one("[data-testid=tasks-gap]").text, "the missing task list is said honestly")
+    c.wait(lambda: c.q(f"tr[data-task='{s['shop_task']}']"), "the submitted task listed")
+    check(not c.q(f"tr[data-task='{s['evil_task']}']"), "the tasks panel lists the tenant's own tasks only")
+    row = c.one(f"tr[data-task='{s['shop_task']}']").text
+    check("pick a queue for the shop" in row and "custom" in row, f"a listed task shows its kind and prompt ({row})")
+    c.one(f"tr[data-task='{s['shop_task']}'] [data-testid=open-task]").click()
+    c.wait(lambda: s["shop_task"] in c.one("[data-testid=task-detail]").text and '"status"' in c.one("[data-testid=task-detail]").text,
+           "the task read whole")
+    check(True, "clicking a listed task reads it with GET /converge/{taskId}")
+    c.shot("tenant-tasks")
 
     # ---- Hostile text, as the operator looking at the hostile tenant
     c.sign_in(ADMIN)
@@ -338,6 +367,9 @@ def run(c, s):
     c.tab("wallet")
     c.wait(lambda: SCRIPT in c.one("[data-testid=wallet-history]").text, "hostile memo shown")
     check(True, "a wallet memo containing <script> is shown as text")
+    c.tab("tasks")
+    c.wait(lambda: c.q(f"tr[data-task='{s['evil_task']}']"), "the operator lists the hostile tenant's task")
+    check(SCRIPT in c.one(f"tr[data-task='{s['evil_task']}']").text, "a task prompt containing <script> is shown as text")
     if s["evil_env"]:
         c.tab("env")
         c.wait(lambda: SCRIPT in c.one("[data-testid=env-names]").text, "hostile env name shown")

@@ -48,52 +48,36 @@ const nav = {
   current: null,
 };
 
-async function discover(scope) {
+/** Who the key is, from GET /whoami: the role and what the views open with. */
+async function discover() {
+  let me;
   try {
-    await api.get('/plans');
+    me = await api.get('/whoami');
   } catch (e) {
     if (e.status === 401) throw new Error('That key was refused (401).');
     throw e;
   }
-  try {
-    await api.metricsText();
-    return { role: 'admin', label: 'Operator (admin token)' };
-  } catch (e) {
-    if (e.status !== 403 && e.status !== 401) throw e;
+  if (me.role === 'admin') return { role: 'admin', label: 'Operator (admin token)' };
+  if (me.role === 'org' && me.org) {
+    return { role: 'org', orgId: me.org.id, orgName: me.org.name, label: `Organization ${me.org.name}` };
   }
-  let list;
-  try {
-    list = await api.get('/tenant?limit=1');
-  } catch (e) {
-    if (e.status !== 403) throw e;
-    if (!scope || scope.startsWith('org_')) {
-      throw new Error('This is a tenant key: enter its tenant slug or id to sign in.');
-    }
-    const st = await api.get(`/tenant/${encodeURIComponent(scope)}/status`);
-    return { role: 'tenant', tenantId: st.tenant.id, slug: st.tenant.slug, label: `Tenant ${st.tenant.slug}` };
+  if (me.role === 'tenant' && me.tenant) {
+    return { role: 'tenant', tenantId: me.tenant.id, slug: me.tenant.slug, label: `Tenant ${me.tenant.slug}` };
   }
-  const orgId = scope && scope.startsWith('org_') ? scope : (list.tenants[0] || {}).orgId;
-  if (!orgId) {
-    throw new Error('This organization key has no tenants yet: enter its organization id (org_…) to sign in.');
-  }
-  await api.get(`/org/${encodeURIComponent(orgId)}/usage?from=${today()}&to=${today()}`);
-  return { role: 'org', orgId, label: `Organization ${orgId}` };
+  throw new Error(`The host answered an unknown role (${me.role}).`);
 }
-
-function today() { return new Date().toISOString().slice(0, 10); }
 
 form.addEventListener('submit', async (e) => {
   e.preventDefault();
   const keyInput = $('key');
   const key = keyInput.value.trim();
-  const scope = $('scope').value.trim();
   keyInput.value = '';
   if (!key) return;
   note.textContent = 'Checking the key…';
   note.className = 'status';
   api.setKey(key);
   try {
-    session = await discover(scope);
+    session = await discover();
   } catch (err) {
     api.clearKey();
     note.textContent = err.message;
@@ -101,7 +85,6 @@ form.addEventListener('submit', async (e) => {
     return;
   }
   note.textContent = '';
-  $('scope').value = '';
   signin.hidden = true;
   view.hidden = false;
   signout.hidden = false;
@@ -110,7 +93,7 @@ form.addEventListener('submit', async (e) => {
   history = [];
   nav.current = null;
   if (session.role === 'admin') nav.open('operator');
-  else if (session.role === 'org') nav.open('org', { orgId: session.orgId });
+  else if (session.role === 'org') nav.open('org', { orgId: session.orgId, name: session.orgName });
   else nav.open('tenant', { id: session.tenantId });
 });
 

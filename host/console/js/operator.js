@@ -66,7 +66,10 @@ function health(panel, stop) {
       card('Connections', fmtNum(value(m, 'lodge_connections_open')), `${fmtNum(value(m, 'lodge_connections_refused_total'))} refused`, 'connections'),
       card('CPU waits', fmtNum(value(m, 'lodge_cpu_waits_total')), 'guests that waited for a CPU lane', 'cpu'),
       card('Artifact cache', `${fmtNum(value(m, 'lodge_artifact_cache_hits_total'))} hits`, `${fmtNum(value(m, 'lodge_artifact_cache_misses_total'))} misses`, 'cache'),
-      card('Limits hit', fmtNum(sum(m, 'lodge_limits_hit_total')), `${fmtNum(sum(m, 'lodge_guest_failures_total'))} guest failures`, 'limits'));
+      card('Limits hit', fmtNum(sum(m, 'lodge_limits_hit_total')), `${fmtNum(sum(m, 'lodge_guest_failures_total'))} guest failures`, 'limits'),
+      card('Database', { 1: 'up', 0: 'unreachable' }[value(m, 'lodge_database_up')] ?? '—', 'last check (every 15 s)', 'database'),
+      card('Log archive queue', `${fmtNum(value(m, 'lodge_log_archive_queue'))} / ${fmtNum(value(m, 'lodge_log_archive_queue_capacity'))}`,
+        `${fmtNum(sum(m, 'lodge_log_lines_dropped_total'))} dropped · ${fmtNum(value(m, 'lodge_log_archive_lines_lost_total'))} not written`, 'log-archive'));
     if (rps !== null) {
       samples.t.push(now);
       samples.rps.push(rps);
@@ -102,30 +105,30 @@ function tenants(panel, ctx) {
 
 function cls(s) { return String(s).replace(/[^a-z0-9-]/gi, ''); }
 
+/** Every organization the key may list, oldest first (follows nextOffset). */
+export async function allOrgs() {
+  const out = [];
+  let offset = 0;
+  for (let i = 0; i < 50 && offset !== null && offset !== undefined; i += 1) {
+    const page = await api.get(`/orgs?limit=100&offset=${offset}`);
+    out.push(...page.orgs);
+    offset = page.nextOffset;
+  }
+  return out;
+}
+
 function orgs(panel, ctx) {
   const box = h('div');
-  const input = h('input', { type: 'text', placeholder: 'org_…', spellcheck: false });
-  const open = h('form.inline', {
-    onsubmit: (e) => {
-      e.preventDefault();
-      if (input.value.trim()) ctx.nav.open('org', { orgId: input.value.trim() });
-    },
-  }, h('label', 'Open an organization by id ', input), h('button', { type: 'submit' }, 'Open'));
-  panel.append(h('p.hint', 'Lodge has no API that lists organizations: this list is the organizations the tenants belong to. An organization without tenants can be opened by its id.'), open, box);
+  panel.append(h('p.hint', 'Every organization on the host (GET /orgs), with its live tenants. Open one to see its tenants, usage and keys.'), box);
   load(box, async () => {
-    const list = await allTenants();
-    const byOrg = new Map();
-    for (const t of list) {
-      const k = t.orgId || '(none)';
-      if (!byOrg.has(k)) byOrg.set(k, []);
-      byOrg.get(k).push(t);
-    }
-    return table(['Organization', 'Tenants', 'Plans', 'Running'],
-      [...byOrg].map(([id, ts]) => h('tr', { dataset: { org: id } },
-        h('td', id === '(none)' ? id : h('button.link', { type: 'button', onclick: () => ctx.nav.open('org', { orgId: id }) }, id)),
-        h('td', ts.map((t) => t.slug).join(', ')),
-        h('td', [...new Set(ts.map((t) => t.plan))].join(', ')),
-        h('td', String(ts.filter((t) => t.status === 'running').length)))), { dataset: { testid: 'org-table' } });
+    const list = await allOrgs();
+    return table(['Name', 'Id', 'Plan', 'Tenants', 'Created'],
+      list.map((o) => h('tr', { dataset: { org: o.id } },
+        h('td', h('button.link', { type: 'button', dataset: { testid: 'open-org' }, onclick: () => ctx.nav.open('org', { orgId: o.id, name: o.name }) }, o.name)),
+        h('td', h('code', o.id)),
+        h('td', o.plan),
+        h('td', { dataset: { testid: 'org-tenants' } }, fmtNum(o.tenants)),
+        h('td', fmtTime(o.createdAt)))), { dataset: { testid: 'org-table' } });
   });
 }
 

@@ -5,8 +5,8 @@ import { tabs, load, confirmButton, daysAgo, isoDay, shownOnce } from './ui.js';
 import { allTenants } from './operator.js';
 
 export function orgView(root, ctx) {
-  const { orgId } = ctx.params;
-  root.append(h('h1', 'Organization ', h('code', orgId)));
+  const { orgId, name } = ctx.params;
+  root.append(h('h1', 'Organization ', name ? [h('span.org-name', { dataset: { testid: 'org-name' } }, name), ' '] : null, h('code', orgId)));
   tabs(root, [
     { id: 'tenants', label: 'Tenants', render: (p) => tenants(p, ctx, orgId) },
     { id: 'usage', label: 'Usage and cost', render: (p) => usage(p, orgId) },

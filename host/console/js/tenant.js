@@ -325,23 +325,66 @@ function wallet(panel, t) {
   run();
 }
 
+const TASK_BADGE = { done: 's-done', failed: 's-failed', running: 's-running-task' };
+
 function tasks(panel, t) {
+  // A tenant key reads its own tasks; the operator and the organization name the tenant.
+  const of = `tenant=${encodeURIComponent(t.id)}`;
+  const input = h('input', { type: 'text', placeholder: 'task id', spellcheck: false, dataset: { testid: 'task-id' } });
+  const out = h('div', { dataset: { testid: 'task-detail' } });
+  const list = h('div');
+  const more = h('button', { type: 'button', hidden: true, dataset: { testid: 'tasks-more' } }, 'Older tasks');
+  const rows = [];
+  let next = 0;
+
+  const show = (id) => {
+    input.value = id;
+    load(out, async () => {
+      const r = await api.get(`/converge/${encodeURIComponent(id)}?${of}`);
+      return [h('h2', 'Task ', h('code', r.taskId)), h('pre.json', JSON.stringify(r, null, 2))];
+    });
+  };
+  const row = (k) => h('tr', { dataset: { task: k.taskId } },
+    h('td', h('button.link', { type: 'button', dataset: { testid: 'open-task' }, onclick: () => show(k.taskId) }, h('code', k.taskId))),
+    h('td', h('span.badge', { class: TASK_BADGE[k.status] }, k.status)),
+    h('td', k.kind),
+    h('td', h('span.msg', k.prompt)),
+    h('td', fmtTime(k.createdAt)),
+    h('td', fmtTime(k.updatedAt)),
+    h('td', k.rounds ?? '—'),
+    h('td', k.score ?? '—'),
+    h('td', k.tokens === null || k.tokens === undefined ? '—' : fmtNum(k.tokens)),
+    h('td', k.error ? h('span.msg', k.error) : (k.webhookStatus ? h('span.msg', `webhook ${k.webhookStatus}`) : '—')));
+  // The next page's rows join the ones shown; the table is built again around them.
+  const page = async () => {
+    const p = await api.get(`/converge?limit=20&offset=${next}&${of}`);
+    rows.push(...p.tasks.map(row));
+    next = p.nextOffset;
+    more.hidden = next === null || next === undefined;
+    return table(['Task', 'Status', 'Kind', 'Prompt', 'Queued', 'Updated', 'Rounds', 'Score', 'Tokens', 'Error / webhook'],
+      rows, { dataset: { testid: 'task-table' } });
+  };
+  const refresh = () => {
+    rows.length = 0;
+    next = 0;
+    more.hidden = true;
+    load(list, page);
+  };
+  more.addEventListener('click', async () => {
+    more.disabled = true;
+    try { replace(list, await page()); } catch (e) { list.append(h('p.status.error', e.message)); } finally { more.disabled = false; }
+  });
+
   panel.append(
-    h('p', { dataset: { testid: 'tasks-gap' } }, 'Lodge has no API that lists a tenant\'s convergence tasks, so the console cannot show them. '
-      + 'A task submitted with async: true answers 202 {taskId}; a tenant key can read that one task with GET /api/v1/converge/{taskId}.'));
-  if (t.ctx.session.role !== 'tenant') {
-    panel.append(h('p.hint', 'Reading a task needs the tenant\'s own key.'));
-    return;
-  }
-  const input = h('input', { type: 'text', placeholder: 'task id', spellcheck: false });
-  const out = h('div');
-  panel.append(h('form.inline', {
-    onsubmit: (e) => {
-      e.preventDefault();
-      load(out, async () => {
-        const r = await api.get(`/converge/${encodeURIComponent(input.value.trim())}`);
-        return h('pre.json', JSON.stringify(r, null, 2));
-      });
-    },
-  }, h('label', 'Task id ', input), h('button', { type: 'submit' }, 'Look up')), out);
+    h('p.hint', 'Asynchronous convergence tasks (submitted with async: true), newest first, without their outcome. Click a task to read it whole.'),
+    h('div.toolbar', h('button', { type: 'button', dataset: { testid: 'tasks-refresh' }, onclick: refresh }, 'Refresh')),
+    list, more,
+    h('form.inline', {
+      onsubmit: (e) => {
+        e.preventDefault();
+        if (input.value.trim()) show(input.value.trim());
+      },
+    }, h('label', 'Task id ', input), h('button', { type: 'submit' }, 'Look up')),
+    out);
+  refresh();
 }

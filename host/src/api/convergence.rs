@@ -206,18 +206,153 @@ pub(super) async fn converge_preset(
     run_converge(&lodge, &caller, Some(preset), body).await
 }
 
+/// Whose tasks a caller reads: a tenant key its own tenant's (`tenant`, if
+/// given, must name it); an admin or organization key those of the tenant
+/// `tenant` names, if it may see it (404 otherwise, as for every tenant).
+async fn tasks_of(
+    lodge: &ApiServices,
+    caller: &Principal,
+    tenant: Option<&str>,
+) -> Result<String, ApiError> {
+    match (caller, tenant) {
+        (_, Some(tenant)) => Ok(tenant_for(lodge, caller, tenant).await?.id),
+        (Principal::Tenant { tenant_id, .. }, None) => Ok(tenant_id.clone()),
+        (_, None) => Err(ApiError::forbidden(
+            "an admin or organization key names the tenant whose tasks it reads: ?tenant=<id or slug>",
+        )),
+    }
+}
+
+/// `GET /converge` parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    /// At most this many (1-100, default 50).
+    pub limit: Option<i64>,
+    /// Skip this many.
+    pub offset: Option<i64>,
+    /// Whose tasks (tenant id or slug): required with an admin or organization
+    /// key; a tenant key may leave it out, or name its own tenant.
+    pub tenant: Option<String>,
+}
+
+/// `GET /converge/{taskId}` parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskOf {
+    /// Whose task (tenant id or slug): required with an admin or organization
+    /// key; a tenant key may leave it out, or name its own tenant.
+    pub tenant: Option<String>,
+}
+
+/// A task in a list: its state and a summary, not its outcome (read one task
+/// with `GET /converge/{taskId}` for that).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskItem {
+    /// `task_…`
+    pub task_id: String,
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    /// The preset it was asked through (`design`, `review`, `decide`, `plan`,
+    /// `analyze`, `generate`), or `custom` for roles of the caller's own.
+    pub kind: String,
+    /// The start of its prompt (a preset's framing left out): at most 120
+    /// characters, then `…`.
+    pub prompt: String,
+    /// RFC 3339: when it was queued.
+    pub created_at: String,
+    /// RFC 3339: its last change (claimed, lease renewed, finished).
+    pub updated_at: String,
+    /// Rounds run, when done.
+    pub rounds: Option<u32>,
+    /// Agreement of the last two positions (0-100), when done.
+    pub score: Option<u32>,
+    /// Whether the agreement threshold was reached, when done.
+    pub converged: Option<bool>,
+    /// Tokens used (prompt and completion), when done.
+    pub tokens: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How its webhook delivery went, once tried.
+    pub webhook_status: Option<String>,
+}
+
+impl From<crate::convergence::tasks::TaskSummary> for TaskItem {
+    fn from(task: crate::convergence::tasks::TaskSummary) -> Self {
+        Self {
+            task_id: task.id,
+            status: task.status,
+            kind: task
+                .preset
+                .map_or("custom", crate::convergence::Preset::as_str)
+                .to_owned(),
+            prompt: task.prompt,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            rounds: task.rounds,
+            score: task.score,
+            converged: task.converged,
+            tokens: task.tokens,
+            error: task.error,
+            webhook_status: task.webhook_status,
+        }
+    }
+}
+
+/// A page of a tenant's tasks.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskList {
+    /// The tasks, newest first.
+    pub tasks: Vec<TaskItem>,
+    /// Offset of the next page, if there is one.
+    pub next_offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/converge", tag = "convergence", params(TaskQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "a page of the tenant's tasks, newest first, each without its \
+            outcome (follow `taskId` to `GET /converge/{taskId}`)", body = TaskList), Authenticated,
+        (status = 400, description = "an unknown or malformed query parameter", body = ErrorBody),
+        (status = 403, description = "an admin or organization key without `tenant`", body = ErrorBody),
+        (status = 404, description = "`tenant` names no tenant this key may see", body = ErrorBody)))]
+pub(super) async fn list_tasks(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> Result<Json<TaskList>, ApiError> {
+    let tenant_id = tasks_of(&lodge, &caller, query.tenant.as_deref()).await?;
+    // At most 100: each task's stored outcome is read for its figures.
+    let limit = query.limit.unwrap_or(50).clamp(1, 100);
+    let offset = query.offset.unwrap_or(0).max(0);
+    let tasks = lodge
+        .convergence
+        .list_tasks(&tenant_id, limit + 1, offset)
+        .await?;
+    let (tasks, next_offset) = one_page(tasks, limit, offset);
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(TaskItem::from).collect(),
+        next_offset,
+    }))
+}
+
 #[utoipa::path(get, path = "/api/v1/converge/{taskId}", tag = "convergence",
-    params(("taskId" = String, Path, description = "the task id")), security(("bearer" = [])),
+    params(("taskId" = String, Path, description = "the task id"), TaskOf), security(("bearer" = [])),
     responses((status = 200, description = "the task's state, and its outcome once done", body = TaskView), Authenticated,
-        (status = 403, description = "not a tenant key", body = ErrorBody),
-        (status = 404, description = "no such task of this tenant", body = ErrorBody)))]
+        (status = 400, description = "a malformed query parameter", body = ErrorBody),
+        (status = 403, description = "an admin or organization key without `tenant`", body = ErrorBody),
+        (status = 404, description = "no such task of this tenant, or `tenant` names no tenant this key may see",
+            body = ErrorBody)))]
 pub(super) async fn converge_task(
     State(lodge): State<AppState>,
     Caller(caller): Caller,
     ApiPath(task_id): ApiPath<String>,
+    ApiQuery(of): ApiQuery<TaskOf>,
 ) -> Result<Json<TaskView>, ApiError> {
     use crate::convergence::tasks::TaskState;
-    let tenant_id = converging_tenant(&caller)?;
+    let tenant_id = tasks_of(&lodge, &caller, of.tenant.as_deref()).await?;
     let state = lodge.convergence.task_state(&tenant_id, &task_id).await?;
     let (status, outcome, error) = match state {
         TaskState::Pending => ("pending", None, None),

@@ -9,7 +9,7 @@
 //! This file holds what every resource shares (the error, the extractors, the
 //! caller, the router and the OpenAPI document); each resource has its module:
 //! `orgs`, `tenants`, `deployments`, `logs`, `usage` (with limits and plans),
-//! `wallet`, `convergence` (with webhook secrets).
+//! `wallet`, `convergence` (with webhook secrets), `whoami` (who a key is).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,7 +38,9 @@ use crate::instance::LoadError;
 use crate::logs::LogLine;
 use crate::plans::LimitsPatch;
 use crate::registry::Tenant;
-use crate::storage::{Deployment, Org, StorageError, TenantRecord, TenantStatus, Usage};
+use crate::storage::{
+    Deployment, Org, OrgSummary, StorageError, TenantRecord, TenantStatus, Usage,
+};
 
 pub mod convergence;
 pub mod deployments;
@@ -47,6 +49,7 @@ pub mod orgs;
 pub mod tenants;
 pub mod usage;
 pub mod wallet;
+pub mod whoami;
 
 use convergence::*;
 use deployments::*;
@@ -55,6 +58,7 @@ use orgs::*;
 use tenants::*;
 use usage::*;
 use wallet::*;
+use whoami::*;
 
 /// The API's state.
 /// What the API's handlers are given: the control plane (which they read
@@ -457,11 +461,11 @@ pub fn metrics_router(lodge: AppState) -> Router {
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "Lodge control plane", description = "Organizations, tenants, keys and deployments."),
-    paths(create_org, spawn_tenant, list_tenants, tenant_status, tenant_logs, deploy_component,
+    paths(create_org, list_orgs, spawn_tenant, list_tenants, tenant_status, tenant_logs, deploy_component,
         list_deployments, rollback, stop_tenant, start_tenant, update_env, rotate_key, delete_tenant, tenant_usage,
         org_usage, get_limits, set_limits, list_plans,
-        get_wallet, fund_wallet, converge, converge_preset, converge_task, webhook_secret,
-        rotate_webhook_secret, update_org, rotate_org_keys, revoke_org_keys),
+        get_wallet, fund_wallet, converge, converge_preset, list_tasks, converge_task, webhook_secret,
+        rotate_webhook_secret, update_org, rotate_org_keys, revoke_org_keys, whoami),
     components(schemas(ErrorBody, crate::convergence::Preset, crate::convergence::Outcome, TaskView)),
     modifiers(&BearerAuth, &Links),
 )]
@@ -528,52 +532,79 @@ impl utoipa::IntoResponses for JsonBody {
 /// OpenAPI links, so that a client can follow an answer to the calls it
 /// enables: a new organization's id to every `/orgs/{id}…` and
 /// `/org/{id}/usage` call, a new tenant's id to every `/tenant/{id}…` call, an
-/// async convergence's task id to `GET /converge/{taskId}`. Each link is named
-/// after the operation it leads to.
+/// async convergence's task id to `GET /converge/{taskId}`, and a listed
+/// task's (the first of the page: a link holds one value) there too. Each
+/// link is named after the operation it leads to.
 struct Links;
 
-/// An answer (of the POST to `path`, with `status`) holding at `value` what
-/// the operations under `targets` take as their path parameter `parameter`.
+/// Which operation of a path answers with a link.
+#[derive(Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+}
+
+/// An answer (of `verb` on `path`, with `status`) holding what the operations
+/// under `targets` take as parameters: `(name, runtime expression)` pairs.
 struct LinkSource {
     path: &'static str,
+    verb: Verb,
     operation_id: &'static str,
     status: &'static str,
-    parameter: &'static str,
-    value: &'static str,
+    parameters: &'static [(&'static str, &'static str)],
+    description: Option<&'static str>,
     targets: &'static [&'static str],
 }
 
-const LINK_SOURCES: [LinkSource; 4] = [
+const LINK_SOURCES: [LinkSource; 5] = [
     LinkSource {
         path: "/api/v1/orgs",
+        verb: Verb::Post,
         operation_id: "create_org",
         status: "201",
-        parameter: "id",
-        value: "$response.body#/org/id",
+        parameters: &[("id", "$response.body#/org/id")],
+        description: None,
         targets: &["/api/v1/orgs/{id}", "/api/v1/org/{id}/"],
     },
     LinkSource {
         path: "/api/v1/tenant/spawn",
+        verb: Verb::Post,
         operation_id: "spawn_tenant",
         status: "201",
-        parameter: "id",
-        value: "$response.body#/tenant/id",
+        parameters: &[("id", "$response.body#/tenant/id")],
+        description: None,
         targets: &["/api/v1/tenant/{id}"],
     },
     LinkSource {
         path: "/api/v1/converge",
+        verb: Verb::Post,
         operation_id: "converge",
         status: "202",
-        parameter: "taskId",
-        value: "$response.body#/taskId",
+        parameters: &[("taskId", "$response.body#/taskId")],
+        description: None,
         targets: &["/api/v1/converge/{taskId}"],
     },
     LinkSource {
         path: "/api/v1/{preset}",
+        verb: Verb::Post,
         operation_id: "converge_preset",
         status: "202",
-        parameter: "taskId",
-        value: "$response.body#/taskId",
+        parameters: &[("taskId", "$response.body#/taskId")],
+        description: None,
+        targets: &["/api/v1/converge/{taskId}"],
+    },
+    LinkSource {
+        path: "/api/v1/converge",
+        verb: Verb::Get,
+        operation_id: "list_tasks",
+        status: "200",
+        parameters: &[
+            ("taskId", "$response.body#/tasks/0/taskId"),
+            ("tenant", "$request.query.tenant"),
+        ],
+        description: Some(
+            "the first task of the page; every item's `taskId` (with the same `tenant`) leads there alike",
+        ),
         targets: &["/api/v1/converge/{taskId}"],
     },
 ];
@@ -599,18 +630,24 @@ impl utoipa::Modify for Links {
                 .paths
                 .paths
                 .get_mut(source.path)
-                .and_then(|item| item.post.as_mut())
+                .and_then(|item| match source.verb {
+                    Verb::Get => item.get.as_mut(),
+                    Verb::Post => item.post.as_mut(),
+                })
                 .filter(|operation| operation.operation_id.as_deref() == Some(source.operation_id))
                 .and_then(|operation| operation.responses.responses.get_mut(source.status));
             let Some(RefOr::T(response)) = response else {
                 continue;
             };
             for target in targets {
-                let link = Link::builder()
-                    .operation_id(target.clone())
-                    .parameter(source.parameter, source.value)
-                    .build();
-                response.links.insert(target, RefOr::T(link));
+                let mut link = Link::builder().operation_id(target.clone());
+                for (name, value) in source.parameters {
+                    link = link.parameter(*name, *value);
+                }
+                if let Some(description) = source.description {
+                    link = link.description(description);
+                }
+                response.links.insert(target, RefOr::T(link.build()));
             }
         }
     }
@@ -669,7 +706,7 @@ const API_DOCS_PAGE: &str = include_str!("api_docs.html");
 /// The host's own routes: `/api/v1/…`, `/api-docs`, `/healthz`, `/readyz`.
 pub fn router(lodge: AppState) -> Router {
     let api = Router::new()
-        .route("/orgs", post(create_org))
+        .route("/orgs", get(list_orgs).post(create_org))
         .route("/orgs/{id}", axum::routing::patch(update_org))
         .route("/orgs/{id}/keys/rotate", post(rotate_org_keys))
         .route("/orgs/{id}/keys/revoke", post(revoke_org_keys))
@@ -689,6 +726,7 @@ pub fn router(lodge: AppState) -> Router {
         .route("/tenant/{id}/limits", get(get_limits).patch(set_limits))
         .route("/org/{id}/usage", get(org_usage))
         .route("/plans", get(list_plans))
+        .route("/whoami", get(whoami))
         .route("/tenant/{id}/wallet", get(get_wallet))
         .route("/tenant/{id}/wallet/fund", post(fund_wallet))
         .route("/tenant/{id}/webhook-secret", get(webhook_secret))
@@ -696,7 +734,7 @@ pub fn router(lodge: AppState) -> Router {
             "/tenant/{id}/webhook-secret/rotate",
             post(rotate_webhook_secret),
         )
-        .route("/converge", post(converge))
+        .route("/converge", get(list_tasks).post(converge))
         .route("/converge/{task_id}", get(converge_task))
         .route("/design", post(converge_preset))
         .route("/review", post(converge_preset))
@@ -774,8 +812,30 @@ mod tests {
         let deploy = &spawned["links"]["deploy_component"];
         assert_eq!(deploy["operationId"], "deploy_component");
         assert_eq!(deploy["parameters"]["id"], "$response.body#/tenant/id");
+        let listed = &doc["paths"]["/api/v1/converge"]["get"]["responses"]["200"];
+        let task = &listed["links"]["converge_task"];
+        assert_eq!(task["operationId"], "converge_task");
+        assert_eq!(
+            task["parameters"]["taskId"],
+            "$response.body#/tasks/0/taskId"
+        );
+        assert_eq!(task["parameters"]["tenant"], "$request.query.tenant");
+        let schema = |path: &str| {
+            doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+                ["$ref"]
+                .clone()
+        };
+        assert_eq!(schema("/api/v1/orgs"), "#/components/schemas/OrgList");
+        assert_eq!(schema("/api/v1/whoami"), "#/components/schemas/Whoami");
+        assert_eq!(schema("/api/v1/converge"), "#/components/schemas/TaskList");
         let schemas = &doc["components"]["schemas"];
         assert!(schemas["Usage"]["properties"]["requests"].is_object());
+        assert!(schemas["TaskItem"]["properties"]["tokens"].is_object());
+        assert!(
+            schemas["TaskItem"]["properties"]["outcome"].is_null(),
+            "no outcome in a list"
+        );
+        assert!(schemas["OrgListed"]["properties"]["tenants"].is_object());
         assert!(schemas["TokenUsage"]["properties"]["promptTokens"].is_object());
     }
 }

@@ -1,4 +1,4 @@
-//! Organizations: create, change plan, rotate and revoke their keys.
+//! Organizations: create, list, change plan, rotate and revoke their keys.
 
 use super::*;
 
@@ -38,6 +38,73 @@ pub(super) async fn create_org(
     }
     let (org, api_key) = lodge.create_org(&body.name, body.plan).await?;
     Ok((StatusCode::CREATED, Json(OrgCreated { org, api_key })))
+}
+
+/// An organization in a list: the organization and its number of tenants.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgListed {
+    /// `org_…` identifier.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Plan name; tenants inherit it unless they set their own.
+    pub plan: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Its tenants (deleted ones not counted).
+    pub tenants: i64,
+}
+
+impl From<OrgSummary> for OrgListed {
+    fn from(listed: OrgSummary) -> Self {
+        Self {
+            id: listed.org.id,
+            name: listed.org.name,
+            plan: listed.org.plan,
+            created_at: listed.org.created_at,
+            tenants: listed.tenant_count,
+        }
+    }
+}
+
+/// A page of organizations.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgList {
+    /// The organizations, oldest first.
+    pub orgs: Vec<OrgListed>,
+    /// Offset of the next page, if there is one.
+    pub next_offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs", tag = "orgs", params(Page),
+    security(("bearer" = [])),
+    responses((status = 200, description = "a page of organizations: every one with the admin token, \
+            only its own with an organization key", body = OrgList), Authenticated,
+        (status = 400, description = "an unknown or malformed query parameter", body = ErrorBody),
+        (status = 403, description = "a tenant key", body = ErrorBody)))]
+pub(super) async fn list_orgs(
+    State(lodge): State<AppState>,
+    Caller(caller): Caller,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<OrgList>, ApiError> {
+    let only = match &caller {
+        Principal::Admin => None,
+        Principal::Org { org_id } => Some(org_id.as_str()),
+        Principal::Tenant { .. } => {
+            return Err(ApiError::forbidden(
+                "a tenant key cannot list organizations; use an organization key",
+            ));
+        }
+    };
+    let (limit, offset) = page.bounds();
+    let rows = lodge.storage.list_orgs(only, limit + 1, offset).await?;
+    let (rows, next_offset) = one_page(rows, limit, offset);
+    Ok(Json(OrgList {
+        orgs: rows.into_iter().map(OrgListed::from).collect(),
+        next_offset,
+    }))
 }
 
 /// `PATCH /orgs/{id}` body.

@@ -109,7 +109,7 @@ pub(super) async fn spawn_tenant(
     Ok((StatusCode::CREATED, Json(TenantEnvelope { tenant: view })))
 }
 
-/// Pagination of `GET /tenant`.
+/// Pagination of `GET /tenant` and `GET /orgs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +118,24 @@ pub struct Page {
     pub limit: Option<i64>,
     /// Skip this many.
     pub offset: Option<i64>,
+}
+
+impl Page {
+    /// `(limit, offset)` within bounds: 1-500 (default 50), from 0.
+    pub(super) fn bounds(&self) -> (i64, i64) {
+        (
+            self.limit.unwrap_or(50).clamp(1, 500),
+            self.offset.unwrap_or(0).max(0),
+        )
+    }
+}
+
+/// One page of `rows`, which were read with `limit + 1` from `offset`, and
+/// the offset of the next page if there is one.
+pub(super) fn one_page<T>(mut rows: Vec<T>, limit: i64, offset: i64) -> (Vec<T>, Option<i64>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    (rows, more.then_some(offset.saturating_add(limit)))
 }
 
 /// A page of tenants.
@@ -147,18 +165,16 @@ pub(super) async fn list_tenants(
             return Err(ApiError::forbidden("a tenant key sees only its own tenant"));
         }
     };
-    let limit = page.limit.unwrap_or(50).clamp(1, 500);
-    let offset = page.offset.unwrap_or(0).max(0);
+    let (limit, offset) = page.bounds();
     let records = lodge.storage.list_tenants(org, limit + 1, offset).await?;
-    let more = records.len() as i64 > limit;
+    let (records, next_offset) = one_page(records, limit, offset);
     let tenants = records
         .into_iter()
-        .take(limit as usize)
         .map(|r| TenantView::new(&lodge, r))
         .collect();
     Ok(Json(TenantList {
         tenants,
-        next_offset: more.then_some(offset.saturating_add(limit)),
+        next_offset,
     }))
 }
 

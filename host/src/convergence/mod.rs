@@ -111,6 +111,38 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// Every preset.
+    pub const ALL: [Self; 6] = [
+        Self::Design,
+        Self::Review,
+        Self::Decide,
+        Self::Plan,
+        Self::Analyze,
+        Self::Generate,
+    ];
+
+    /// Its name, as the API and the guest interface spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Design => "design",
+            Self::Review => "review",
+            Self::Decide => "decide",
+            Self::Plan => "plan",
+            Self::Analyze => "analyze",
+            Self::Generate => "generate",
+        }
+    }
+
+    /// The preset whose [`Preset::request`] made `request`, and the prompt it
+    /// was given (its framing taken off); `None` for roles of the caller's own.
+    pub fn made(request: &ConvergeRequest) -> Option<(Self, &str)> {
+        Self::ALL.into_iter().find_map(|preset| {
+            let (a, b, framing) = preset.roles();
+            let prompt = request.prompt.strip_prefix(framing)?.strip_prefix(": ")?;
+            (request.agent_a_role == a && request.agent_b_role == b).then_some((preset, prompt))
+        })
+    }
+
     /// The roles of A and B, and a framing line prefixed to the prompt.
     pub fn roles(self) -> (&'static str, &'static str, &'static str) {
         match self {
@@ -321,6 +353,22 @@ mod tests {
             100,
             "short words are ignored"
         );
+    }
+
+    #[test]
+    fn a_request_tells_the_preset_that_made_it() {
+        for preset in Preset::ALL {
+            let request = preset.request("a cache for sessions", None);
+            assert_eq!(
+                Preset::made(&request).map(|(p, prompt)| (p.as_str(), prompt)),
+                Some((preset.as_str(), "a cache for sessions"))
+            );
+            let named = serde_json::to_value(preset).expect("serializes");
+            assert_eq!(named, preset.as_str());
+        }
+        let mut own = Preset::Review.request("fn main() {}", None);
+        own.agent_b_role = "Security Expert".into();
+        assert!(Preset::made(&own).is_none(), "roles of its own");
     }
 
     #[tokio::test]

@@ -26,14 +26,17 @@ use sha2::Sha256;
 
 use http_body_util::BodyExt as _;
 
-use super::{ConvergeError, ConvergeRequest, Outcome, ProviderError, converge_metered, validate};
+use super::{
+    ConvergeError, ConvergeRequest, Outcome, Preset, ProviderError, converge_metered, validate,
+};
 use crate::background::Jobs;
 use crate::config::Limits;
 use crate::convergence::provider::Provider;
 use crate::counters::TenantCounters;
 use crate::egress::{Refused as EgressRefused, resolve_checked, send_pinned};
 use crate::storage::{
-    MetaStore, Storage, StorageError, TaskRecord, TaskStore, TenantStore, Usage, UsageStore, today,
+    MetaStore, Storage, StorageError, TaskEntry, TaskRecord, TaskStore, TenantStore, Usage,
+    UsageStore, today,
 };
 use crate::wallet::{MasterKey, Purpose};
 
@@ -99,6 +102,89 @@ pub enum TaskState {
     Done(Box<Outcome>),
     /// Failed, with why.
     Failed(String),
+}
+
+/// A task as its owner's list shows it: its state, what it was asked and how
+/// it went, without the outcome itself (that is [`ConvergenceService::task_state`]).
+#[derive(Debug, Clone)]
+pub struct TaskSummary {
+    /// `task_…`
+    pub id: String,
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    /// The preset it was asked through; `None`: roles of the caller's own.
+    pub preset: Option<Preset>,
+    /// The start of its prompt (a preset's framing left out), at most
+    /// [`PROMPT_EXCERPT`] characters and `…`.
+    pub prompt: String,
+    /// RFC 3339: when it was queued.
+    pub created_at: String,
+    /// RFC 3339: its last change.
+    pub updated_at: String,
+    /// Rounds run, when done.
+    pub rounds: Option<u32>,
+    /// Agreement of the last two positions (0-100), when done.
+    pub score: Option<u32>,
+    /// Whether the threshold was reached, when done.
+    pub converged: Option<bool>,
+    /// Tokens used, prompt and completion, when done.
+    pub tokens: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How its webhook delivery went, once tried.
+    pub webhook_status: Option<String>,
+}
+
+/// The longest start of a prompt a task list shows, in characters.
+pub const PROMPT_EXCERPT: usize = 120;
+
+/// What a task list reads of a stored outcome (its answer and transcript are skipped).
+#[derive(Debug, serde::Deserialize)]
+struct OutcomeFigures {
+    rounds: u32,
+    score: u32,
+    converged: bool,
+    usage: super::Usage,
+}
+
+impl TaskSummary {
+    fn of(task: TaskEntry) -> Self {
+        let request = serde_json::from_str::<ConvergeRequest>(&task.request).ok();
+        let (preset, prompt) = match &request {
+            Some(request) => match Preset::made(request) {
+                Some((preset, prompt)) => (Some(preset), excerpt(prompt)),
+                None => (None, excerpt(&request.prompt)),
+            },
+            None => (None, String::new()),
+        };
+        let figures = match (task.status.as_str(), task.outcome.as_deref()) {
+            ("done", Some(outcome)) => serde_json::from_str::<OutcomeFigures>(outcome).ok(),
+            _ => None,
+        };
+        Self {
+            id: task.id,
+            status: task.status,
+            preset,
+            prompt,
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            rounds: figures.as_ref().map(|f| f.rounds),
+            score: figures.as_ref().map(|f| f.score),
+            converged: figures.as_ref().map(|f| f.converged),
+            tokens: figures.as_ref().map(|f| f.usage.total()),
+            error: task.error,
+            webhook_status: task.webhook_status,
+        }
+    }
+}
+
+/// `text` cut to [`PROMPT_EXCERPT`] characters, marked with `…` when cut.
+fn excerpt(text: &str) -> String {
+    let mut cut: String = text.chars().take(PROMPT_EXCERPT).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
 }
 
 /// What convergence needs of a tenant this host holds: its plan's
@@ -307,6 +393,18 @@ impl ConvergenceService {
             },
             _ => TaskState::Failed(task.error.unwrap_or_default()),
         })
+    }
+
+    /// A page of `tenant_id`'s tasks, newest first (`limit` from `offset`),
+    /// summarised: no outcome.
+    pub async fn list_tasks(
+        &self,
+        tenant_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<TaskSummary>, StorageError> {
+        let tasks = self.tasks.task_list(tenant_id, limit, offset).await?;
+        Ok(tasks.into_iter().map(TaskSummary::of).collect())
     }
 
     /// The secret webhooks of `tenant_id` are signed with (hex): random, made
@@ -758,4 +856,52 @@ async fn post_once(hook: &Webhook, allow_private: bool) -> Result<http::StatusCo
     .map_err(|_| Failed("no answer within 10 s".into()))?
     .map_err(|e| Failed(e.to_string()))?;
     Ok(sent.0.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(status: &str, request: &ConvergeRequest, outcome: Option<&str>) -> TaskEntry {
+        TaskEntry {
+            id: "task_1".into(),
+            status: status.into(),
+            request: serde_json::to_string(request).expect("serializes"),
+            outcome: outcome.map(str::to_owned),
+            error: None,
+            webhook_status: None,
+            created_at: "2025-01-01T00:00:00.000Z".into(),
+            updated_at: "2025-01-01T00:00:01.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_listed_task_keeps_its_figures_not_its_outcome() {
+        let request = Preset::Plan.request("a launch", None);
+        let outcome = r#"{"answer":"a long answer","score":90,"rounds":2,"converged":true,
+            "transcript":[],"usage":{"promptTokens":30,"completionTokens":12},
+            "provider":"offline","model":"offline"}"#;
+        let done = TaskSummary::of(entry("done", &request, Some(outcome)));
+        assert_eq!(done.preset, Some(Preset::Plan));
+        assert_eq!(done.prompt, "a launch", "the preset's framing is left out");
+        assert_eq!(
+            (done.rounds, done.score, done.converged, done.tokens),
+            (Some(2), Some(90), Some(true), Some(42))
+        );
+        let own = ConvergeRequest {
+            prompt: "é".repeat(PROMPT_EXCERPT + 80),
+            agent_a_role: "DBA".into(),
+            agent_b_role: "SRE".into(),
+            context: None,
+            max_rounds: None,
+            threshold: None,
+        };
+        let pending = TaskSummary::of(entry("pending", &own, None));
+        assert_eq!(pending.preset, None);
+        assert_eq!(pending.prompt.chars().count(), PROMPT_EXCERPT + 1);
+        assert!(pending.prompt.ends_with('…'), "{}", pending.prompt);
+        assert_eq!((pending.rounds, pending.tokens), (None, None));
+        let short = TaskSummary::of(entry("failed", &Preset::Review.request("x", None), None));
+        assert_eq!(short.prompt, "x");
+    }
 }

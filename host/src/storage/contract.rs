@@ -125,6 +125,32 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     );
     ensure!(storage.list_tenants(Some(&org.id), 10, 1).await?.len() == 1);
     ensure!(storage.list_tenants(None, 1_000_000, 0).await?.len() >= 2);
+    // Organizations with their live tenants counted: one, or all.
+    let own = storage.list_orgs(Some(&org.id), 10, 0).await?;
+    ensure!(
+        own.len() == 1 && own[0].org.id == org.id && own[0].org.name == org.name,
+        "{own:?}"
+    );
+    ensure!(own[0].tenant_count == 2, "{own:?}");
+    ensure!(storage.list_orgs(Some(&org.id), 10, 1).await?.is_empty());
+    ensure!(
+        storage
+            .list_orgs(Some("org_missing"), 10, 0)
+            .await?
+            .is_empty()
+    );
+    let every = storage.list_orgs(None, 1_000_000, 0).await?;
+    ensure!(
+        every
+            .iter()
+            .any(|o| o.org.id == org.id && o.tenant_count == 2)
+    );
+    let order: Vec<_> = every
+        .iter()
+        .map(|o| (o.org.created_at.clone(), o.org.id.clone()))
+        .collect();
+    ensure!(order.is_sorted(), "oldest first, then by id");
+    ensure!(storage.list_orgs(None, 1, 0).await?.len() == 1);
     storage
         .set_status(&t.id, TenantStatus::Error, Some("boom"))
         .await?;
@@ -585,6 +611,17 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     let done = storage.task_get(&t.id, &task.id).await?.context("task")?;
     ensure!(done.status == "done" && done.outcome.as_deref() == Some("{\"ok\":true}"));
     ensure!(storage.task_get(&t2.id, &task.id).await?.is_none());
+    let listed = storage.task_list(&t.id, 10, 0).await?;
+    ensure!(
+        listed.len() == 1
+            && listed[0].id == task.id
+            && listed[0].status == "done"
+            && listed[0].outcome.as_deref() == Some("{\"ok\":true}")
+            && listed[0].webhook_status.as_deref() == Some("delivered")
+            && !listed[0].created_at.is_empty(),
+        "{listed:?}"
+    );
+    ensure!(storage.task_list(&t2.id, 10, 0).await?.is_empty());
 
     // Usage.
     let delta = Usage {
@@ -719,6 +756,7 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     ensure!(storage.meta_claim(&name, "second").await? == "first");
     storage.meta_set(&name, "third").await?;
     ensure!(storage.meta_claim(&name, "fourth").await? == "third");
+    storage.ping().await?;
 
     // Counting and cancelling a tenant's waiting tasks.
     for _ in 0..3 {
@@ -731,6 +769,22 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
             .await?;
     }
     ensure!(storage.task_count_active(&t2.id).await? == 3);
+    // Newest first, a page at a time.
+    let first_page = storage.task_list(&t2.id, 2, 0).await?;
+    let second_page = storage.task_list(&t2.id, 2, 2).await?;
+    ensure!(first_page.len() == 2 && second_page.len() == 1);
+    let order: Vec<_> = first_page
+        .iter()
+        .chain(&second_page)
+        .map(|t| (t.created_at.clone(), t.id.clone()))
+        .collect();
+    ensure!(order.is_sorted_by(|a, b| a >= b), "{order:?}");
+    ensure!(
+        first_page
+            .iter()
+            .chain(&second_page)
+            .all(|t| t.status == "pending")
+    );
     ensure!(storage.task_cancel_pending(&t2.id, "stopped").await? == 3);
     ensure!(storage.task_count_active(&t2.id).await? == 0);
 

@@ -1,5 +1,6 @@
 //! Host-wide named values shared by every host of a database (the master key
-//! check, webhook secrets).
+//! check, webhook secrets), and the round trip that tells whether the database
+//! answers at all.
 
 use super::{SqlStorage, StorageResult};
 
@@ -11,6 +12,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     async fn meta_claim(&self, name: &str, value: &str) -> StorageResult<String>;
     /// Stores `value` under `name`, replacing what was there.
     async fn meta_set(&self, name: &str, value: &str) -> StorageResult<()>;
+    /// One round trip to the database (`SELECT 1`): whether it answers.
+    async fn ping(&self) -> StorageResult<()>;
 }
 
 #[async_trait::async_trait]
@@ -40,6 +43,11 @@ impl MetaStore for SqlStorage {
         .bind(value)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StorageResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 }

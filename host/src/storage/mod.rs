@@ -52,9 +52,9 @@ pub use self::kv::{KvError, KvQuota, KvStore};
 pub use self::ledger::{LedgerEntry, LedgerError, TransferRequest, WalletRecord, WalletStore};
 pub use self::logs::LogStore;
 pub use self::meta::MetaStore;
-pub use self::tasks::{TaskRecord, TaskStore};
+pub use self::tasks::{TaskEntry, TaskRecord, TaskStore};
 pub use self::tenants::{
-    Deployment, Org, TenantRecord, TenantStatus, TenantStore, versions_to_prune,
+    Deployment, Org, OrgSummary, TenantRecord, TenantStatus, TenantStore, versions_to_prune,
 };
 pub use self::usage::{Usage, UsageStore};
 

@@ -26,6 +26,28 @@ pub struct TaskRecord {
     pub attempts: i64,
 }
 
+/// A task as a list of them reads it: its state and times, and its request
+/// and outcome as stored (the list keeps a summary of them).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskEntry {
+    /// `task_…`
+    pub id: String,
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    /// JSON of the request.
+    pub request: String,
+    /// JSON of the outcome, when done.
+    pub outcome: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How the webhook delivery went, once tried.
+    pub webhook_status: Option<String>,
+    /// RFC 3339: when it was queued.
+    pub created_at: String,
+    /// RFC 3339: its last change (claimed, lease renewed, finished).
+    pub updated_at: String,
+}
+
 /// Convergence tasks.
 #[async_trait::async_trait]
 pub trait TaskStore: Send + Sync + std::fmt::Debug {
@@ -55,6 +77,13 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     async fn task_webhook(&self, id: &str, status: &str) -> StorageResult<()>;
     /// One of a tenant's tasks.
     async fn task_get(&self, tenant_id: &str, id: &str) -> StorageResult<Option<TaskRecord>>;
+    /// A tenant's tasks, newest first.
+    async fn task_list(
+        &self,
+        tenant_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> StorageResult<Vec<TaskEntry>>;
     /// Puts tasks `running` whose lease was last renewed (claimed, or renewed by
     /// [`TaskStore::task_heartbeat`]) longer than `lease` ago — by the database's
     /// clock, so hosts' clocks do not matter — back to `pending`: ones left by a
@@ -182,6 +211,26 @@ impl TaskStore for SqlStorage {
         .bind(id)
         .bind(tenant_id)
         .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn task_list(
+        &self,
+        tenant_id: &str,
+        limit: i64,
+        offset: i64,
+    ) -> StorageResult<Vec<TaskEntry>> {
+        // `convergence_tasks_tenant_created`, read backwards (ids are `COLLATE "C"`
+        // in PostgreSQL, so both databases order them byte by byte).
+        Ok(sqlx::query_as(
+            "SELECT id, status, request, outcome, error, webhook_status, created_at, updated_at
+             FROM convergence_tasks WHERE tenant_id = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(tenant_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
         .await?)
     }
 

@@ -24,6 +24,17 @@ pub struct Org {
     pub created_at: String,
 }
 
+/// An organization as a list shows it: the organization and how many live
+/// tenants it has.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrgSummary {
+    /// The organization.
+    #[sqlx(flatten)]
+    pub org: Org,
+    /// Its tenants not deleted.
+    pub tenant_count: i64,
+}
+
 /// Where a tenant is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +150,14 @@ pub trait TenantStore: Send + Sync + fmt::Debug {
     async fn find_org_by_name(&self, name: &str) -> StorageResult<Option<Org>>;
     /// Changes an organization's plan; `NotFound` if there is no such organization.
     async fn set_org_plan(&self, org_id: &str, plan: &str) -> StorageResult<()>;
+    /// Organizations, oldest first, each with its number of live tenants:
+    /// every one, or only organization `only`.
+    async fn list_orgs(
+        &self,
+        only: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> StorageResult<Vec<OrgSummary>>;
 
     /// Creates a tenant; `Conflict` if the slug is taken by a live tenant.
     async fn create_tenant(&self, tenant: &TenantRecord) -> StorageResult<()>;
@@ -277,6 +296,33 @@ impl TenantStore for SqlStorage {
                 .execute(&self.pool)
                 .await?,
         )
+    }
+
+    async fn list_orgs(
+        &self,
+        only: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> StorageResult<Vec<OrgSummary>> {
+        // The count walks `tenants_org_created` for each organization of the page.
+        let bytewise = self.dialect.bytewise();
+        let columns = "o.id, o.name, o.plan, o.created_at,
+             (SELECT COUNT(*) FROM tenants t WHERE t.org_id = o.id AND t.deleted_at IS NULL) AS tenant_count";
+        let sql = match only {
+            Some(_) => format!(
+                "SELECT {columns} FROM orgs o WHERE o.id = $1
+                 ORDER BY o.created_at, o.id{bytewise} LIMIT $2 OFFSET $3"
+            ),
+            None => format!(
+                "SELECT {columns} FROM orgs o
+                 ORDER BY o.created_at, o.id{bytewise} LIMIT $1 OFFSET $2"
+            ),
+        };
+        let mut query = sqlx::query_as(&sql);
+        if let Some(org) = only {
+            query = query.bind(org);
+        }
+        Ok(query.bind(limit).bind(offset).fetch_all(&self.pool).await?)
     }
 
     async fn create_tenant(&self, t: &TenantRecord) -> StorageResult<()> {

@@ -982,3 +982,198 @@ async fn archived_log_lines_are_read_back_after_a_restart_on_first_read() {
     // Read once: the log is whole in memory from now on.
     assert_eq!(tenant.logs.snapshot().len(), after.len());
 }
+
+/// `(createdAt, id)` of each organization of a `GET /orgs` page, in order.
+fn org_order(page: &Value) -> Vec<(String, String)> {
+    page["orgs"]
+        .as_array()
+        .expect("orgs")
+        .iter()
+        .map(|o| {
+            (
+                o["createdAt"].as_str().expect("createdAt").to_owned(),
+                o["id"].as_str().expect("id").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn organizations_are_listed_to_the_operator_and_each_to_itself() {
+    let host = TestHost::start().await;
+    let first = fixture(&host, "First", "first-shop").await;
+    call(
+        &host,
+        Method::POST,
+        "/tenant/spawn",
+        &first.org_key,
+        Some(&json!({ "name": "first-blog" })),
+        201,
+    )
+    .await;
+    let (second_id, second_key) = org(&host, "Second").await;
+    let (third_id, _) = org(&host, "Third").await;
+
+    // The operator pages through all three, two at a time, by nextOffset.
+    let page = call(&host, Method::GET, "/orgs?limit=2", ADMIN_TOKEN, None, 200).await;
+    assert_eq!(page["orgs"].as_array().map(Vec::len), Some(2), "{page}");
+    assert_eq!(page["nextOffset"], 2, "{page}");
+    let next = page["nextOffset"].as_i64().expect("nextOffset");
+    let rest = call(
+        &host,
+        Method::GET,
+        &format!("/orgs?limit=2&offset={next}"),
+        ADMIN_TOKEN,
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(rest["orgs"].as_array().map(Vec::len), Some(1), "{rest}");
+    assert!(rest["nextOffset"].is_null(), "{rest}");
+    let mut listed = org_order(&page);
+    listed.extend(org_order(&rest));
+    assert!(listed.is_sorted(), "oldest first: {listed:?}");
+    let mut ids: Vec<&str> = listed.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![first.org_id.as_str(), second_id.as_str(), third_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "every organization, once");
+
+    // Each with its fields and its live tenants counted; no key anywhere.
+    let all = call(&host, Method::GET, "/orgs", ADMIN_TOKEN, None, 200).await;
+    let shown = |id: &str| {
+        all["orgs"]
+            .as_array()
+            .expect("orgs")
+            .iter()
+            .find(|o| o["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} listed: {all}"))
+    };
+    let first_shown = shown(&first.org_id);
+    assert_eq!(first_shown["name"], "First");
+    assert!(first_shown["plan"].is_string() && first_shown["createdAt"].is_string());
+    assert_eq!(first_shown["tenants"], 2);
+    assert_eq!(shown(&third_id)["tenants"], 0);
+    let text = all.to_string();
+    assert!(!text.contains("sk_") && !text.contains("apiKey"), "{text}");
+
+    // An organization key lists its own organization only.
+    let own = call(&host, Method::GET, "/orgs", &second_key, None, 200).await;
+    let own_ids: Vec<String> = org_order(&own).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(own_ids, [second_id.clone()]);
+    assert!(own["nextOffset"].is_null(), "{own}");
+    let past = call(&host, Method::GET, "/orgs?offset=1", &second_key, None, 200).await;
+    assert_eq!(past["orgs"], json!([]));
+
+    // A tenant key is refused as at every organization-level call; no key,
+    // an unknown key and a bad query as everywhere.
+    let refused = host
+        .api(Method::GET, "/orgs", Some(&first.tenant_key))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(refused, 403, "forbidden").await;
+    let unknown = format!("sk_org_{}_{}", "0".repeat(12), "0".repeat(64));
+    for key in [None, Some("not-a-key"), Some(unknown.as_str())] {
+        let response = host
+            .api(Method::GET, "/orgs", key)
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, 401, "unauthorized").await;
+    }
+    for query in ["limit=lots", "colour=blue"] {
+        let response = host
+            .api(Method::GET, &format!("/orgs?{query}"), Some(ADMIN_TOKEN))
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, 400, "invalid_query").await;
+    }
+
+    // A deleted tenant is no longer counted.
+    call(
+        &host,
+        Method::DELETE,
+        &format!("/tenant/{}", first.slug),
+        &first.org_key,
+        None,
+        200,
+    )
+    .await;
+    let after = call(&host, Method::GET, "/orgs", &first.org_key, None, 200).await;
+    assert_eq!(after["orgs"][0]["tenants"], 1, "{after}");
+}
+
+#[tokio::test]
+async fn whoami_names_the_key_and_never_a_secret() {
+    let host = TestHost::start().await;
+    let f = fixture(&host, "Whose", "whose-shop").await;
+
+    let admin = call(&host, Method::GET, "/whoami", ADMIN_TOKEN, None, 200).await;
+    assert_eq!(
+        admin,
+        json!({ "role": "admin", "org": null, "tenant": null })
+    );
+    let org = call(&host, Method::GET, "/whoami", &f.org_key, None, 200).await;
+    assert_eq!(
+        org,
+        json!({ "role": "org", "org": { "id": f.org_id, "name": "Whose" }, "tenant": null })
+    );
+    let tenant = call(&host, Method::GET, "/whoami", &f.tenant_key, None, 200).await;
+    assert_eq!(
+        tenant,
+        json!({
+            "role": "tenant",
+            "org": { "id": f.org_id, "name": "Whose" },
+            "tenant": { "id": f.tenant_id, "slug": f.slug, "name": "whose-shop" },
+        })
+    );
+    for (body, key) in [
+        (&admin, ADMIN_TOKEN),
+        (&org, f.org_key.as_str()),
+        (&tenant, f.tenant_key.as_str()),
+    ] {
+        let text = body.to_string();
+        let secret = key.rsplit('_').next().expect("secret part");
+        assert!(
+            !text.contains(key) && !text.contains(secret) && !text.contains("sk_"),
+            "{text}"
+        );
+    }
+
+    // Keys that are not: malformed, unknown, a real key's id with another
+    // secret, a rotated key; and none. One answer for all.
+    let unknown = format!("sk_tenant_{}_{}", "0".repeat(12), "0".repeat(64));
+    let last = f.tenant_key.chars().last().expect("secret");
+    let forged = format!(
+        "{}{}",
+        &f.tenant_key[..f.tenant_key.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    call(
+        &host,
+        Method::POST,
+        &format!("/tenant/{}/keys/rotate", f.slug),
+        &f.org_key,
+        None,
+        200,
+    )
+    .await;
+    for key in [
+        None,
+        Some("not-a-key"),
+        Some(unknown.as_str()),
+        Some(forged.as_str()),
+        Some(f.tenant_key.as_str()),
+    ] {
+        let response = host
+            .api(Method::GET, "/whoami", key)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_error(response, 401, "unauthorized").await;
+    }
+}

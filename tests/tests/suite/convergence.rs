@@ -15,7 +15,7 @@ use lodge_host::Limits;
 use lodge_host::convergence::provider::{
     ChatMessage, OpenAiCompatible, OpenAiConfig, Provider, ProviderError,
 };
-use lodge_tests::{ADMIN_TOKEN, TestHost, guests};
+use lodge_tests::{ADMIN_TOKEN, TestHost, assert_error, guests};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -267,6 +267,217 @@ async fn the_http_api_converges_for_tenant_keys_with_signed_webhooks() {
     let payload: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(payload["taskId"], task_id.as_str());
     assert_eq!(payload["status"], "done");
+}
+
+/// Queues a convergence with `key` at `path` (`/converge` or a preset's);
+/// returns its task id.
+async fn submit(host: &TestHost, key: &str, path: &str, prompt: &str) -> String {
+    let (status, queued) = host
+        .api_json(
+            Method::POST,
+            path,
+            Some(key),
+            Some(&json!({ "prompt": prompt, "async": true })),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    queued["taskId"].as_str().expect("task id").to_owned()
+}
+
+/// The task ids of a `GET /converge` page, in its order.
+fn task_ids(page: &Value) -> Vec<String> {
+    page["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a page of tasks: {page}"))
+        .iter()
+        .map(|t| t["taskId"].as_str().expect("taskId").to_owned())
+        .collect()
+}
+
+/// `GET /api/v1{path}` with `key`, answered `status`; its JSON.
+async fn get_json(host: &TestHost, path: &str, key: Option<&str>, status: u16) -> Value {
+    let (got, body) = host.api_json(Method::GET, path, key, None).await;
+    assert_eq!(got, status, "GET {path}: {body}");
+    body
+}
+
+#[tokio::test]
+async fn a_tenant_lists_its_own_tasks_and_no_one_elses() {
+    let host = TestHost::start().await;
+    let http = host.http();
+    let (_, org_key, mine, key) = http.org_and_tenant("lister").await;
+    let (_, _, theirs, their_key) = http.org_and_tenant("neighbour").await;
+    let submitted = [
+        submit(&host, &key, "/design", "a cache for sessions").await,
+        submit(&host, &key, "/converge", "pick a queue").await,
+        submit(&host, &key, "/converge", "name the service").await,
+    ];
+    let their_task = submit(&host, &their_key, "/converge", "the neighbour's plan").await;
+    for task in &submitted {
+        wait_done(&host, &key, task).await;
+    }
+    wait_done(&host, &their_key, &their_task).await;
+
+    // Its own three, newest first, as summaries: no outcome.
+    let page = get_json(&host, "/converge", Some(&key), 200).await;
+    let listed = task_ids(&page);
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    let mut expected = submitted.to_vec();
+    expected.sort_unstable();
+    assert_eq!(
+        sorted, expected,
+        "its own tasks, not the neighbour's: {page}"
+    );
+    assert!(page["nextOffset"].is_null(), "{page}");
+    assert!(!page.to_string().contains("neighbour"), "{page}");
+    let tasks = page["tasks"].as_array().expect("tasks");
+    let order: Vec<(String, String)> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t["createdAt"].as_str().expect("createdAt").to_owned(),
+                t["taskId"].as_str().expect("taskId").to_owned(),
+            )
+        })
+        .collect();
+    assert!(order.is_sorted_by(|a, b| a >= b), "newest first: {order:?}");
+    for task in tasks {
+        assert_eq!(task["status"], "done", "{task}");
+        assert!(task["rounds"].as_u64().is_some_and(|r| r >= 1), "{task}");
+        assert!(task["tokens"].as_u64().is_some_and(|n| n > 0), "{task}");
+        assert!(
+            task["score"].is_u64() && task["converged"].is_boolean(),
+            "{task}"
+        );
+        assert!(task["updatedAt"].is_string(), "{task}");
+        for field in ["outcome", "transcript", "answer"] {
+            assert!(task.get(field).is_none(), "{field} in a list: {task}");
+        }
+    }
+    let shown = |id: &str| {
+        tasks
+            .iter()
+            .find(|t| t["taskId"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} listed"))
+    };
+    let design = shown(&submitted[0]);
+    assert_eq!(
+        (&design["kind"], &design["prompt"]),
+        (&json!("design"), &json!("a cache for sessions"))
+    );
+    let custom = shown(&submitted[1]);
+    assert_eq!(
+        (&custom["kind"], &custom["prompt"]),
+        (&json!("custom"), &json!("pick a queue"))
+    );
+
+    // Two at a time, by nextOffset: the same tasks in the same order.
+    let first = get_json(&host, "/converge?limit=2", Some(&key), 200).await;
+    assert_eq!(first["nextOffset"], 2, "{first}");
+    let rest = get_json(&host, "/converge?limit=2&offset=2", Some(&key), 200).await;
+    assert!(rest["nextOffset"].is_null(), "{rest}");
+    let mut paged = task_ids(&first);
+    paged.extend(task_ids(&rest));
+    assert_eq!(paged, listed);
+
+    // The neighbour lists its own task only, and cannot name another tenant
+    // (404, as for a tenant that does not exist) nor read its task.
+    let their_page = get_json(&host, "/converge", Some(&their_key), 200).await;
+    assert_eq!(task_ids(&their_page), [their_task.clone()]);
+    let named_self = get_json(
+        &host,
+        &format!("/converge?tenant={theirs}"),
+        Some(&their_key),
+        200,
+    )
+    .await;
+    assert_eq!(task_ids(&named_self), [their_task.clone()]);
+    for path in [
+        format!("/converge?tenant={mine}"),
+        format!("/converge/{}", submitted[0]),
+        format!("/converge/{}?tenant={mine}", submitted[0]),
+    ] {
+        let response = host
+            .api(Method::GET, &path, Some(&their_key))
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, 404, "not_found").await;
+    }
+
+    // An organization key names its tenant, and only one of its own.
+    let refused = host
+        .api(Method::GET, "/converge", Some(&org_key))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(refused, 403, "forbidden").await;
+    let by_org = get_json(
+        &host,
+        &format!("/converge?tenant={mine}"),
+        Some(&org_key),
+        200,
+    )
+    .await;
+    assert_eq!(task_ids(&by_org), listed);
+    let one = get_json(
+        &host,
+        &format!("/converge/{}?tenant={mine}", submitted[0]),
+        Some(&org_key),
+        200,
+    )
+    .await;
+    assert_eq!(one["status"], "done", "{one}");
+    assert!(
+        one["outcome"]["transcript"].is_array(),
+        "the task whole: {one}"
+    );
+    for path in [
+        format!("/converge?tenant={theirs}"),
+        format!("/converge/{their_task}?tenant={theirs}"),
+        format!("/converge/{their_task}?tenant={mine}"),
+    ] {
+        let response = host
+            .api(Method::GET, &path, Some(&org_key))
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, 404, "not_found").await;
+    }
+
+    // The operator names any tenant; without one it is refused, as before.
+    let refused = host
+        .api(Method::GET, "/converge", Some(ADMIN_TOKEN))
+        .send()
+        .await
+        .expect("sent");
+    assert_error(refused, 403, "forbidden").await;
+    let by_admin = get_json(
+        &host,
+        &format!("/converge?tenant={theirs}"),
+        Some(ADMIN_TOKEN),
+        200,
+    )
+    .await;
+    assert_eq!(task_ids(&by_admin), [their_task.clone()]);
+
+    // No key; a bad query.
+    let anonymous = host
+        .api(Method::GET, "/converge", None)
+        .send()
+        .await
+        .expect("sent");
+    assert_error(anonymous, 401, "unauthorized").await;
+    for query in ["limit=lots", "colour=blue"] {
+        let response = host
+            .api(Method::GET, &format!("/converge?{query}"), Some(&key))
+            .send()
+            .await
+            .expect("sent");
+        assert_error(response, 400, "invalid_query").await;
+    }
 }
 
 #[tokio::test]

@@ -619,6 +619,38 @@ async fn metrics_parse_and_count_with_bounded_tenant_labels() {
 }
 
 #[tokio::test]
+async fn the_database_check_and_the_log_archive_queue_are_exported() {
+    let host = TestHost::start_with(|c| c.log_archive_queue = 500).await;
+    host.app("archived", guests::HOSTILE, limits()).await;
+    assert_eq!(host.get("archived", "/log").await.status(), 200);
+    let classic = host.metrics().await;
+    assert!(
+        classic.contains("# TYPE lodge_database_up gauge\n"),
+        "{classic}"
+    );
+    let m = parse_metrics(&classic);
+    assert_eq!(
+        m.get("lodge_database_up"),
+        Some(&1.0),
+        "the database answers: {classic}"
+    );
+    assert_eq!(m.get("lodge_log_archive_queue_capacity"), Some(&500.0));
+    let queued = m.get("lodge_log_archive_queue").copied();
+    assert!(
+        queued.is_some_and(|n| (0.0..=500.0).contains(&n)),
+        "{queued:?}"
+    );
+    assert_eq!(m.get("lodge_log_archive_lines_lost_total"), Some(&0.0));
+    // Written, the queue drains (the archive writes every 50 ms).
+    let drained = eventually(async || {
+        let m = parse_metrics(&host.metrics().await);
+        m.get("lodge_log_archive_queue") == Some(&0.0)
+    })
+    .await;
+    assert!(drained, "the archive queue drains");
+}
+
+#[tokio::test]
 async fn a_tenant_flooding_the_host_leaves_room_for_another() {
     // A pool of 10 instances; the flooder may run 40 at once by its plan.
     let host = TestHost::start_with(|c| c.max_instances = 10).await;
