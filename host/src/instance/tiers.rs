@@ -39,45 +39,59 @@ struct WorldEngine {
     concurrent: bool,
 }
 
+/// The settings of `tier`'s engine for one world. `concurrent` turns on the
+/// component model's async ABI and the concurrent-execution state every
+/// `Store` then carries (WASI 0.3 needs both; a WASI 0.2 request pays for them
+/// without using them). `pool` is `None` for a compile-only engine: what it
+/// compiles is the same code (the allocator is no part of an artifact's
+/// compatibility), and it reserves no address space.
+fn engine_for(
+    tuning: &EngineTuning,
+    tier: Tier,
+    pool: Option<PoolingAllocationConfig>,
+    concurrent: bool,
+) -> anyhow::Result<Engine> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .concurrency_support(concurrent)
+        .wasm_component_model_async(concurrent)
+        .consume_fuel(true)
+        .epoch_interruption(true);
+    if let Some(pool) = pool {
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    match tier {
+        Tier::Baseline => {
+            wasm.strategy(Strategy::Winch);
+        }
+        Tier::Optimized => {
+            wasm.strategy(Strategy::Cranelift)
+                .native_unwind_info(tuning.native_unwind_info)
+                .cranelift_regalloc_algorithm(if tuning.single_pass_regalloc {
+                    wasmtime::RegallocAlgorithm::SinglePass
+                } else {
+                    wasmtime::RegallocAlgorithm::Backtracking
+                })
+                .cranelift_opt_level(if tuning.optimize {
+                    wasmtime::OptLevel::Speed
+                } else {
+                    wasmtime::OptLevel::None
+                });
+        }
+    }
+    Engine::new(&wasm)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("creating the {} engine", tier.as_str()))
+}
+
 impl WorldEngine {
-    /// `concurrent` turns on the component model's async ABI and the
-    /// concurrent-execution state every `Store` then carries (WASI 0.3 needs
-    /// both; a WASI 0.2 request pays for them without using them).
     fn new(
         tuning: &EngineTuning,
         tier: Tier,
         pool: PoolingAllocationConfig,
         concurrent: bool,
     ) -> anyhow::Result<Self> {
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .concurrency_support(concurrent)
-            .wasm_component_model_async(concurrent)
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        match tier {
-            Tier::Baseline => {
-                wasm.strategy(Strategy::Winch);
-            }
-            Tier::Optimized => {
-                wasm.strategy(Strategy::Cranelift)
-                    .native_unwind_info(tuning.native_unwind_info)
-                    .cranelift_regalloc_algorithm(if tuning.single_pass_regalloc {
-                        wasmtime::RegallocAlgorithm::SinglePass
-                    } else {
-                        wasmtime::RegallocAlgorithm::Backtracking
-                    })
-                    .cranelift_opt_level(if tuning.optimize {
-                        wasmtime::OptLevel::Speed
-                    } else {
-                        wasmtime::OptLevel::None
-                    });
-            }
-        }
-        let engine = Engine::new(&wasm)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("creating the {} engine", tier.as_str()))?;
+        let engine = engine_for(tuning, tier, Some(pool), concurrent)?;
         let mut linker = Linker::new(&engine);
         capability::add_to_linker(&mut linker, concurrent)?;
         Ok(Self {
@@ -85,6 +99,101 @@ impl WorldEngine {
             linker,
             concurrent,
         })
+    }
+}
+
+/// One tier's compile-only engines (no pool) and the artifact names: what
+/// an optimiser job holds while it compiles, so a host shut down meanwhile
+/// gives its pools' address space back at once, not when the compile ends.
+#[derive(Clone)]
+pub(crate) struct Compiler {
+    tier: Tier,
+    /// For WASI 0.2 components.
+    sync: Engine,
+    /// For WASI 0.3 ones (and any using the component model's async ABI), if on.
+    concurrent: Option<Engine>,
+    /// The engines' compatibility hash, naming the artifacts.
+    compat: String,
+    artifacts: PathBuf,
+}
+
+impl Compiler {
+    fn new(tuning: &EngineTuning, tier: Tier, artifacts: &Path) -> anyhow::Result<Self> {
+        let sync = engine_for(tuning, tier, None, false)?;
+        let concurrent = tuning
+            .wasi_p3
+            .then(|| engine_for(tuning, tier, None, true))
+            .transpose()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        sync.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self {
+            tier,
+            sync,
+            concurrent,
+            compat: format!("{:016x}", hasher.finish()),
+            artifacts: artifacts.to_owned(),
+        })
+    }
+
+    /// Where the artifact of component `digest` for the WASI 0.2 engine, or
+    /// the 0.3 one, lives (the 0.3 engine differs from the 0.2 one only in
+    /// its concurrency support; wasmtime checks the rest when it loads one).
+    fn artifact_path(&self, concurrent: bool, digest: &str) -> PathBuf {
+        let world = if concurrent { "-async" } else { "" };
+        self.artifacts.join(format!(
+            "{digest}-{}-{}{world}.cwasm",
+            self.tier.as_str(),
+            self.compat
+        ))
+    }
+
+    /// Whether the cache has an artifact of `digest`, either world.
+    pub fn has_artifact(&self, digest: &str) -> bool {
+        self.artifact_path(false, digest).exists()
+            || (self.concurrent.is_some() && self.artifact_path(true, digest).exists())
+    }
+
+    /// Compiles `wasm` into the artifact cache for the engine of the world it
+    /// exports (a 0.2 component using the component model's async ABI goes
+    /// to the WASI 0.3 engine too); answers whether that is the 0.3 engine.
+    pub fn compile(&self, wasm: &[u8], digest: &str) -> Result<bool, LoadError> {
+        if world::exports_p3_handler(wasm)
+            && let Some(engine) = &self.concurrent
+        {
+            return self.compile_on(engine, true, wasm, digest).map(|()| true);
+        }
+        match self.compile_on(&self.sync, false, wasm, digest) {
+            Ok(()) => Ok(false),
+            // wasmparser's refusal of every part of the async ABI says this.
+            Err(LoadError::Invalid(why)) if why.contains("component model async") => {
+                match &self.concurrent {
+                    Some(engine) => self.compile_on(engine, true, wasm, digest).map(|()| true),
+                    None => Err(LoadError::Invalid(why)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn compile_on(
+        &self,
+        engine: &Engine,
+        concurrent: bool,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<(), LoadError> {
+        let bytes = engine
+            .precompile_component(wasm)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let path = self.artifact_path(concurrent, digest);
+        let write = || -> anyhow::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
+            std::io::Write::write_all(&mut tmp, &bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&path)?;
+            Ok(())
+        };
+        write().map_err(LoadError::Internal)
     }
 }
 
@@ -103,11 +212,9 @@ pub(crate) struct TierEngine {
     concurrent: OnceLock<WorldEngine>,
     /// Serialises making `concurrent`.
     making: Mutex<()>,
-    /// The WASI 0.2 engine's compatibility hash, naming the artifacts.
-    compat: String,
+    compiler: Compiler,
     tuning: EngineTuning,
     pool: PoolingAllocationConfig,
-    artifacts: PathBuf,
 }
 
 impl TierEngine {
@@ -119,20 +226,14 @@ impl TierEngine {
         pool: PoolingAllocationConfig,
         artifacts: &Path,
     ) -> anyhow::Result<Self> {
-        let sync = WorldEngine::new(tuning, tier, pool.clone(), false)?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        sync.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
         Ok(Self {
             tier,
-            sync,
+            sync: WorldEngine::new(tuning, tier, pool.clone(), false)?,
             concurrent: OnceLock::new(),
             making: Mutex::new(()),
-            compat: format!("{:016x}", hasher.finish()),
+            compiler: Compiler::new(tuning, tier, artifacts)?,
             tuning: tuning.clone(),
             pool,
-            artifacts: artifacts.to_owned(),
         })
     }
 
@@ -153,27 +254,19 @@ impl TierEngine {
         Ok(Some(self.concurrent.get_or_init(|| engine)))
     }
 
-    /// The engines made so far.
+    /// The engines made so far (the compile-only ones apart).
     pub fn engines(&self) -> impl Iterator<Item = &Engine> {
         std::iter::once(&self.sync.engine).chain(self.concurrent.get().map(|w| &w.engine))
     }
 
-    /// Where the artifact of component `digest` for the WASI 0.2 engine, or
-    /// the 0.3 one, lives (the 0.3 engine differs from the 0.2 one only in
-    /// its concurrency support; wasmtime checks the rest when it loads one).
-    fn artifact_path(&self, concurrent: bool, digest: &str) -> PathBuf {
-        let world = if concurrent { "-async" } else { "" };
-        self.artifacts.join(format!(
-            "{digest}-{}-{}{world}.cwasm",
-            self.tier.as_str(),
-            self.compat
-        ))
+    /// This tier's compiler, holding none of its pools.
+    pub fn compiler(&self) -> Compiler {
+        self.compiler.clone()
     }
 
     /// Whether this tier has an artifact of `digest`, either world.
     pub fn has_artifact(&self, digest: &str) -> bool {
-        self.artifact_path(false, digest).exists()
-            || (self.tuning.wasi_p3 && self.artifact_path(true, digest).exists())
+        self.compiler.has_artifact(digest)
     }
 
     /// This tier's cached artifact of `digest` (either world); a missing or
@@ -182,7 +275,7 @@ impl TierEngine {
         if let Some(component) = self.read_world(&self.sync, digest) {
             return Some(component);
         }
-        if !self.tuning.wasi_p3 || !self.artifact_path(true, digest).exists() {
+        if !self.tuning.wasi_p3 || !self.compiler.artifact_path(true, digest).exists() {
             return None;
         }
         let world = self.concurrent().ok().flatten()?;
@@ -190,13 +283,14 @@ impl TierEngine {
     }
 
     fn read_world(&self, world: &WorldEngine, digest: &str) -> Option<Component> {
-        let path = self.artifact_path(world.concurrent, digest);
+        let path = self.compiler.artifact_path(world.concurrent, digest);
         if !path.exists() {
             return None;
         }
-        // SAFETY: the file was written by `compile` below with this engine's
-        // tier and compatibility hash in its name, in a directory only this host
-        // writes; wasmtime still checks its header and rejects incompatible artifacts.
+        // SAFETY: the file was written by `Compiler::compile` with this
+        // engine's tier, compatibility hash and world in its name, in a
+        // directory only this host writes; wasmtime still checks its header
+        // and rejects incompatible artifacts.
         #[expect(unsafe_code, reason = "loading our own precompiled artifact")]
         let loaded = unsafe { Component::deserialize_file(&world.engine, &path) };
         match loaded {
@@ -209,46 +303,16 @@ impl TierEngine {
         }
     }
 
-    /// Compiles `wasm` with this tier's compiler into the artifact cache, on
-    /// the engine of the world it exports (a 0.2 component using the async
-    /// ABI of the component model goes to the WASI 0.3 engine too).
+    /// Compiles `wasm` with this tier's compiler into the artifact cache and
+    /// loads it on the engine of its world.
     pub fn compile(&self, wasm: &[u8], digest: &str) -> Result<Component, LoadError> {
-        if world::exports_p3_handler(wasm)
-            && let Some(world) = self.concurrent()?
-        {
-            return self.compile_on(world, wasm, digest);
-        }
-        match self.compile_on(&self.sync, wasm, digest) {
-            // wasmparser's refusal of every part of the async ABI says this.
-            Err(LoadError::Invalid(why)) if why.contains("component model async") => {
-                match self.concurrent()? {
-                    Some(world) => self.compile_on(world, wasm, digest),
-                    None => Err(LoadError::Invalid(why)),
-                }
-            }
-            result => result,
-        }
-    }
-
-    fn compile_on(
-        &self,
-        world: &WorldEngine,
-        wasm: &[u8],
-        digest: &str,
-    ) -> Result<Component, LoadError> {
-        let bytes = world
-            .engine
-            .precompile_component(wasm)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let path = self.artifact_path(world.concurrent, digest);
-        let write = || -> anyhow::Result<()> {
-            let mut tmp = tempfile::NamedTempFile::new_in(&self.artifacts)?;
-            std::io::Write::write_all(&mut tmp, &bytes)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&path)?;
-            Ok(())
+        let concurrent = self.compiler.compile(wasm, digest)?;
+        let world = if concurrent {
+            self.concurrent()?
+                .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("WASI 0.3 is off")))?
+        } else {
+            &self.sync
         };
-        write().map_err(LoadError::Internal)?;
         self.read_world(world, digest)
             .ok_or_else(|| LoadError::Internal(anyhow::anyhow!("artifact vanished after writing")))
     }
@@ -483,7 +547,7 @@ impl Optimizer {
             pending.insert(digest.to_owned(), vec![Arc::downgrade(code)]);
         }
         let job = Job {
-            tiers: self.tiers.clone(),
+            tiers: Arc::downgrade(&self.tiers),
             swap: self.swap.clone(),
             pending: self.pending.clone(),
             failed: self.failed.clone(),
@@ -505,7 +569,8 @@ impl Optimizer {
 /// One optimised compile.
 struct Job {
     failed: Arc<Mutex<std::collections::HashSet<String>>>,
-    tiers: Arc<ArcSwap<Tiers>>,
+    /// The runtime's engines, while it lives.
+    tiers: Weak<ArcSwap<Tiers>>,
     /// Held (read) while code is prepared and swapped in, so a trim (write)
     /// never interleaves with it.
     swap: Arc<RwLock<()>>,
@@ -531,19 +596,23 @@ impl Job {
     fn compile_and_raise(&self) -> bool {
         let digest = &self.digest;
         let started = Instant::now();
-        // The engines in force now (a trim may have replaced them since the queueing).
-        let Some(engine) = self.tiers.load().optimized.clone() else {
+        // The compiler of the engines in force now (a trim may have replaced
+        // them since the queueing); no engine with a pool is held while it
+        // compiles, so a host shut down meanwhile gives its pools back at once.
+        let Some(compiler) = self
+            .tiers
+            .upgrade()
+            .and_then(|tiers| tiers.load().optimized.as_ref().map(|e| e.compiler()))
+        else {
             return false;
         };
         // The artifact may exist: another host sharing the directory, or a
         // restart, compiled it while this was queued.
-        let component = match engine.read_artifact(digest) {
-            Some(component) => component,
-            None => match engine.compile(&self.wasm, digest) {
-                Ok(component) => {
+        if !compiler.has_artifact(digest) {
+            match compiler.compile(&self.wasm, digest) {
+                Ok(_) => {
                     self.stats
                         .record_compile(Tier::Optimized, self.wasm.len(), started.elapsed());
-                    component
                 }
                 Err(e) => {
                     tracing::warn!(digest, error = %e, "the optimised compile failed; the component stays on baseline code");
@@ -553,20 +622,18 @@ impl Job {
                         .insert(digest.clone());
                     return false;
                 }
-            },
+            }
+        }
+        drop(compiler);
+        let Some(tiers) = self.tiers.upgrade() else {
+            return false;
         };
         let _no_trim = self.swap.read().unwrap_or_else(PoisonError::into_inner);
-        // A trim replaced the engines while this compiled: the same artifact,
-        // mapped by the engine in force.
-        let current = self.tiers.load().optimized.clone();
-        let (engine, component) = match current {
-            Some(current) if !Arc::ptr_eq(&current, &engine) => {
-                match current.read_artifact(digest) {
-                    Some(component) => (current, component),
-                    None => return false,
-                }
-            }
-            _ => (engine, component),
+        let Some(engine) = tiers.load().optimized.clone() else {
+            return false;
+        };
+        let Some(component) = engine.read_artifact(digest) else {
+            return false;
         };
         let waiting: Vec<Arc<Code>> = self
             .pending

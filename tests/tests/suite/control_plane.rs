@@ -1061,7 +1061,7 @@ async fn organizations_are_listed_to_the_operator_and_each_to_itself() {
     // An organization key lists its own organization only.
     let own = call(&host, Method::GET, "/orgs", &second_key, None, 200).await;
     let own_ids: Vec<String> = org_order(&own).into_iter().map(|(_, id)| id).collect();
-    assert_eq!(own_ids, [second_id.clone()]);
+    assert_eq!(own_ids, std::slice::from_ref(&second_id));
     assert!(own["nextOffset"].is_null(), "{own}");
     let past = call(&host, Method::GET, "/orgs?offset=1", &second_key, None, 200).await;
     assert_eq!(past["orgs"], json!([]));

@@ -157,7 +157,7 @@ async fn every_request_on_a_kept_instance_gets_its_own_limits() {
     // A plan with room for one and a half of them per request.
     let limits = Limits {
         fuel: one * 3 / 2,
-        timeout: Duration::from_millis(400),
+        timeout: Duration::from_millis(1500),
         ..reusing(100)
     };
     host.app("meter", guests::HOSTILE, limits).await;
@@ -165,8 +165,9 @@ async fn every_request_on_a_kept_instance_gets_its_own_limits() {
     for round in 0..5 {
         // Fuel is refilled for each request: five burns fit, one at a time.
         get_then_parked(&host, "meter", "/burn?n=2000", 1).await;
-        // So is the deadline: each 250 ms sleep fits in its own 400 ms.
-        get_then_parked(&host, "meter", "/sleep?ms=250", 1).await;
+        // So is the deadline: each 400 ms sleep fits in its own 1.5 s (five
+        // would not fit in one; the margin is for a loaded debug build).
+        get_then_parked(&host, "meter", "/sleep?ms=400", 1).await;
         assert_eq!(
             count(&host, "meter").await,
             round + 2,
