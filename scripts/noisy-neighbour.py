@@ -25,8 +25,11 @@ import time
 from benchlib import wait_up, wrk_result, wrk_script
 
 
+WRK_PREFIX = []
+
+
 def wrk(port, host, threads, connections, seconds, path, script):
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {host}",
+    command = WRK_PREFIX + ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {host}",
                "-s", script, f"http://127.0.0.1:{port}{path}"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
@@ -44,6 +47,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=3921)
     parser.add_argument("--extra", default="", help="more `lodge serve` flags, space-separated")
+    parser.add_argument("--pin", action="store_true",
+                        help="run Lodge on CPU 0 and the load generators on the others (taskset), so the kernel "
+                             "scheduling wrk against Lodge's workers is not what sets B's latency")
     args = parser.parse_args()
     script = wrk_script()
 
@@ -52,6 +58,10 @@ def main():
                "--app", f"a={args.hostile}", "--app", f"b={args.hello}"] + args.extra.split()
     env = dict(os.environ, RUST_LOG="warn", LODGE_ADMIN_TOKEN="sk_admin_noisy-bench-0123456789abcdef0123",
                LODGE__PLANS__DEFAULT__MAX_CONCURRENCY="4")
+    if args.pin:
+        command = ["taskset", "-c", "0"] + command
+        global WRK_PREFIX
+        WRK_PREFIX = ["taskset", "-c", f"1-{os.cpu_count() - 1}"]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = {"alone": [], "flooded": []}
     flood_stats = []

@@ -119,6 +119,43 @@ async fn wasi_0_2_components_never_run_on_the_engine_with_concurrency_support() 
 }
 
 #[tokio::test]
+async fn a_restarted_host_serves_0_3_and_0_2_components_from_their_cached_artifacts() {
+    let data = tempfile::tempdir().expect("tmp");
+    let artifacts = tempfile::tempdir().expect("tmp");
+    let dir = artifacts.path().to_owned();
+    let config = move |c: &mut lodge_host::HostConfig| c.artifacts_dir = Some(dir.clone());
+    let host = TestHost::start_in(data.path(), config.clone()).await;
+    host.app("p3", guests::P3_HELLO, limits()).await;
+    host.app("p2", guests::HELLO, limits()).await;
+    assert_eq!(host.get("p3", "/").await.status(), 200);
+    host.shutdown().await;
+
+    // Each world's artifacts are named apart: the 0.3 component's end in `-async`.
+    let names: Vec<String> = std::fs::read_dir(artifacts.path())
+        .expect("artifacts")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let p3 = names.iter().filter(|n| n.ends_with("-async.cwasm")).count();
+    assert!(p3 >= 1, "{names:?}");
+    assert!(names.len() > p3, "the 0.2 component's artifacts: {names:?}");
+
+    let host = TestHost::start_in(data.path(), config).await;
+    assert_eq!(
+        host.get("p3", "/").await.text().await.expect("body"),
+        "hello from p3"
+    );
+    assert_eq!(host.get("p2", "/").await.status(), 200);
+    let stats = host.lodge.runtime.stats();
+    assert_eq!(
+        stats.cache_misses.load(Ordering::Relaxed),
+        0,
+        "nothing compiled again after the restart"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test]
 async fn wasi_0_3_output_lands_in_the_tenant_log_with_the_request_id() {
     let host = TestHost::start().await;
     host.app("p3", guests::P3_HELLO, limits()).await;
