@@ -53,6 +53,19 @@ export async function api(method, path, body) {
 export const get = (path) => api('GET', path);
 export const post = (path, body) => api('POST', path, body);
 
+/** Every item of a paged list (`?limit=&offset=`, answered with `field` and
+ *  `nextOffset`), following `nextOffset` for at most 50 pages of 100. */
+export async function allPages(path, field) {
+  const out = [];
+  let offset = 0;
+  for (let i = 0; i < 50 && offset !== null && offset !== undefined; i += 1) {
+    const page = await get(`${path}?limit=100&offset=${offset}`);
+    out.push(...page[field]);
+    offset = page.nextOffset;
+  }
+  return out;
+}
+
 /** /metrics as text (admin token only). */
 export async function metricsText() {
   const res = await fetch('/metrics', { ...OPTS, headers: headers({ Accept: 'text/plain' }) });

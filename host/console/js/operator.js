@@ -17,17 +17,8 @@ export function operatorView(root, ctx) {
   ], ctx.onLeave);
 }
 
-/** Every tenant the key may list (follows nextOffset). */
-export async function allTenants() {
-  const out = [];
-  let offset = 0;
-  for (let i = 0; i < 50 && offset !== null && offset !== undefined; i += 1) {
-    const page = await api.get(`/tenant?limit=100&offset=${offset}`);
-    out.push(...page.tenants);
-    offset = page.nextOffset;
-  }
-  return out;
-}
+/** Every tenant the key may list. */
+export const allTenants = () => api.allPages('/tenant', 'tenants');
 
 function health(panel, stop) {
   const cards = h('div.cards', { dataset: { testid: 'health' } });
@@ -105,17 +96,8 @@ function tenants(panel, ctx) {
 
 function cls(s) { return String(s).replace(/[^a-z0-9-]/gi, ''); }
 
-/** Every organization the key may list, oldest first (follows nextOffset). */
-export async function allOrgs() {
-  const out = [];
-  let offset = 0;
-  for (let i = 0; i < 50 && offset !== null && offset !== undefined; i += 1) {
-    const page = await api.get(`/orgs?limit=100&offset=${offset}`);
-    out.push(...page.orgs);
-    offset = page.nextOffset;
-  }
-  return out;
-}
+/** Every organization the key may list, oldest first. */
+const allOrgs = () => api.allPages('/orgs', 'orgs');
 
 function orgs(panel, ctx) {
   const box = h('div');
