@@ -762,7 +762,7 @@ pub fn router(lodge: AppState) -> Router {
         .route(
             "/readyz",
             get(|State(lodge): State<AppState>| async move {
-                match lodge.storage.list_tenants(None, 1, 0).await {
+                match lodge.storage.ping().await {
                     Ok(_) => (StatusCode::OK, "ready\n").into_response(),
                     Err(_) => ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
