@@ -90,10 +90,6 @@ pub struct BenchArgs {
     #[arg(long)]
     pub optimize: Option<bool>,
 
-    /// Epoch tick in milliseconds (deadline granularity).
-    #[arg(long)]
-    pub epoch_tick_ms: Option<u64>,
-
     /// Fuel between async yields of a running guest.
     #[arg(long)]
     pub fuel_yield_interval: Option<u64>,
@@ -163,9 +159,6 @@ impl BenchArgs {
             .single_pass_regalloc
             .unwrap_or(pool.single_pass_regalloc);
         pool.optimize = self.optimize.unwrap_or(pool.optimize);
-        if let Some(ms) = self.epoch_tick_ms {
-            config.epoch_tick = Duration::from_millis(ms.max(1));
-        }
         config.fuel_yield_interval = self
             .fuel_yield_interval
             .unwrap_or(config.fuel_yield_interval);
@@ -597,11 +590,10 @@ async fn measure_lodge(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "- {policy:?}: live in {loaded_ms} ms, measured on {} code (after {} ms); tuning: {:?}, epoch tick {:?}, fuel yield every {}",
+        "- {policy:?}: live in {loaded_ms} ms, measured on {} code (after {} ms); tuning: {:?}, fuel yield every {}",
         app.tier().as_str(),
         started.elapsed().as_millis(),
         config.engine,
-        config.epoch_tick,
         config.fuel_yield_interval
     );
     let listener = bind_in(&host_rt, SocketAddr::from(([127, 0, 0, 1], 0)))?;

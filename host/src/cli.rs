@@ -453,8 +453,14 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("LODGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: escape codes in a file or a
+    // collector's pipe are noise, and formatting them costs every request's
+    // span (NO_COLOR, https://no-color.org, turns them off anywhere).
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -141,9 +141,9 @@ pub struct HostConfig {
     pub memory_budget_bytes: u64,
     /// Largest linear memory any plan may grant; sizes each pool slot.
     pub max_memory_per_instance: usize,
-    /// How often the epoch ticks; the granularity of wall-clock deadlines.
-    pub epoch_tick: Duration,
-    /// Fuel between voluntary yields of a running guest to the async executor.
+    /// Fuel between voluntary yields of a running guest to the async
+    /// executor: the granularity of CPU-lane time slices and of wall-clock
+    /// deadlines for running code.
     pub fuel_yield_interval: u64,
     /// Log lines kept in memory per tenant.
     pub log_lines_per_tenant: usize,
@@ -363,7 +363,6 @@ impl Default for HostConfig {
             max_instances: 1000,
             memory_budget_bytes: 8 * 1024 * 1024 * 1024,
             max_memory_per_instance: 1024 * 1024 * 1024,
-            epoch_tick: Duration::from_millis(10),
             fuel_yield_interval: 100_000,
             log_lines_per_tenant: 1000,
             engine: EngineTuning::default(),

@@ -187,7 +187,6 @@ async fn run(
         (_, None) => return Err(DataPlaneError::NoDeployment),
         (_, Some(active)) => active,
     };
-    tracing::Span::current().record("version", active.version);
     let governor = tenant.governor();
     let limits = &governor.limits;
 
@@ -223,7 +222,7 @@ async fn run(
         .app_or_load(|| plane.control.load_component(&active.digest, active.size))
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "loading the active version failed");
+            tracing::error!(error = %e, version = active.version, "loading the active version failed");
             tenant.logs.push(
                 request_id,
                 LogStream::Host,

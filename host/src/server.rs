@@ -248,8 +248,7 @@ impl Lodge {
                 let span = tracing::info_span!(
                     "request",
                     tenant = %route.slug,
-                    request_id = %id,
-                    version = tracing::field::Empty
+                    request_id = %id
                 );
                 dataplane::handle(
                     dataplane::DataPlane {
@@ -367,12 +366,10 @@ pub async fn serve(
             let request = InFlight::new(in_service.clone());
             async move {
                 let response = lodge.dispatch(&control, req).await;
-                Ok::<_, Infallible>(response.map(|body| {
-                    TrackedBody {
-                        inner: body,
-                        _request: request,
-                    }
-                    .boxed_unsync()
+                // Hyper takes the body as it is: no box around the box.
+                Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                    inner: body,
+                    _request: request,
                 }))
             }
         });

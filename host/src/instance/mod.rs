@@ -1,7 +1,7 @@
 //! Stage 3 of a request: the instance.
 //!
 //! One [`Runtime`] per process holds an `Engine` per compile tier (pooling
-//! allocator, fuel, epoch interruption; see [`tiers`]), each with a `Linker`
+//! allocator, fuel; see [`tiers`]), each with a `Linker`
 //! holding every capability and its on-disk cache of precompiled artifacts.
 //! [`Runtime::load`] turns a `.wasm` into an [`App`]: validated, compiled once
 //! by the first tier's compiler (or read back from the cache, best tier first),
@@ -254,7 +254,6 @@ pub struct Runtime {
     fuel_yield_interval: u64,
     /// Whether WASI 0.3 components are served.
     wasi_p3: bool,
-    epoch_tick: Duration,
     stats: Arc<RuntimeStats>,
     /// Loaded components by digest, while some tenant uses them: tenants that
     /// run the same component share its code in memory.
@@ -264,7 +263,6 @@ pub struct Runtime {
     gates: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Instances kept between requests of tenants with reuse on.
     warm: Arc<WarmSets>,
-    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -353,7 +351,6 @@ impl Runtime {
         let reclaim = Arc::downgrade(&warm);
         budget.set_reclaim(move || reclaim.upgrade().is_some_and(|warm| warm.evict_one()));
         Ok(Self {
-            ticker: EpochTicker::spawn(tiers.clone(), config.epoch_tick)?,
             policy,
             tiers,
             swap,
@@ -370,7 +367,6 @@ impl Runtime {
             }),
             fuel_yield_interval: config.fuel_yield_interval.max(1),
             wasi_p3: config.engine.wasi_p3,
-            epoch_tick: config.epoch_tick,
             stats,
             loaded: Mutex::default(),
             gates: Mutex::default(),
@@ -430,9 +426,7 @@ impl Runtime {
         // Kept instances live in the old pools.
         self.warm.clear();
         let _no_loads = self.swap.write().unwrap_or_else(PoisonError::into_inner);
-        let old = self.tiers.swap(fresh.clone());
-        // Requests still starting on the old engines keep their deadlines.
-        self.ticker.retire(&old);
+        let _replaced = self.tiers.swap(fresh.clone());
         let loaded: Vec<(String, Arc<Code>)> = self
             .loaded
             .lock()
@@ -806,20 +800,18 @@ impl Runtime {
                 let code = app.code.current();
                 let mut store = Store::new(code.pre.engine(), GuestState::new(call.grant, limiter));
                 store.limiter(|state| &mut state.limiter);
-                store.epoch_deadline_trap();
                 (store, code, None)
             }
         };
-        let ticks = limits
-            .timeout
-            .as_nanos()
-            .div_ceil(self.epoch_tick.as_nanos().max(1)) as u64;
-        store.set_epoch_deadline(ticks.max(1));
-        let prepared = (|| -> wasmtime::Result<_> {
-            store.set_fuel(limits.fuel)?;
-            store.fuel_async_yield_interval(Some(self.fuel_yield_interval))?;
-            Ok(())
-        })();
+        // The deadline needs no epoch interruption in the guest's code: a
+        // running guest yields to the executor every `fuel_yield_interval`
+        // units of fuel (each wasm instruction burns fuel, so no loop escapes
+        // it), and at each yield `timeout_at` below sees the deadline. One
+        // instrumentation instead of two (fuel and epoch checks cost the
+        // guest's code alike, docs/benchmarks.md).
+        let prepared = store
+            .set_fuel(limits.fuel)
+            .and_then(|()| store.fuel_async_yield_interval(Some(self.fuel_yield_interval)));
         if let Err(e) = prepared {
             tracing::error!(error = %e, "preparing the store");
             return Err(GuestFailure::Internal);
@@ -939,8 +931,7 @@ impl Runtime {
                 task_logs.push(&task_request_id, LogStream::Host, detail.clone());
             }
             failure.map(|(kind, _)| kind)
-        }
-        .instrument(tracing::Span::current());
+        };
 
         // The guest runs here, in the request's own task, until it either
         // finishes (most requests: no hand-off to another task) or sets its
@@ -956,7 +947,9 @@ impl Runtime {
             }
             head = &mut head => head,
         };
-        let task = tokio::spawn(guest);
+        // Polled here it runs in the request's span; on a task of its own it
+        // takes the span along.
+        let task = tokio::spawn(guest.instrument(tracing::Span::current()));
         answer(head, task, &logs, &request_id).await
     }
 }
@@ -1171,7 +1164,8 @@ fn classify(
     let error = match result {
         Ok(Ok(())) => return None,
         Err(_) => {
-            let detail = "request deadline exceeded while the app was waiting".to_owned();
+            // Running (stopped at a fuel yield) or waiting in a host call.
+            let detail = "request deadline exceeded".to_owned();
             return Some((GuestFailure::Deadline, detail));
         }
         Ok(Err(error)) => error,
@@ -1241,60 +1235,6 @@ impl Drop for Runtime {
         if let Some(optimizer) = &self.optimizer {
             optimizer.close();
         }
-    }
-}
-
-/// Advances every engine's epoch every tick; stops when dropped.
-struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    /// Engines a trim replaced, ticked while requests still run on them.
-    retired: Arc<Mutex<Vec<wasmtime::EngineWeak>>>,
-}
-
-impl EpochTicker {
-    fn spawn(tiers: Arc<ArcSwap<Tiers>>, tick: Duration) -> anyhow::Result<Self> {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let retired = Arc::new(Mutex::new(Vec::<wasmtime::EngineWeak>::new()));
-        let (flag, old) = (stop.clone(), retired.clone());
-        std::thread::Builder::new()
-            .name("lodge-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    for engine in tiers.load().best_first().flat_map(|t| t.engines()) {
-                        engine.increment_epoch();
-                    }
-                    let mut old = old.lock().unwrap_or_else(PoisonError::into_inner);
-                    old.retain(|weak| match weak.upgrade() {
-                        Some(engine) => {
-                            engine.increment_epoch();
-                            true
-                        }
-                        None => false,
-                    });
-                }
-            })
-            .context("starting the epoch thread")?;
-        Ok(Self { stop, retired })
-    }
-
-    /// Keeps ticking `tiers`' engines while anything still runs on them.
-    fn retire(&self, tiers: &Tiers) {
-        self.retired
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(
-                tiers
-                    .best_first()
-                    .flat_map(|t| t.engines())
-                    .map(Engine::weak),
-            );
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

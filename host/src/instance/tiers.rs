@@ -55,8 +55,7 @@ fn engine_for(
     wasm.wasm_component_model(true)
         .concurrency_support(concurrent)
         .wasm_component_model_async(concurrent)
-        .consume_fuel(true)
-        .epoch_interruption(true);
+        .consume_fuel(true);
     if let Some(pool) = pool {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
@@ -218,7 +217,7 @@ pub(crate) struct TierEngine {
 }
 
 impl TierEngine {
-    /// The engines of `tier`: fuel, epoch interruption and a pool of `pool`'s
+    /// The engines of `tier`: fuel and a pool of `pool`'s
     /// shape, whichever compiler.
     pub fn new(
         tuning: &EngineTuning,
@@ -721,7 +720,6 @@ mod tests {
             runtime.trim().expect("trim");
             // Nothing runs on them: each engine's pools (terabytes of address
             // space, a mapping per stack slot) go at once.
-            // (The epoch thread may hold one for a moment while it ticks it.)
             let gone = (0..200).any(|_| {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 old.iter().all(|engine| engine.upgrade().is_none())

@@ -294,7 +294,7 @@ async fn a_trim_moves_code_to_fresh_pools_while_requests_in_flight_finish_and_ke
         "the component in memory moved to the new engines"
     );
     // In flight on the old engines: the sleeper finishes, the loop still hits
-    // its deadline (the retired engine's epoch keeps ticking).
+    // its deadline (its fuel yields let the deadline in).
     let slept = sleeper.await.expect("joined");
     assert_eq!(slept.status(), 200);
     assert_eq!(slept.text().await.expect("body"), "slept\n");
