@@ -450,6 +450,7 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::field::MakeExt as _;
     let filter = EnvFilter::try_from_env("LODGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -463,7 +464,18 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
+        // `name=value` written directly: tracing-subscriber's default field
+        // formatter styles each name (colours or not) through nested
+        // formatters, and every request's span pays for it.
+        LogFormat::Text => builder
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(|out, field, value| match field.name() {
+                    "message" => write!(out, "{value:?}"),
+                    name => write!(out, "{name}={value:?}"),
+                })
+                .delimited(" "),
+            )
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)

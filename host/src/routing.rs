@@ -117,8 +117,10 @@ pub fn request_id<B>(req: &http::Request<B>) -> HeaderValue {
         })
         .cloned()
         .unwrap_or_else(|| {
-            let id = uuid::Uuid::now_v7().simple().to_string();
-            HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+            // Hex digits written straight into a buffer: no formatter, no String.
+            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+            let id = uuid::Uuid::now_v7().simple().encode_lower(&mut buf);
+            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
         })
 }
 
