@@ -16,7 +16,12 @@ Servers:
 - wasmtime-pooling: the pooling allocator tuned as Lodge's
   (`pooling-memory-keep-resident=2MiB, table 64KiB, pagemap scan`);
 - wasmtime-reuse: the same + `--max-instance-reuse-count 128` (an instance
-  serves many requests).
+  serves many requests);
+- wasmtime-reuse-fuel (only with --only): the same + `-W fuel=…`, fuel
+  metering in the guest's code as Lodge always has.
+
+`--header 'x-request-id: …'` sends a header to every server: with a request
+id from the client, Lodge's guest and the peer's parse the same headers.
 
     apt-get install -y wrk
     cargo install wasmtime-cli --version 48.0.8 --locked
@@ -49,6 +54,9 @@ def servers(args, port):
         result["wasmtime-default"] = (base + [args.component], None, {})
         result["wasmtime-pooling"] = (base + ["-O", POOLING, args.component], None, {})
         result["wasmtime-reuse"] = (base + ["-O", POOLING, "--max-instance-reuse-count", "128", args.component], None, {})
+        # The same with fuel metering compiled into the guest's code, as Lodge
+        # always has (not in the default set: --only to include it).
+        result["wasmtime-reuse-fuel"] = (base + ["-O", POOLING, "-W", "fuel=1000000000000", "--max-instance-reuse-count", "128", args.component], None, {})
     return result
 
 
@@ -56,10 +64,13 @@ def run_wrk(port, host, connections, seconds, script):
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}{PATH}"]
     if host:
         command[1:1] = ["-H", f"Host: {host}"]
+    for header in HEADERS:
+        command[1:1] = ["-H", header]
     return wrk_result(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 PATH = "/"
+HEADERS = []
 
 
 def main():
@@ -76,8 +87,12 @@ def main():
     parser.add_argument("--port", type=int, default=3919)
     parser.add_argument("--no-reuse", action="store_true", help="leave out lodge-reuse")
     parser.add_argument("--only", default=None, help="comma-separated server names to run")
+    parser.add_argument("--header", action="append", default=[],
+                        help="a request header for every server, e.g. 'x-request-id: 0123abcd' "
+                             "(Lodge then passes the client's id instead of making one)")
     args = parser.parse_args()
     PATH = args.path
+    HEADERS.extend(args.header)
     connections = [int(c) for c in args.connections.split(",")]
     script = wrk_script()
 
@@ -85,6 +100,8 @@ def main():
     names = list(servers(args, args.port))
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
+    else:
+        names = [n for n in names if n != "wasmtime-reuse-fuel"]
     for round_ in range(args.rounds):
         order = names if round_ % 2 == 0 else list(reversed(names))
         for name in order:
