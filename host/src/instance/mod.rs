@@ -1191,7 +1191,6 @@ fn classify(
     };
     let kind = match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => GuestFailure::FuelExhausted,
-        Some(Trap::Interrupt) => GuestFailure::Deadline,
         // A trap, or an instantiation, the host's memory refusal caused.
         _ if denied.is_some_and(GrowthDenied::is_host_memory) => GuestFailure::MemoryBusy,
         // Any other trap, or an instantiation the limiter refused.
@@ -1199,7 +1198,6 @@ fn classify(
     };
     let label = match kind {
         GuestFailure::FuelExhausted => "fuel exhausted",
-        GuestFailure::Deadline => "request deadline exceeded",
         GuestFailure::MemoryBusy => "app stopped for lack of host memory",
         _ => "app trapped",
     };
