@@ -800,19 +800,23 @@ impl Runtime {
                 let code = app.code.current();
                 let mut store = Store::new(code.pre.engine(), GuestState::new(call.grant, limiter));
                 store.limiter(|state| &mut state.limiter);
+                // The deadline needs no epoch interruption in the guest's
+                // code: a running guest yields to the executor every
+                // `fuel_yield_interval` units of fuel (each wasm instruction
+                // burns fuel, so no loop escapes it), and at each yield
+                // `timeout_at` below sees the deadline. One instrumentation
+                // instead of two (fuel and epoch checks cost the guest's code
+                // alike, docs/benchmarks.md). The interval is the store's, so
+                // a kept instance keeps it.
+                if let Err(e) = store.fuel_async_yield_interval(Some(self.fuel_yield_interval)) {
+                    tracing::error!(error = %e, "preparing the store");
+                    return Err(GuestFailure::Internal);
+                }
                 (store, code, None)
             }
         };
-        // The deadline needs no epoch interruption in the guest's code: a
-        // running guest yields to the executor every `fuel_yield_interval`
-        // units of fuel (each wasm instruction burns fuel, so no loop escapes
-        // it), and at each yield `timeout_at` below sees the deadline. One
-        // instrumentation instead of two (fuel and epoch checks cost the
-        // guest's code alike, docs/benchmarks.md).
-        let prepared = store
-            .set_fuel(limits.fuel)
-            .and_then(|()| store.fuel_async_yield_interval(Some(self.fuel_yield_interval)));
-        if let Err(e) = prepared {
+        // Fresh fuel for every request, kept instance or not.
+        if let Err(e) = store.set_fuel(limits.fuel) {
             tracing::error!(error = %e, "preparing the store");
             return Err(GuestFailure::Internal);
         }
