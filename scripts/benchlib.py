@@ -46,6 +46,24 @@ def wait_up(url, host=None, within=60):
     raise RuntimeError(f"{url} did not answer")
 
 
+def wait_optimized(base_url, admin_token, within=60):
+    """Waits until a Lodge host serves all its code optimised (its `/metrics`
+    shows no component on baseline code), so a benchmark measures the code a
+    long-running host serves. `lodge serve` starts a new component on baseline
+    code and its optimiser (at nice 19) swaps optimised code in: about 0.3 s
+    on an idle machine, seconds under a warm-up's full load."""
+    deadline = time.monotonic() + within
+    request = urllib.request.Request(f"{base_url}/metrics", headers={"authorization": f"Bearer {admin_token}"})
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            text = response.read().decode()
+        baseline = [l for l in text.splitlines() if l.startswith('lodge_components_loaded_by_tier{tier="baseline"}')]
+        if baseline and float(baseline[0].split()[-1]) == 0:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{base_url}: code still on baseline after {within} s")
+
+
 def rss_mib(pid):
     """A process's resident memory in MiB, from /proc."""
     with open(f"/proc/{pid}/status") as status:

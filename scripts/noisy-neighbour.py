@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import wait_up, wrk_result, wrk_script
+from benchlib import wait_optimized, wait_up, wrk_result, wrk_script
 
 
 WRK_PREFIX = []
@@ -67,6 +67,7 @@ def main():
     flood_stats = []
     try:
         wait_up(f"http://127.0.0.1:{args.port}/", "b.localhost")
+        wait_optimized(f"http://127.0.0.1:{args.port}", env["LODGE_ADMIN_TOKEN"])
         result(wrk(args.port, "b.localhost", 1, 4, 2, "/", script))  # warm-up
         for round_ in range(args.rounds):
             for case in (["alone", "flooded"] if round_ % 2 == 0 else ["flooded", "alone"]):

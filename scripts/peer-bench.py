@@ -9,7 +9,9 @@ latency per server (median over rounds) and the ratios to Lodge.
 
 Servers:
 - lodge: the release binary, `lodge serve --app` with its default limits on
-  (fuel, deadline, memory, concurrency, metering), a fresh instance per request;
+  (fuel, deadline, memory, concurrency, metering), a fresh instance per request,
+  measured once its optimised code is in (as `wasmtime serve` compiles it
+  before it serves);
 - lodge-reuse: the same with the default plan's `instance_reuse = 128` (an
   instance serves up to 128 requests of its tenant, each under fresh limits);
 - wasmtime-default: `wasmtime serve` with default flags;
@@ -37,7 +39,7 @@ import subprocess
 import tempfile
 import time
 
-from benchlib import wait_up, wrk_result, wrk_script
+from benchlib import wait_optimized, wait_up, wrk_result, wrk_script
 
 POOLING = "pooling-allocator=y,pooling-memory-keep-resident=2097152,pooling-table-keep-resident=65536,pooling-pagemap-scan=y"
 
@@ -110,6 +112,8 @@ def main():
             process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 wait_up(f"http://127.0.0.1:{args.port}{PATH}", host)
+                if name.startswith("lodge"):
+                    wait_optimized(f"http://127.0.0.1:{args.port}", env["LODGE_ADMIN_TOKEN"])
                 for c in connections:
                     run_wrk(args.port, host, c, args.warmup, script)
                     sample = run_wrk(args.port, host, c, args.seconds, script)
