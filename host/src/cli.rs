@@ -449,6 +449,7 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::field::MakeExt as _;
     let filter = EnvFilter::try_from_env("LODGE_LOG")
@@ -457,7 +458,6 @@ fn init_tracing(format: LogFormat) {
     // Colours only for a person at a terminal: escape codes in a file or a
     // collector's pipe are noise, and formatting them costs every request's
     // span (NO_COLOR, https://no-color.org, turns them off anywhere).
-    use std::io::IsTerminal as _;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

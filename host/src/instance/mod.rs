@@ -426,7 +426,7 @@ impl Runtime {
         // Kept instances live in the old pools.
         self.warm.clear();
         let _no_loads = self.swap.write().unwrap_or_else(PoisonError::into_inner);
-        let _replaced = self.tiers.swap(fresh.clone());
+        self.tiers.store(fresh.clone());
         let loaded: Vec<(String, Arc<Code>)> = self
             .loaded
             .lock()
