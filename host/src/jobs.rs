@@ -84,7 +84,6 @@ pub(crate) async fn archive_logs(
     stopping: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(ARCHIVE_BATCH);
-    let mut rows = Vec::with_capacity(ARCHIVE_BATCH);
     loop {
         let received = if stopping.is_cancelled() {
             // Stopping: write what is queued, a batch at a time, then end.
@@ -110,12 +109,13 @@ pub(crate) async fn archive_logs(
         if received == 0 {
             return;
         }
-        rows.extend(batch.iter().map(|a| (a.tenant_id.clone(), a.line.clone())));
+        let rows: Vec<(&str, &crate::logs::LogLine)> =
+            batch.iter().map(|a| (&*a.tenant_id, &*a.line)).collect();
         if let Err(e) = storage.append_logs(&rows).await {
             tracing::warn!(error = %e, lines = rows.len(), "log lines not archived");
             lost.inc_by(rows.len() as u64);
         }
-        rows.clear();
+        drop(rows);
         batch.drain(..).for_each(crate::logs::Archived::done);
     }
 }

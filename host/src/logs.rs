@@ -76,9 +76,9 @@ pub struct LogLine {
 #[derive(Debug)]
 pub struct Archived {
     /// The tenant's id.
-    pub tenant_id: String,
-    /// The line.
-    pub line: LogLine,
+    pub tenant_id: Arc<str>,
+    /// The line (shared with the tenant's in-memory log: nothing is copied).
+    pub line: Arc<LogLine>,
     share: Arc<ArchiveShare>,
 }
 
@@ -173,7 +173,7 @@ struct ArchiveShare {
 /// How a tenant's log reaches the archive.
 #[derive(Debug)]
 struct ArchiveLink {
-    tenant_id: String,
+    tenant_id: Arc<str>,
     sender: ArchiveSender,
     share: Arc<ArchiveShare>,
     metrics: crate::metrics::TenantMetrics,
@@ -182,7 +182,7 @@ struct ArchiveLink {
 impl ArchiveLink {
     /// Queues `line` within the tenant's fair share (`within_share`, else
     /// wherever the queue has room: the host's own notes); false if it was dropped.
-    fn send(&self, line: &LogLine, within_share: bool) -> bool {
+    fn send(&self, line: &Arc<LogLine>, within_share: bool) -> bool {
         let queue = &self.sender.queue;
         let fair = (queue.capacity / (queue.queuing.load(Ordering::Acquire) + 1)).max(1);
         if within_share && self.share.queued.load(Ordering::Acquire) >= fair {
@@ -212,7 +212,7 @@ pub struct TenantLogs {
     tenant: String,
     capacity: usize,
     next_seq: AtomicU64,
-    lines: Mutex<VecDeque<LogLine>>,
+    lines: Mutex<VecDeque<Arc<LogLine>>>,
     /// Made on the first `subscribe`: most tenants are never followed, and a
     /// channel holds its whole buffer from the start.
     live: std::sync::OnceLock<broadcast::Sender<LogLine>>,
@@ -256,7 +256,7 @@ impl TenantLogs {
             logs.history = tokio::sync::Mutex::new(Some(last + 1));
         }
         logs.archive = Some(ArchiveLink {
-            tenant_id,
+            tenant_id: tenant_id.into(),
             share: Arc::new(ArchiveShare {
                 queue: archive.queue.clone(),
                 queued: Default::default(),
@@ -308,7 +308,7 @@ impl TenantLogs {
         stream: LogStream,
         message: String,
     ) -> u64 {
-        let line = LogLine {
+        let line = Arc::new(LogLine {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             timestamp_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -317,8 +317,8 @@ impl TenantLogs {
             request_id: request_id.to_owned(),
             stream,
             message,
-        };
-        tracing::info!(
+        });
+        tracing::debug!(
             target: "lodge::guest",
             tenant = %self.tenant,
             request_id = %line.request_id,
@@ -327,7 +327,7 @@ impl TenantLogs {
             line.message
         );
         if let Some(live) = self.live.get() {
-            let _ = live.send(line.clone());
+            let _ = live.send(LogLine::clone(&line));
         }
         if let Some(link) = &self.archive {
             // A full share drops the line from storage, never blocks the guest.
@@ -360,7 +360,8 @@ impl TenantLogs {
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         // The archive may already hold lines pushed since the restart.
         let older = history.into_iter().filter(|l| l.seq < before);
-        let mut merged: VecDeque<LogLine> = older.chain(lines.drain(..)).collect();
+        let mut merged: VecDeque<Arc<LogLine>> =
+            older.map(Arc::new).chain(lines.drain(..)).collect();
         while merged.len() > self.capacity {
             merged.pop_front();
         }
@@ -372,9 +373,13 @@ impl TenantLogs {
     /// Lines with `seq > since`, oldest first, at most `limit` of the newest.
     pub fn since(&self, since: u64, limit: usize) -> Vec<LogLine> {
         let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        let matching: Vec<&LogLine> = lines.iter().filter(|l| l.seq > since).collect();
+        let matching: Vec<&Arc<LogLine>> = lines.iter().filter(|l| l.seq > since).collect();
         let skip = matching.len().saturating_sub(limit);
-        matching.into_iter().skip(skip).cloned().collect()
+        matching
+            .into_iter()
+            .skip(skip)
+            .map(|l| LogLine::clone(l))
+            .collect()
     }
 
     /// All lines currently kept, oldest first.
@@ -658,7 +663,9 @@ mod tests {
         }
         let mut per_tenant = std::collections::HashMap::<String, usize>::new();
         while let Ok(archived) = rx.try_recv() {
-            *per_tenant.entry(archived.tenant_id.clone()).or_default() += 1;
+            *per_tenant
+                .entry(archived.tenant_id.to_string())
+                .or_default() += 1;
             archived.done();
         }
         assert_eq!(

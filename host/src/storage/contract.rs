@@ -281,17 +281,21 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     ensure!(paged.windows(2).all(|w| w[0] < w[1]), "by id: {paged:?}");
 
     // Logs: a seq given again replaces the line; NUL survives as U+FFFD.
+    let (one, two, three, again) = (
+        line(1, "one"),
+        line(2, "two"),
+        line(3, "three"),
+        line(3, "three\0again"),
+    );
     storage
         .append_logs(&[
-            (t.id.clone(), line(1, "one")),
-            (t.id.clone(), line(2, "two")),
-            (t.id.clone(), line(3, "three")),
-            (t.id.clone(), line(3, "three\0again")),
+            (&t.id, &one),
+            (&t.id, &two),
+            (&t.id, &three),
+            (&t.id, &again),
         ])
         .await?;
-    storage
-        .append_logs(&[(t.id.clone(), line(2, "TWO"))])
-        .await?;
+    storage.append_logs(&[(&t.id, &line(2, "TWO"))]).await?;
     storage.append_logs(&[]).await?;
     let recent: Vec<String> = storage
         .recent_logs(&t.id, 2)
@@ -305,6 +309,26 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
             .last_log_seqs(&[t.id.clone(), t2.id.clone()])
             .await?
             == [(t.id.clone(), 3)]
+    );
+    // Text the archive's encoding must carry exactly: quotes, backslashes,
+    // control characters, a newline, non-ASCII; and a large timestamp.
+    let tricky = LogLine {
+        seq: 4,
+        timestamp_ms: 1_764_000_000_123,
+        request_id: "r-\"1\"".to_owned(),
+        stream: LogStream::Stderr,
+        message: "a \"quoted\" \\path\\ \u{7}\tx\ny \u{1F600} \u{FC} ]}".to_owned(),
+    };
+    storage.append_logs(&[(&t.id, &tricky)]).await?;
+    let back = storage.recent_logs(&t.id, 1).await?;
+    ensure!(
+        back.len() == 1
+            && back[0].seq == 4
+            && back[0].timestamp_ms == tricky.timestamp_ms
+            && back[0].request_id == tricky.request_id
+            && back[0].stream == LogStream::Stderr
+            && back[0].message == tricky.message,
+        "read back {back:?}"
     );
 
     // Key-value.
@@ -713,10 +737,9 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
     );
 
     // Log retention: by age, and by count.
-    let lines: Vec<_> = (10..20)
-        .map(|seq| (t2.id.clone(), line(seq, "kept?")))
-        .collect();
-    storage.append_logs(&lines).await?;
+    let lines: Vec<_> = (10..20).map(|seq| line(seq, "kept?")).collect();
+    let rows: Vec<_> = lines.iter().map(|l| (t2.id.as_str(), l)).collect();
+    storage.append_logs(&rows).await?;
     ensure!(storage.prune_logs(&t2.id, 1_012, 100).await? == 2, "by age");
     ensure!(storage.prune_logs(&t2.id, 0, 5).await? == 3, "by count");
     let left: Vec<u64> = storage
@@ -726,6 +749,18 @@ async fn contract(storage: Arc<SqlStorage>) -> anyhow::Result<()> {
         .map(|l| l.seq)
         .collect();
     ensure!(left == [15, 16, 17, 18, 19], "left {left:?}");
+    // A batch larger than one statement carries, of no round size: every line lands.
+    let lines: Vec<_> = (100..399).map(|seq| line(seq, "many")).collect();
+    let rows: Vec<_> = lines.iter().map(|l| (t2.id.as_str(), l)).collect();
+    storage.append_logs(&rows).await?;
+    let seqs: Vec<u64> = storage
+        .recent_logs(&t2.id, 1000)
+        .await?
+        .iter()
+        .map(|l| l.seq)
+        .collect();
+    let expected: Vec<u64> = (15..20).chain(100..399).collect();
+    ensure!(seqs == expected, "{} lines archived", seqs.len());
 
     // Wallet listing and resealing.
     ensure!(storage.wallet_any_owner().await?.is_some());

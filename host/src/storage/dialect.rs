@@ -6,6 +6,7 @@
 //! function for "the larger of two", and how a connection is set up. A third
 //! database would be one more variant of [`Dialect`].
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -96,12 +97,35 @@ impl Dialect {
         }
     }
 
+    /// `rows` parenthesised lists of `per_row` parameters, the `VALUES` of a
+    /// multi-row `INSERT`. SQLite's are anonymous (`?`): sqlx-sqlite asks
+    /// SQLite each parameter's name, which walks the list of named ones, so
+    /// `$N` costs time quadratic in the parameters and `?` does not.
+    pub fn value_rows(self, rows: usize, per_row: usize) -> String {
+        let mut sql = String::with_capacity(rows * per_row * 6);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for i in 0..per_row {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                match self {
+                    Self::Sqlite => sql.push('?'),
+                    Self::Postgres => {
+                        let _ = write!(sql, "${}", row * per_row + i + 1);
+                    }
+                }
+            }
+            sql.push(')');
+        }
+        sql
+    }
+
     /// Rows one multi-row `INSERT` should carry, at `params_per_row` each.
     /// sqlx-sqlite binds `$N` by asking SQLite each parameter's name, which
     /// walks the statement's parameter list: quadratic in the parameters, so
-    /// 3,000 of them cost more than the insert itself (a quarter of a host's
-    /// CPU when guests log on every request). PostgreSQL's round trips favour
-    /// large statements.
+    /// 3,000 of them cost more than the insert itself (with `$N`; see
+    /// [`Dialect::value_rows`]). PostgreSQL's round trips favour large statements.
     pub fn rows_per_insert(self, params_per_row: usize) -> usize {
         let params = match self {
             Self::Sqlite => 96,

@@ -6,11 +6,14 @@ use super::dialect::{Dialect, placeholders};
 use super::{SqlStorage, StorageResult};
 use crate::logs::{LogLine, LogStream};
 
+/// Log lines one `INSERT` carries at most (six parameters each).
+const LINES_PER_INSERT: usize = 128;
+
 /// Archived log lines.
 #[async_trait::async_trait]
 pub trait LogStore: Send + Sync + std::fmt::Debug {
     /// Archives log lines; a (tenant, seq) archived again is replaced.
-    async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()>;
+    async fn append_logs(&self, lines: &[(&str, &LogLine)]) -> StorageResult<()>;
     /// The newest `limit` archived lines of a tenant, oldest first.
     async fn recent_logs(&self, tenant_id: &str, limit: i64) -> StorageResult<Vec<LogLine>>;
     /// The `seq` of the newest archived line of each of `tenant_ids` that has lines.
@@ -46,40 +49,58 @@ impl From<LineRow> for LogLine {
 
 #[async_trait::async_trait]
 impl LogStore for SqlStorage {
-    async fn append_logs(&self, lines: &[(String, LogLine)]) -> StorageResult<()> {
+    async fn append_logs(&self, lines: &[(&str, &LogLine)]) -> StorageResult<()> {
         // The last line of the batch wins for a (tenant, seq) given twice (one
         // INSERT … ON CONFLICT may not touch a row twice).
-        let mut seen = HashSet::new();
-        let mut kept: Vec<&(String, LogLine)> = lines
+        let mut seen = HashSet::with_capacity(lines.len());
+        let mut kept: Vec<&(&str, &LogLine)> = lines
             .iter()
             .rev()
-            .filter(|(tenant_id, line)| seen.insert((tenant_id.as_str(), line.seq)))
+            .filter(|(tenant_id, line)| seen.insert((*tenant_id, line.seq)))
             .collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
         kept.reverse();
         let mut tx = self.begin_write().await?;
-        for chunk in kept.chunks(self.dialect.rows_per_insert(6)) {
-            let rows = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * 6 + 1, 6)))
-                .collect::<Vec<_>>()
-                .join(", ");
+        let mut rest = &kept[..];
+        while !rest.is_empty() {
+            // Full statements, then the rest in powers of two: a handful of
+            // statement texts, each prepared once per connection, whatever
+            // the batches' sizes.
+            let rows = match rest.len() {
+                n if n >= LINES_PER_INSERT => LINES_PER_INSERT,
+                n => 1 << n.ilog2(),
+            };
+            let (chunk, tail) = rest.split_at(rows);
+            rest = tail;
             let sql = format!(
                 "INSERT INTO tenant_logs (tenant_id, seq, timestamp_ms, request_id, stream, message)
-                 VALUES {rows}
+                 VALUES {}
                  ON CONFLICT (tenant_id, seq) DO UPDATE SET
                    timestamp_ms = excluded.timestamp_ms,
                    request_id = excluded.request_id,
                    stream = excluded.stream,
-                   message = excluded.message"
+                   message = excluded.message",
+                self.dialect.value_rows(rows, 6)
             );
+            // Bound by reference: a line's text is copied only if it holds a NUL.
+            let texts: Vec<_> = chunk
+                .iter()
+                .map(|(_, line)| {
+                    let storable = Dialect::storable;
+                    (storable(&line.request_id), storable(&line.message))
+                })
+                .collect();
             let mut insert = sqlx::query(&sql);
-            for (tenant_id, line) in chunk {
+            for ((tenant_id, line), (request_id, message)) in chunk.iter().zip(&texts) {
                 insert = insert
-                    .bind(tenant_id.as_str())
+                    .bind(*tenant_id)
                     .bind(line.seq as i64)
                     .bind(line.timestamp_ms as i64)
-                    .bind(Dialect::storable(&line.request_id).into_owned())
+                    .bind(&**request_id)
                     .bind(line.stream.as_str())
-                    .bind(Dialect::storable(&line.message).into_owned());
+                    .bind(&**message);
             }
             insert.execute(&mut *tx).await?;
         }
